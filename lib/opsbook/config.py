@@ -1,0 +1,149 @@
+"""Where things live, and which values are secrets.
+
+Settings come from the environment (and a ``.env`` file at the project root, which never
+overrides a variable that is already set). Nothing here opens a connection.
+
+=========================  ==========================================================
+variable                   meaning
+=========================  ==========================================================
+``DATABASE_URL``           PostgreSQL to use; unset: the embedded server in ``.opsbook/pg``
+``REDIS_URL``              Redis to use; unset: the embedded server in ``.opsbook/redis``
+``LAKE_URL``               lake root, a folder or ``gs://bucket/prefix``; unset: ``.opsbook/lake``
+``OPSBOOK_HOME``           the project root (default: found from the working directory)
+``OPSBOOK_STATE_DIR``      embedded servers and demo data (default: ``<root>/.opsbook``)
+``OPSBOOK_REPORTS_DIR``    executed notebooks and HTML reports (default: ``<root>/reports``)
+``OPSBOOK_SECRET_*``       any further secret value to redact from every artifact
+=========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _looks_like_root(path: Path) -> bool:
+    return (path / "run_notebook.py").is_file() and (path / "notebooks").is_dir()
+
+
+@cache
+def project_root() -> Path:
+    """The workbook's root folder: ``OPSBOOK_HOME``, else the nearest parent holding
+    ``run_notebook.py`` and ``notebooks/``, else the checkout this package was installed from."""
+    if os.environ.get("OPSBOOK_HOME"):
+        return Path(os.environ["OPSBOOK_HOME"]).resolve()
+    here = Path.cwd().resolve()
+    for path in (here, *here.parents):
+        if _looks_like_root(path):
+            return path
+    checkout = _PACKAGE_DIR.parent.parent
+    if _looks_like_root(checkout):
+        return checkout
+    return here
+
+
+def load_dotenv_once() -> None:
+    """Read ``<root>/.env`` into the environment, without overriding what is set."""
+    _load_dotenv(project_root())
+
+
+@cache
+def _load_dotenv(root: Path) -> None:
+    env_file = root / ".env"
+    if env_file.is_file():
+        from dotenv import load_dotenv
+
+        load_dotenv(env_file, override=False)
+
+
+def state_dir() -> Path:
+    path = Path(os.environ.get("OPSBOOK_STATE_DIR") or project_root() / ".opsbook")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def reports_dir() -> Path:
+    path = Path(os.environ.get("OPSBOOK_REPORTS_DIR") or project_root() / "reports")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def notebooks_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def params_dir() -> Path:
+    return project_root() / "params"
+
+
+def package_data(*parts: str) -> Path:
+    """A file shipped inside the package (reference data, templates)."""
+    return _PACKAGE_DIR.joinpath("data", *parts)
+
+
+def templates_dir() -> Path:
+    return _PACKAGE_DIR / "templates"
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+SECRET_ENV_PREFIX = "OPSBOOK_SECRET_"
+URL_VARIABLES = ("DATABASE_URL", "REDIS_URL", "TEST_DATABASE_URL", "TEST_REDIS_URL", "LAKE_URL")
+
+
+def url_password(url: str) -> str | None:
+    """The password inside a URL such as ``postgresql://user:pw@host/db``, or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.password:
+        return unquote(parts.password)
+    return None
+
+
+def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Every configured secret value, longest first, so redaction never leaves a tail.
+
+    Passwords inside any ``*_URL`` variable, every ``OPSBOOK_SECRET_*`` value, and the
+    private key of the service account file named by ``GOOGLE_APPLICATION_CREDENTIALS``.
+    """
+    env = os.environ if environ is None else environ
+    found: set[str] = set()
+    for name, value in env.items():
+        if not value:
+            continue
+        if name.startswith(SECRET_ENV_PREFIX):
+            found.add(value)
+        elif name.endswith("_URL") or name in URL_VARIABLES:
+            password = url_password(value)
+            if password:
+                found.add(password)
+                # the percent-encoded form appears wherever the URL itself is printed
+                found.add(urlsplit(value).password or password)
+    credentials = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if credentials:
+        found.update(_service_account_secrets(credentials))
+    # very short values would redact ordinary words; a real secret is longer
+    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
+
+
+def _service_account_secrets(path: str) -> set[str]:
+    import json
+
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return set()
+    found = set()
+    for key in ("private_key", "private_key_id", "client_secret", "refresh_token"):
+        value = info.get(key)
+        if isinstance(value, str) and value:
+            found.add(value)
+            # a PEM key may be printed one line at a time
+            found.update(line for line in value.splitlines() if len(line) >= 16)
+    return found

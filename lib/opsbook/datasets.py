@@ -1,0 +1,155 @@
+"""Dataset specs: ``params/datasets/<name>.yaml`` describes a table, its partitions and its source.
+
+A spec is the single place where a dataset's table names, column types and source format
+are written down; procedures take a dataset name and read everything else from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from opsbook import config
+from opsbook.errors import UsageError
+
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+ColumnType = Literal["text", "integer", "bigint", "numeric", "date", "time"]
+
+
+def check_identifier(name: str, what: str = "identifier") -> str:
+    """A lower-case SQL identifier (letters, digits, underscore; at most 63 bytes)."""
+    if not IDENTIFIER.match(name):
+        raise ValueError(
+            f"{what} {name!r} must be lower-case letters, digits and underscores, "
+            "starting with a letter or underscore, at most 63 characters"
+        )
+    return name
+
+
+class Column(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: ColumnType = "text"
+    # how the source writes the value: yyyymmdd dates, hhmm times (leading zeros dropped)
+    format: Literal["yyyymmdd", "hhmm", "iso"] | None = None
+    # numeric(precision, scale): a fixed scale keeps every value written alike ("30.00")
+    precision: int = Field(18, ge=1, le=38)
+    scale: int | None = Field(None, ge=0)
+    required: bool = False
+    description: str = ""
+
+    _check_name = field_validator("name")(lambda v: check_identifier(v, "column"))
+
+    @model_validator(mode="after")
+    def _numeric_scale(self) -> Column:
+        if self.type == "numeric" and (self.scale is None or self.scale > self.precision):
+            raise ValueError(f"numeric column {self.name!r} needs a scale between 0 and its precision")
+        return self
+
+    @property
+    def sql_type(self) -> str:
+        if self.type == "numeric":
+            return f"numeric({self.precision},{self.scale})"
+        return self.type
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["city_csv"] = "city_csv"
+    # a file belongs to the year whose four digits appear in its name
+    file_pattern: str = r"(?<!\d)(?P<year>(19|20)\d\d)(?!\d)"
+    encodings: list[str] = Field(default_factory=lambda: ["utf-8", "cp1252"])
+    delimiter: str = ","
+
+
+class Partition(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    by: Literal["year"] = "year"
+    column: str
+
+
+class DatasetSpec(BaseModel):
+    """One dataset: its table, the quarantine table, partitioning, columns and source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    title: str = ""
+    description: str = ""
+    table: str
+    rejected_table: str
+    partition: Partition
+    source: Source = Field(default_factory=Source)
+    columns: list[Column]
+    path: Path | None = None
+
+    _check_table = field_validator("table", "rejected_table")(
+        lambda v: check_identifier(v, "table")
+    )
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(name)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def fingerprint(self) -> str:
+        """A hash of what decides the loaded rows: columns, types, formats, partitioning."""
+        payload = self.model_dump(mode="json", include={"table", "partition", "source", "columns"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def datasets_dir() -> Path:
+    return config.params_dir() / "datasets"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in datasets_dir().glob("*.yaml"))
+
+
+@cache
+def _load(path: Path, mtime: float) -> DatasetSpec:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise UsageError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc
+    try:
+        return DatasetSpec(**data, path=path)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise UsageError(f"{path}: invalid dataset spec: {problems}") from None
+
+
+def get(name: str) -> DatasetSpec:
+    """The spec named ``name``; an unknown name is refused with the closest known one."""
+    path = datasets_dir() / f"{name}.yaml"
+    if not IDENTIFIER.match(name) or not path.is_file():
+        from opsbook.params import closest
+
+        known = available()
+        hint = closest(name, known)
+        did_you_mean = f"; did you mean {hint!r}?" if hint else ""
+        raise ValueError(
+            f"unknown dataset {name!r}{did_you_mean} Known datasets: {', '.join(known) or 'none'} "
+            f"(specs in {datasets_dir()})"
+        )
+    return _load(path, path.stat().st_mtime)

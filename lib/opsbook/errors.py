@@ -1,0 +1,103 @@
+"""The errors opsbook expects, each carrying the exit code the runner returns for it.
+
+Exit codes (also in ``run_notebook.py --help`` and the README):
+
+==  =====================================================
+0   ok (warnings included)
+1   a check failed
+2   bad usage or parameters
+3   the notebook raised
+4   another run holds the lock
+5   timeout
+6   the kernel died
+==  =====================================================
+"""
+
+from __future__ import annotations
+
+EXIT_CODES: dict[int, str] = {
+    0: "ok (warnings included)",
+    1: "a check failed",
+    2: "bad usage or parameters",
+    3: "the notebook raised",
+    4: "another run holds the lock",
+    5: "timeout",
+    6: "the kernel died",
+}
+
+
+class OpsbookError(Exception):
+    """Base of every expected failure; ``exit_code`` is what the runner exits with."""
+
+    exit_code = 3
+
+
+class UsageError(OpsbookError):
+    """Bad command line, parameter or parameters file."""
+
+    exit_code = 2
+
+
+class CheckFailed(OpsbookError):
+    """An error-severity check failed; the run completed and its report says which."""
+
+    exit_code = 1
+
+
+class SourceError(OpsbookError):
+    """Input that cannot be read at all: a missing folder, a truncated ZIP, an unknown header.
+
+    Rows that can be read but are malformed are quarantined instead, never raised.
+    """
+
+    exit_code = 3
+
+
+class ServiceError(OpsbookError):
+    """A database, cache or object store could not be reached or started."""
+
+    exit_code = 3
+
+
+class ProcedureFailed(OpsbookError):
+    """The procedure finished its work but part of it failed (a year, a partition, a write)."""
+
+    exit_code = 3
+
+
+class LockHeld(OpsbookError):
+    """Another run holds the lock this run needs."""
+
+    exit_code = 4
+
+
+class RunTimeout(OpsbookError):
+    """The run exceeded ``--timeout``."""
+
+    exit_code = 5
+
+
+class KernelDied(OpsbookError):
+    """The notebook's kernel died (killed, out of memory, crashed)."""
+
+    exit_code = 6
+
+
+def exit_code_for(error_name: str | None) -> int:
+    """Exit code for an exception raised inside a notebook, known only by its class name."""
+    return error_class(error_name).exit_code
+
+
+def error_class(error_name: str | None) -> type[OpsbookError]:
+    """The OpsbookError subclass named ``error_name`` (OpsbookError itself when unknown)."""
+    for cls in _all_subclasses(OpsbookError):
+        if cls.__name__ == error_name:
+            return cls
+    return OpsbookError
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_all_subclasses(sub))
+    return found

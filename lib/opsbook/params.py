@@ -1,0 +1,160 @@
+"""Typed parameters: the base model, shared field types, and layering of parameter sources.
+
+Layering order (later wins): the model's defaults (the same as the notebook's parameters
+cell) < each ``-f`` YAML file in order < each ``-p name=value``. Unknown names are refused
+with the closest valid name; bad values name the parameter and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+from opsbook.errors import UsageError
+
+MIN_YEAR, MAX_YEAR = 1900, 2100
+_YEAR_PART = re.compile(r"^\s*(\d{4})\s*(?:-\s*(\d{4})\s*)?$")
+
+
+def year_list(spec: str) -> list[int]:
+    """``"2016-2018"`` -> ``[2016, 2017, 2018]``; ``"2011,2015-2016"`` -> ``[2011, 2015, 2016]``."""
+    years: set[int] = set()
+    for part in str(spec).split(","):
+        match = _YEAR_PART.match(part)
+        if not match:
+            raise ValueError(
+                f"{part.strip()!r} is not a year or a range of years "
+                "(expected e.g. 2017, 2016-2018 or 2011,2015-2016)"
+            )
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        for year in (first, last):
+            if not MIN_YEAR <= year <= MAX_YEAR:
+                raise ValueError(f"year {year} is outside {MIN_YEAR}-{MAX_YEAR}")
+        if last < first:
+            raise ValueError(f"range {first}-{last} ends before it starts")
+        years.update(range(first, last + 1))
+    return sorted(years)
+
+
+def format_years(years: Iterable[int]) -> str:
+    """The shortest spec for a set of years: ``[2011, 2015, 2016]`` -> ``"2011,2015-2016"``."""
+    ordered = sorted(set(years))
+    runs: list[list[int]] = []
+    for year in ordered:
+        if runs and year == runs[-1][-1] + 1:
+            runs[-1].append(year)
+        else:
+            runs.append([year])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def _normalize_years(value: str) -> str:
+    return format_years(year_list(value))
+
+
+Years = Annotated[str, AfterValidator(_normalize_years)]
+"""A window of years, written ``2017``, ``2016-2018`` or ``2011,2015-2016``."""
+
+
+class ProcedureParams(BaseModel):
+    """Base of every procedure's parameters: unknown names are refused, values validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+    def notebook_parameters(self) -> dict[str, Any]:
+        """The values papermill injects: plain JSON types, as the parameters cell declares."""
+        return self.model_dump(mode="json")
+
+
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def _describe_errors(model: type[ProcedureParams], error: ValidationError, origin: dict) -> str:
+    lines = []
+    fields = list(model.model_fields)
+    for item in error.errors():
+        name = ".".join(str(p) for p in item["loc"]) or "parameters"
+        source = origin.get(name.split(".")[0], "")
+        where = f" (from {source})" if source else ""
+        if item["type"] == "extra_forbidden":
+            hint = closest(name, fields)
+            did_you_mean = f"; did you mean {hint!r}?" if hint else ""
+            lines.append(
+                f"unknown parameter {name!r}{where}{did_you_mean} "
+                f"Valid names: {', '.join(fields)}."
+            )
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            value = item.get("input")
+            got = ""
+            if isinstance(value, str | int | float | bool) and repr(value) not in message:
+                got = f" (got {value!r})"
+            lines.append(f"parameter {name!r}{where}: {message}{got}")
+    return "\n".join(lines)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """``["years=2017", "force=true"]`` -> ``{"years": "2017", "force": "true"}``."""
+    values = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"-p expects name=value, got {pair!r}")
+        values[name.strip()] = value
+    return values
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """A YAML mapping of parameter names to values; errors name the file and line."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise UsageError(f"parameters file {path} does not exist") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise UsageError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of parameter names to values")
+    # a params file may group values under "parameters:" beside a description
+    if "parameters" in data and isinstance(data["parameters"], dict):
+        data = data["parameters"]
+    return data
+
+
+def resolve(
+    model: type[ProcedureParams],
+    files: Sequence[Path] = (),
+    overrides: Sequence[str] = (),
+) -> ProcedureParams:
+    """Layer defaults < files < overrides and validate; raises UsageError (exit 2)."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for path in files:
+        for name, value in read_params_file(Path(path)).items():
+            values[name] = value
+            origin[name] = str(path)
+    for name, value in parse_overrides(overrides).items():
+        values[name] = value
+        origin[name] = "-p"
+    return validate(model, values, origin)
+
+
+def validate(model: type[ProcedureParams], values: dict[str, Any], origin=None) -> ProcedureParams:
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise UsageError(_describe_errors(model, exc, origin or {})) from None

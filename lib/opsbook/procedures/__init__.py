@@ -1,0 +1,37 @@
+"""The procedures: one module each, all of the same shape.
+
+Each module defines ``Params`` (a ``ProcedureParams`` model whose fields match the notebook's
+parameters cell), ``NOTEBOOK`` (its file in ``notebooks/``), ``SUMMARY`` (one line for
+``--list``), a function that does the work and returns a typed result with a ``verdict()``,
+and functions that present that result in the notebook.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from opsbook.errors import UsageError
+
+# name -> module; listed here so that ``--list`` and "did you mean" need no import
+PROCEDURES: dict[str, str] = {
+    "load": "opsbook.procedures.load",
+}
+
+
+def names() -> list[str]:
+    return sorted(PROCEDURES)
+
+
+def get(name: str) -> ModuleType:
+    """The procedure module called ``name``; an unknown name is refused with the closest one."""
+    if name not in PROCEDURES:
+        from opsbook.params import closest
+
+        hint = closest(name, PROCEDURES)
+        did_you_mean = f"; did you mean {hint!r}?" if hint else ""
+        raise UsageError(
+            f"unknown procedure {name!r}{did_you_mean} Procedures: {', '.join(names())} "
+            "(python run_notebook.py --list)"
+        )
+    return importlib.import_module(PROCEDURES[name])

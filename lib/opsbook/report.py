@@ -1,0 +1,151 @@
+"""Display helpers for notebooks: tables, status badges, the verdict, progress.
+
+These only present what procedures return; they never query or compute.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from opsbook.verdict import Verdict
+
+STATUS_COLOURS = {
+    "pass": ("#1a7f37", "#dafbe1"),
+    "warn": ("#9a6700", "#fff8c5"),
+    "fail": ("#cf222e", "#ffebe9"),
+    "loaded": ("#1a7f37", "#dafbe1"),
+    "unchanged": ("#57606a", "#f6f8fa"),
+    "failed": ("#cf222e", "#ffebe9"),
+    "rejected-too-many": ("#cf222e", "#ffebe9"),
+}
+
+STYLE = """
+<style>
+table.opsbook { border-collapse: collapse; font-size: 13px; margin: 4px 0 12px; }
+table.opsbook th, table.opsbook td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; }
+table.opsbook th { background: #f6f8fa; }
+table.opsbook td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.opsbook caption { text-align: left; font-weight: 600; padding: 4px 0; }
+span.opsbook-status { border-radius: 10px; padding: 1px 8px; font-weight: 600; font-size: 12px; }
+div.opsbook-verdict { border-radius: 6px; padding: 10px 14px; margin: 6px 0; font-size: 15px; }
+code.opsbook-raw { white-space: pre-wrap; word-break: break-all; }
+</style>
+"""
+
+
+class Html:
+    """An object with both an HTML and a plain-text rendering, for display()."""
+
+    def __init__(self, markup: str, text: str):
+        self.markup = markup
+        self.text = text
+
+    def _repr_html_(self) -> str:
+        return STYLE + self.markup
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def badge(status: str) -> str:
+    fg, bg = STATUS_COLOURS.get(status, ("#24292f", "#f6f8fa"))
+    return f'<span class="opsbook-status" style="color:{fg};background:{bg}">{html.escape(status.upper())}</span>'
+
+
+# integer columns that are names, not quantities: no thousands separator
+PLAIN_COLUMNS = {"year", "month", "day", "line", "partition", "code", "run id"}
+
+
+def _cell(value: Any, plain: bool = False) -> tuple[str, str]:
+    if isinstance(value, bool):
+        return "yes" if value else "no", ""
+    if isinstance(value, int):
+        return (str(value) if plain else f"{value:,}"), "num"
+    if isinstance(value, float):
+        return f"{value:,.2f}", "num"
+    if value is None:
+        return "", ""
+    return str(value), ""
+
+
+def table(rows: Sequence[dict[str, Any]], caption: str = "", status_column: str | None = None,
+          element_id: str | None = None, raw_columns: Iterable[str] = ()) -> Html:  # fmt: skip
+    """A table of dicts (one per row); ``status_column`` values are shown as coloured badges."""
+    raw_columns = set(raw_columns)
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    ident = f' id="{html.escape(element_id)}"' if element_id else ""
+    parts = [f'<table class="opsbook"{ident}>']
+    if caption:
+        parts.append(f"<caption>{html.escape(caption)}</caption>")
+    parts.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>")
+    text_lines = [caption] if caption else []
+    text_lines.append(" | ".join(columns))
+    for row in rows:
+        cells, texts = [], []
+        for c in columns:
+            shown, cls = _cell(row.get(c), plain=c in PLAIN_COLUMNS)
+            texts.append(shown)
+            if c == status_column and shown:
+                cells.append(f"<td>{badge(shown)}</td>")
+            elif c in raw_columns:
+                cells.append(f'<td><code class="opsbook-raw">{html.escape(shown)}</code></td>')
+            else:
+                cells.append(f'<td class="{cls}">{html.escape(shown)}</td>' if cls else f"<td>{html.escape(shown)}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+        text_lines.append(" | ".join(texts))
+    if not rows:
+        parts.append(f'<tr><td colspan="{max(1, len(columns))}"><em>none</em></td></tr>')
+        text_lines.append("(none)")
+    parts.append("</table>")
+    return Html("".join(parts), "\n".join(text_lines))
+
+
+def stack(*items: Html) -> Html:
+    """Several displays as one output."""
+    return Html("".join(i.markup for i in items), "\n\n".join(i.text for i in items))
+
+
+def note(text: str) -> Html:
+    return Html(f"<p>{html.escape(text)}</p>", text)
+
+
+def verdict(v: Verdict) -> Html:
+    fg, bg = STATUS_COLOURS[v.status]
+    figures = ", ".join(f"{k}: {_cell(val)[0]}" for k, val in v.figures.items())
+    markup = (
+        f'<div class="opsbook-verdict" id="verdict" data-status="{v.status}" '
+        f'style="color:{fg};background:{bg};border:1px solid {fg}">'
+        f"<strong>{v.label}</strong> &mdash; {html.escape(v.summary)}"
+        + (f"<br><small>{html.escape(figures)}</small>" if figures else "")
+        + "</div>"
+    )
+    return Html(markup, f"{v.label}: {v.summary}" + (f"\n{figures}" if figures else ""))
+
+
+class Progress:
+    """One updating line in the notebook (and plain lines when no display is available)."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.started = time.monotonic()
+        self.lines: list[str] = []
+        self._handle = None
+        try:
+            from IPython.display import display
+
+            self._handle = display(Html("", title), display_id=True)
+        except ImportError:  # pragma: no cover - IPython comes with ipykernel
+            self._handle = None
+
+    def __call__(self, message: str) -> None:
+        elapsed = time.monotonic() - self.started
+        self.lines.append(f"[{elapsed:6.1f}s] {message}")
+        if self._handle is not None:
+            body = "<br>".join(html.escape(line) for line in self.lines[-30:])
+            self._handle.update(Html(f"<div><strong>{html.escape(self.title)}</strong><br><code>{body}</code></div>",
+                                     "\n".join([self.title, *self.lines])))  # fmt: skip

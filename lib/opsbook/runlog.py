@@ -1,0 +1,263 @@
+"""Run history in the ``opsbook`` schema of the target database.
+
+``opsbook.runs``        one row per run: what ran, with which parameters, how it ended.
+``opsbook.partitions``  the partition ledger: per dataset, partition and step, what was
+                        loaded from which inputs, with which result.
+
+Rows never hold a secret: parameters are redacted before they are written.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import psycopg
+
+from opsbook import __version__, config
+from opsbook.errors import LockHeld
+
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE SCHEMA IF NOT EXISTS opsbook;
+CREATE TABLE IF NOT EXISTS opsbook.runs (
+    run_id          text PRIMARY KEY,
+    procedure       text NOT NULL,
+    dataset         text,
+    "window"        text,
+    params          jsonb NOT NULL DEFAULT '{}',
+    status          text NOT NULL CHECK (status IN ('running', 'success', 'warn', 'failed')),
+    exit_code       integer,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz,
+    heartbeat_at    timestamptz,
+    rows_in         bigint,
+    rows_out        bigint,
+    rows_rejected   bigint,
+    error           text,
+    report_path     text,
+    html_path       text,
+    host            text,
+    os_user         text,
+    git_revision    text,
+    opsbook_version text,
+    interactive     boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS runs_started_idx ON opsbook.runs (started_at DESC);
+CREATE INDEX IF NOT EXISTS runs_procedure_idx ON opsbook.runs (procedure, dataset, started_at DESC);
+CREATE TABLE IF NOT EXISTS opsbook.partitions (
+    dataset           text NOT NULL,
+    partition         text NOT NULL,
+    step              text NOT NULL,
+    status            text NOT NULL CHECK (status IN ('running', 'success', 'failed', 'interrupted')),
+    params_hash       text,
+    input_fingerprint jsonb,
+    rows              bigint,
+    rejected          bigint,
+    checksum          text,
+    table_oid         bigint,
+    run_id            text,
+    started_at        timestamptz,
+    finished_at       timestamptz,
+    heartbeat_at      timestamptz,
+    error             text,
+    PRIMARY KEY (dataset, partition, step)
+);
+CREATE TABLE IF NOT EXISTS opsbook.meta (key text PRIMARY KEY, value text NOT NULL);
+"""
+
+
+def ensure_schema(conn: psycopg.Connection) -> None:
+    """Create the opsbook schema and tables once per database (idempotent, race-safe)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('opsbook.schema'))")
+        exists = conn.execute("SELECT to_regclass('opsbook.meta')").fetchone()[0]
+        if exists:
+            row = conn.execute("SELECT value FROM opsbook.meta WHERE key = 'schema_version'").fetchone()
+            if row and int(row[0]) >= SCHEMA_VERSION:
+                return
+        conn.execute(DDL)
+        conn.execute(
+            "INSERT INTO opsbook.meta VALUES ('schema_version', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
+
+
+# --- where a run happens --------------------------------------------------------------------
+
+
+@cache
+def git_revision() -> str:
+    """The project's git revision, with ``+dirty`` when the work tree has changes."""
+    root = config.project_root()
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                             capture_output=True, text=True, timeout=5)  # fmt: skip
+        if rev.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)  # fmt: skip
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Origin:
+    host: str
+    os_user: str
+    git_revision: str
+    opsbook_version: str
+
+
+def origin() -> Origin:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Origin(socket.gethostname(), user, git_revision(), __version__)
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+def start_run(conn: psycopg.Connection, run_id: str, procedure: str, dataset: str | None,
+              window: str | None, params: dict[str, Any], interactive: bool = False) -> None:  # fmt: skip
+    where = origin()
+    conn.execute(
+        """INSERT INTO opsbook.runs (run_id, procedure, dataset, "window", params, status, started_at,
+               heartbeat_at, host, os_user, git_revision, opsbook_version, interactive)
+           VALUES (%s, %s, %s, %s, %s, 'running', now(), now(), %s, %s, %s, %s, %s)
+           ON CONFLICT (run_id) DO NOTHING""",
+        (run_id, procedure, dataset, window, json.dumps(params), where.host, where.os_user,
+         where.git_revision, where.opsbook_version, interactive),
+    )  # fmt: skip
+
+
+def finish_run(conn: psycopg.Connection, run_id: str, status: str, exit_code: int | None,
+               rows_in: int | None = None, rows_out: int | None = None,
+               rows_rejected: int | None = None, error: str | None = None,
+               report_path: str | None = None, html_path: str | None = None) -> None:  # fmt: skip
+    conn.execute(
+        """UPDATE opsbook.runs SET status = %s, exit_code = %s, finished_at = now(),
+               rows_in = coalesce(%s, rows_in), rows_out = coalesce(%s, rows_out),
+               rows_rejected = coalesce(%s, rows_rejected), error = %s,
+               report_path = coalesce(%s, report_path), html_path = coalesce(%s, html_path)
+           WHERE run_id = %s""",
+        (status, exit_code, rows_in, rows_out, rows_rejected, error, report_path, html_path, run_id),
+    )
+
+
+def get_run(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
+    cur = conn.execute("SELECT * FROM opsbook.runs WHERE run_id = %s", (run_id,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return dict(zip([d.name for d in cur.description], row, strict=True))
+
+
+# --- partition ledger -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    dataset: str
+    partition: str
+    step: str
+    status: str
+    params_hash: str | None
+    input_fingerprint: Any
+    rows: int | None
+    rejected: int | None
+    checksum: str | None
+    table_oid: int | None
+    run_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+def ledger_get(conn: psycopg.Connection, dataset: str, partition: str, step: str) -> LedgerEntry | None:
+    row = conn.execute(
+        """SELECT dataset, partition, step, status, params_hash, input_fingerprint, rows, rejected,
+                  checksum, table_oid, run_id, started_at, finished_at, error
+           FROM opsbook.partitions WHERE dataset = %s AND partition = %s AND step = %s""",
+        (dataset, partition, step),
+    ).fetchone()
+    return LedgerEntry(*row) if row else None
+
+
+def ledger_running(conn: psycopg.Connection, dataset: str, partition: str, step: str, run_id: str,
+                   params_hash: str, fingerprint: Any) -> None:  # fmt: skip
+    conn.execute(
+        """INSERT INTO opsbook.partitions (dataset, partition, step, status, params_hash,
+               input_fingerprint, run_id, started_at, heartbeat_at, finished_at, error)
+           VALUES (%s, %s, %s, 'running', %s, %s, %s, now(), now(), NULL, NULL)
+           ON CONFLICT (dataset, partition, step) DO UPDATE SET status = 'running',
+               run_id = excluded.run_id, started_at = now(), heartbeat_at = now(),
+               finished_at = NULL, error = NULL""",
+        (dataset, partition, step, params_hash, json.dumps(fingerprint), run_id),
+    )
+
+
+def ledger_success(conn: psycopg.Connection, dataset: str, partition: str, step: str, run_id: str,
+                   params_hash: str, fingerprint: Any, rows: int, rejected: int,
+                   checksum: str | None, table_oid: int | None) -> None:  # fmt: skip
+    conn.execute(
+        """INSERT INTO opsbook.partitions (dataset, partition, step, status, params_hash,
+               input_fingerprint, rows, rejected, checksum, table_oid, run_id, started_at,
+               finished_at, heartbeat_at, error)
+           VALUES (%s, %s, %s, 'success', %s, %s, %s, %s, %s, %s, %s, now(), now(), now(), NULL)
+           ON CONFLICT (dataset, partition, step) DO UPDATE SET status = 'success',
+               params_hash = excluded.params_hash, input_fingerprint = excluded.input_fingerprint,
+               rows = excluded.rows, rejected = excluded.rejected, checksum = excluded.checksum,
+               table_oid = excluded.table_oid, run_id = excluded.run_id,
+               finished_at = now(), heartbeat_at = now(), error = NULL""",
+        (dataset, partition, step, params_hash, json.dumps(fingerprint), rows, rejected, checksum,
+         table_oid, run_id),
+    )  # fmt: skip
+
+
+def ledger_failed(conn: psycopg.Connection, dataset: str, partition: str, step: str, run_id: str,
+                  error: str) -> None:  # fmt: skip
+    conn.execute(
+        """UPDATE opsbook.partitions SET status = 'failed', error = %s, finished_at = now()
+           WHERE dataset = %s AND partition = %s AND step = %s AND run_id = %s""",
+        (error, dataset, partition, step, run_id),
+    )
+
+
+# --- locks -----------------------------------------------------------------------------------
+
+
+def try_lock(conn: psycopg.Connection, key: str, holder: str) -> None:
+    """Take a session advisory lock named ``key`` on ``conn`` or raise LockHeld naming the holder.
+
+    The holder is found through ``pg_stat_activity.application_name``, which the caller sets
+    to ``holder`` (run id, host, start time) for as long as it holds the lock.
+    """
+    got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0]
+    if not got:
+        row = conn.execute(
+            """SELECT a.application_name, a.backend_start, a.client_addr
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+               WHERE l.locktype = 'advisory' AND l.granted
+                 AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(%s, 0)
+               LIMIT 1""",
+            (key,),
+        ).fetchone()
+        who = row[0] if row and row[0] else "another session"
+        raise LockHeld(f"{key} is locked by {who}")
+    conn.execute("SELECT set_config('application_name', %s, false)", (holder[:63],))
+
+
+def unlock(conn: psycopg.Connection, key: str) -> None:
+    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))

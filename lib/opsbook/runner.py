@@ -1,0 +1,381 @@
+"""Run a procedure's notebook headless: validate, execute with papermill, report, exit code.
+
+Order of work, so that a failed run still leaves its report and run-log row:
+
+1. resolve the procedure and validate its parameters (UsageError, exit 2, before any kernel);
+2. write the run-log row (status running);
+3. execute with papermill through the opsbook engine (progress on stderr, deadline);
+4. read the recorded verdict, classify the outcome and pick the exit code;
+5. write the executed notebook and the HTML report (redacted), append runs.jsonl,
+   rewrite index.html, finish the run-log row.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from opsbook import config, procedures
+from opsbook.context import RUN_ID_ENV, new_run_id, window_of
+from opsbook.errors import EXIT_CODES, exit_code_for
+from opsbook.params import ProcedureParams, resolve
+from opsbook.redaction import Redactor
+from opsbook.verdict import RUN_STATUS
+
+
+@dataclass
+class Outcome:
+    """How a run ended, and where its report is."""
+
+    run_id: str
+    procedure: str
+    status: str  # pass | warn | fail
+    exit_code: int
+    summary: str
+    ipynb: Path | None = None
+    html: Path | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "run_id": self.run_id,
+            "procedure": self.procedure,
+            "summary": self.summary,
+            "reports": {"ipynb": str(self.ipynb) if self.ipynb else None,
+                        "html": str(self.html) if self.html else None},  # fmt: skip
+            "results": self.results,
+            "error": self.error,
+            "duration_s": round(self.duration_s, 3),
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to run: a registered procedure, or a notebook file given by path."""
+
+    name: str
+    notebook: Path
+    model: type[ProcedureParams] | None
+
+
+def resolve_target(name: str) -> Target:
+    from opsbook.errors import UsageError
+
+    if name.endswith(".ipynb"):
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(f"notebook {name} does not exist")
+        return Target(path.stem, path, None)
+    module = procedures.get(name)
+    notebook = config.notebooks_dir() / module.NOTEBOOK
+    if not notebook.is_file():
+        raise UsageError(f"procedure {name!r}: its notebook {notebook} is missing")
+    return Target(name, notebook, module.Params)
+
+
+def notebook_parameter_names(path: Path) -> list[str]:
+    """Names assigned in a notebook's ``parameters``-tagged cell (for notebooks without a model)."""
+    import ast
+    import json
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            names = []
+            for node in ast.parse(source).body:
+                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                    names.append(node.target.id)
+                elif isinstance(node, ast.Assign):
+                    names.extend(t.id for t in node.targets if isinstance(t, ast.Name))
+            return names
+    return []
+
+
+def prepare(name: str, files: list[Path], overrides: list[str]) -> tuple[Target, dict[str, Any]]:
+    """Resolve the target and its parameters without starting anything (exit 2 on any problem)."""
+    from opsbook.errors import UsageError
+    from opsbook.params import closest, parse_overrides, read_params_file
+
+    target = resolve_target(name)
+    if target.model is not None:
+        return target, resolve(target.model, files, overrides).notebook_parameters()
+    values: dict[str, Any] = {}
+    for path in files:
+        values.update(read_params_file(Path(path)))
+    values.update(parse_overrides(overrides))
+    known = notebook_parameter_names(target.notebook)
+    for key in values:
+        if key not in known:
+            hint = closest(key, known)
+            raise UsageError(f"unknown parameter {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                             + f" Valid names: {', '.join(known) or 'none'}.")  # fmt: skip
+    return target, values
+
+
+def execute(
+    name: str,
+    files: list[Path] | None = None,
+    overrides: list[str] | None = None,
+    timeout: float | None = None,
+    progress: TextIO | None = sys.stderr,
+) -> Outcome:
+    """Run one procedure end to end and return its outcome (never raises for a failed run)."""
+    target, values = prepare(name, list(files or []), list(overrides or []))
+    run_id = new_run_id(target.name)
+    redact = Redactor()
+    started_at = datetime.now(UTC)
+    t0 = time.monotonic()
+    paths = _report_paths(run_id)
+    notes: list[str] = []
+    safe_params = redact.scrub(values)
+    dataset, window = values.get("dataset"), window_of(values)
+
+    log = _RunLog(run_id, notes)
+    log.start(target.name, dataset, window, safe_params)
+
+    nb, error_name, error_text, exit_code = _run_notebook(target, values, run_id, timeout, progress)
+    duration = time.monotonic() - t0
+
+    results: dict[str, Any] = {}
+    if nb is not None:
+        try:
+            from opsbook import results as results_mod
+
+            results = results_mod.read(nb)
+        except Exception as exc:  # a notebook that recorded nothing readable is still reported
+            notes.append(f"could not read recorded results: {exc}")
+    verdict = results.get("verdict") or {}
+    status, summary = _classify(exit_code, verdict, error_name, error_text)
+
+    # artifacts, redacted; a leak found while redacting turns PASS into WARN
+    sha = None
+    ipynb = html_path = None
+    if nb is not None:
+        sha = _write_ipynb(nb, paths.ipynb, redact, notes)
+        ipynb = paths.ipynb if sha else None
+    if redact.leaks and status == "pass":
+        status = "warn"
+    if redact.leaks:
+        notes.append("secret value(s) redacted from: " + ", ".join(redact.leaks))
+    report = _report_context(target.name, run_id, status, summary, dataset, window, safe_params,
+                             started_at, duration, verdict, sha, exit_code, notes, paths)  # fmt: skip
+    if nb is not None:
+        try:
+            from opsbook import artifacts
+
+            artifacts.export_html(nb, paths.html, report, redact)
+            html_path = paths.html
+        except Exception as exc:
+            notes.append(f"HTML report not written: {type(exc).__name__}: {exc}")
+            traceback.print_exc(file=sys.stderr)
+    if redact.leaks and status == "pass":
+        status = "warn"
+
+    outcome = Outcome(run_id, target.name, status, exit_code, redact(summary),
+                      ipynb, html_path, redact.scrub(results), redact(error_text) if error_text else None,
+                      duration, notes)  # fmt: skip
+    _append_history(outcome, started_at, dataset, window, safe_params, verdict, redact)
+    log.finish(outcome, verdict, redact)
+    return outcome
+
+
+def _report_paths(run_id: str):
+    from opsbook.artifacts import ReportPaths
+
+    return ReportPaths.for_run(run_id)
+
+
+def _run_notebook(target: Target, values: dict[str, Any], run_id: str, timeout: float | None,
+                  progress: TextIO | None):  # fmt: skip
+    """Execute with papermill; returns (notebook or None, error name, error text, exit code)."""
+    import logging
+
+    import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    from opsbook import engine
+
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    kernel_dir = tempfile.mkdtemp(prefix="opsbook-kernel-")
+    hooks = engine.Hooks(target.name, stream=progress,
+                         deadline=time.monotonic() + timeout if timeout else None)  # fmt: skip
+    env_before = {k: os.environ.get(k) for k in (RUN_ID_ENV, "PLOTLY_RENDERER")}
+    os.environ[RUN_ID_ENV] = run_id
+    # the default mimetype renderer leaves plotly figures blank in the HTML export
+    os.environ["PLOTLY_RENDERER"] = "notebook"
+    try:
+        nb = papermill.execute_notebook(
+            str(target.notebook), None, parameters=values, engine_name=engine.ENGINE_NAME,
+            kernel_name="python3", progress_bar=False, cwd=str(config.project_root()),
+            opsbook_hooks=hooks, config=_kernel_config(kernel_dir),
+        )  # fmt: skip
+        return nb, None, None, 0
+    except PapermillExecutionError as exc:
+        nb = hooks.nb_man.nb if hooks.nb_man else None
+        text = f"{exc.ename}: {exc.evalue}"
+        return nb, exc.ename, text, exit_code_for(exc.ename)
+    except CellTimeoutError:
+        nb = hooks.nb_man.nb if hooks.nb_man else None
+        return nb, "RunTimeout", f"the run exceeded --timeout {timeout:g}s", 5
+    except DeadKernelError as exc:
+        nb = hooks.nb_man.nb if hooks.nb_man else None
+        return nb, "KernelDied", f"the kernel died: {exc}", 6
+    except Exception as exc:  # kernel failed to start, or the engine itself broke
+        nb = hooks.nb_man.nb if hooks.nb_man else None
+        if "timed out" in str(exc).lower() and timeout:
+            return nb, "RunTimeout", f"the run exceeded --timeout {timeout:g}s: {exc}", 5
+        return nb, type(exc).__name__, f"{type(exc).__name__}: {exc}", 3
+    finally:
+        shutil.rmtree(kernel_dir, ignore_errors=True)
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _kernel_config(kernel_dir: str):
+    """Talk to the kernel over Unix sockets in a private folder, not over unencrypted TCP."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(kernel_dir, "kernel")}})
+
+
+def _classify(exit_code: int, verdict: dict[str, Any], error_name: str | None, error_text: str | None):
+    if exit_code == 0:
+        status = verdict.get("status") or "pass"
+        summary = verdict.get("summary") or "completed (the notebook recorded no verdict)"
+        return status, summary
+    if verdict.get("summary"):
+        return "fail", verdict["summary"]
+    return "fail", error_text or EXIT_CODES.get(exit_code, "failed")
+
+
+def _write_ipynb(nb, path: Path, redact: Redactor, notes: list[str]) -> str | None:
+    from opsbook import artifacts
+
+    try:
+        return artifacts.write_notebook(nb, path, redact)
+    except Exception as exc:
+        notes.append(f"executed notebook not written: {type(exc).__name__}: {exc}")
+        return None
+
+
+def _report_context(procedure, run_id, status, summary, dataset, window, params, started_at,
+                    duration, verdict, sha, exit_code, notes, paths) -> dict[str, Any]:  # fmt: skip
+    from opsbook import __version__, runlog, services
+
+    where = runlog.origin()
+    reports = config.reports_dir()
+    index_href = os.path.relpath(reports / "index.html", paths.html.parent)
+    failure_href = failure_label = None
+    if status == "fail":
+        anchor = verdict.get("anchor")
+        failure_href, failure_label = (f"#{anchor}", "see the failing check") if anchor else (
+            "#opsbook-failed-cell", "go to the failing cell")
+    database = "embedded PostgreSQL (.opsbook/pg)" if services.database_is_embedded() else "configured (DATABASE_URL)"
+    card = [
+        ("run id", run_id),
+        ("procedure", procedure),
+        ("dataset", dataset or ""),
+        ("window", window or ""),
+        ("parameters", ", ".join(f"{k}={v}" for k, v in params.items())),
+        ("status", f"{status.upper()} (exit {exit_code}: {EXIT_CODES.get(exit_code, '')})"),
+        ("started (UTC)", started_at.strftime("%Y-%m-%d %H:%M:%S")),
+        ("duration", f"{duration:.1f}s"),
+        ("rows in / out / quarantined", " / ".join(
+            f"{verdict[k]:,}" if isinstance(verdict.get(k), int) else "-"
+            for k in ("rows_in", "rows_out", "rows_rejected"))),
+        ("database", database),
+        ("host / user", f"{where.host} / {where.os_user}"),
+        ("git revision", where.git_revision),
+        ("opsbook version", __version__),
+        ("executed notebook", f"{paths.ipynb.name} (SHA-256 {sha})" if sha else "not written"),
+    ]  # fmt: skip
+    card.extend(("note", n) for n in notes)
+    return {
+        "status": status, "procedure": procedure, "dataset": dataset, "window": window,
+        "summary": summary, "card": card, "index_href": index_href,
+        "failure_href": failure_href, "failure_label": failure_label,
+    }  # fmt: skip
+
+
+def _append_history(outcome: Outcome, started_at, dataset, window, params, verdict, redact: Redactor) -> None:
+    from opsbook import artifacts
+
+    entry = {
+        "run_id": outcome.run_id,
+        "procedure": outcome.procedure,
+        "dataset": dataset,
+        "window": window,
+        "status": outcome.status,
+        "exit_code": outcome.exit_code,
+        "started_at": started_at.isoformat(),
+        "duration_s": round(outcome.duration_s, 3),
+        "summary": outcome.summary,
+        "figures": verdict.get("figures") or {},
+        "params": params,
+        "ipynb": str(outcome.ipynb) if outcome.ipynb else None,
+        "html": str(outcome.html) if outcome.html else None,
+        "error": outcome.error,
+    }
+    try:
+        artifacts.append_run(entry, redact)
+    except OSError as exc:
+        outcome.notes.append(f"runs.jsonl / index.html not updated: {exc}")
+
+
+class _RunLog:
+    """The run's row in opsbook.runs; a database that cannot be reached does not stop the run
+    (the notebook will report that), it is noted instead."""
+
+    def __init__(self, run_id: str, notes: list[str]):
+        self.run_id = run_id
+        self.notes = notes
+        self.ok = False
+
+    def start(self, procedure, dataset, window, params) -> None:
+        from opsbook import runlog
+        from opsbook.stores import postgres
+
+        try:
+            with postgres.connection(autocommit=True, purpose=f"runner {self.run_id}") as conn:
+                runlog.ensure_schema(conn)
+                runlog.start_run(conn, self.run_id, procedure, dataset, window, params)
+            self.ok = True
+        except Exception as exc:
+            self.notes.append(f"run log not written: {exc}")
+
+    def finish(self, outcome: Outcome, verdict: dict[str, Any], redact: Redactor) -> None:
+        if not self.ok:
+            return
+        from opsbook import runlog
+        from opsbook.stores import postgres
+
+        try:
+            with postgres.connection(autocommit=True, purpose=f"runner {self.run_id}") as conn:
+                runlog.finish_run(
+                    conn, self.run_id, RUN_STATUS.get(outcome.status, "failed"), outcome.exit_code,
+                    verdict.get("rows_in"), verdict.get("rows_out"), verdict.get("rows_rejected"),
+                    redact(outcome.error) if outcome.error else None,
+                    str(outcome.ipynb) if outcome.ipynb else None,
+                    str(outcome.html) if outcome.html else None,
+                )  # fmt: skip
+        except Exception as exc:
+            outcome.notes.append(f"run log not finished: {exc}")

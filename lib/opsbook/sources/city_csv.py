@@ -1,0 +1,550 @@
+"""Read City-format CSV parts in blocks: decode, parse, type-check, and split good rows from rejects.
+
+The reader streams: it holds one block (``BLOCK_BYTES`` of input) at a time, so memory does
+not grow with the file. Each block takes the fast path when it can (valid UTF-8, one row per
+physical line): Arrow's CSV parser, then vectorized checks. Otherwise (another encoding,
+blank lines, quoted line breaks) it takes the exact path: line by line with Python's csv
+module, each line decoded with the first encoding that fits. Both paths give the same rows,
+the same rejects and the same line numbers.
+
+Good rows come out as a typed Arrow table (date32, time64, decimal128, int32, string; NULL for
+empty fields), ready for a binary COPY. Malformed rows come out as :class:`Reject` records
+naming the file, line, field and reason, with the raw line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from opsbook.datasets import Column, DatasetSpec
+from opsbook.errors import SourceError
+
+BLOCK_BYTES = 8 << 20
+MAX_RAW_CHARS = 10_000  # a quarantined line keeps at most this much of its raw text
+
+_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A quarantined input row."""
+
+    source_file: str
+    line_number: int
+    field: str
+    reason: str
+    raw: str
+
+
+@dataclass
+class Batch:
+    """The outcome of one block: typed good rows and the rejects."""
+
+    rows: pa.Table
+    rejects: list[Reject]
+    first_line: int
+    last_line: int
+
+
+@dataclass
+class PartStats:
+    """What reading one CSV part found: rows, rejects, encodings, skipped blank lines."""
+
+    label: str
+    rows: int = 0
+    rejected: int = 0
+    blank_lines: int = 0
+    lines: int = 0
+    # encoding -> lines decoded with it (UTF-8 lines of the fast path are not counted: 0)
+    encodings: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def encoding(self) -> str:
+        used = list(self.encodings)
+        if not used:
+            return "ascii"
+        if len(used) == 1:
+            return used[0]
+        return "mixed (" + ", ".join(f"{e}: {n:,} lines" if n else e for e, n in self.encodings.items()) + ")"
+
+
+# --- header ----------------------------------------------------------------------------------
+
+
+def _decode_line(raw: bytes, encodings: list[str]) -> tuple[str | None, str | None]:
+    for encoding in encodings:
+        try:
+            return raw.decode(encoding), encoding
+        except UnicodeDecodeError:
+            continue
+    return None, None
+
+
+def read_header(stream: IO[bytes], label: str, spec: DatasetSpec) -> tuple[list[str], int]:
+    """Read and check the header line; returns the source's column names and its byte length.
+
+    Columns may come in any order; every spec column must be present and no unknown column
+    may appear (its values would be lost silently).
+    """
+    first = stream.readline(1 << 20)
+    if not first:
+        raise SourceError(f"{label}: the file is empty (expected a header line naming the columns)")
+    if not first.endswith(b"\n") and len(first) >= 1 << 20:
+        raise SourceError(f"{label}:1: the first line is over 1 MiB: not a CSV header")
+    text, _ = _decode_line(first.removeprefix(codecs.BOM_UTF8), spec.source.encodings)
+    if text is None or "\x00" in text:
+        raise SourceError(f"{label}:1: the header is not text in {' or '.join(spec.source.encodings)}")
+    names = [n.strip().lower() for n in next(csv.reader([text.rstrip("\r\n")], delimiter=spec.source.delimiter))]
+    expected = spec.column_names
+    missing = [c for c in expected if c not in names]
+    unknown = [n for n in names if n not in expected]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if missing or unknown or duplicated:
+        problems = []
+        if missing:
+            problems.append(f"missing column(s) {', '.join(missing)}")
+        if unknown:
+            problems.append(f"unknown column(s) {', '.join(repr(u) for u in unknown)}")
+        if duplicated:
+            problems.append(f"repeated column(s) {', '.join(duplicated)}")
+        raise SourceError(
+            f"{label}:1: header does not match dataset {spec.name!r}: {'; '.join(problems)} "
+            f"(expected {', '.join(expected)})"
+        )
+    return names, len(first)
+
+
+# --- blocks ----------------------------------------------------------------------------------
+
+
+def iter_blocks(stream: IO[bytes], first_line: int, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes, int]]:
+    """Yield ``(line number of the block's first line, bytes, line count)``; blocks end at a newline."""
+    carry = b""
+    line = first_line
+    while True:
+        chunk = stream.read(block_bytes)
+        if not chunk:
+            break
+        data = carry + chunk if carry else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            continue
+        block, carry = data[: cut + 1], data[cut + 1 :]
+        count = block.count(b"\n")
+        yield line, block, count
+        line += count
+    if carry:
+        yield line, carry, 1
+
+
+def read_part(
+    stream: IO[bytes],
+    label: str,
+    spec: DatasetSpec,
+    partition_year: int | None,
+    stats: PartStats | None = None,
+    block_bytes: int = BLOCK_BYTES,
+) -> Iterator[Batch]:
+    """Stream one CSV part as batches of good rows and rejects.
+
+    Parameters
+    ----------
+    stream
+        The part's bytes (a file, a ZIP member, a GCS object).
+    label
+        How messages name the part, e.g. ``parking-tickets-2016.zip:Parking_Tags_Data_2016_1.csv``.
+    spec
+        The dataset: column names, types and formats, and accepted encodings.
+    partition_year
+        Rows whose partition date falls outside this year are rejected (None: no check).
+
+    Raises
+    ------
+    SourceError
+        When the part cannot be read at all (empty, bad header, corrupt archive).
+    """
+    stats = stats or PartStats(label)
+    names, _ = read_header(stream, label, spec)
+    checker = _Checker(spec, names, label, partition_year)
+    try:
+        for first_line, block, lines in iter_blocks(stream, 2, block_bytes):
+            batch = checker.fast(block, first_line, lines, stats)
+            if batch is None:
+                batch = checker.exact(block, first_line, stats)
+            stats.rows += batch.rows.num_rows
+            stats.rejected += len(batch.rejects)
+            yield batch
+    except (EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+        # zipfile and zlib raise these for truncated or corrupt members
+        line = stats.lines + 1
+        raise SourceError(f"{label}: unreadable after line {line:,}: {exc}") from exc
+
+
+class _Checker:
+    """Per-part state: column order, conversions, and both parsing paths."""
+
+    def __init__(self, spec: DatasetSpec, names: list[str], label: str, partition_year: int | None):
+        self.spec = spec
+        self.source_names = names
+        self.label = label
+        self.partition_year = partition_year
+        self.width = len(names)
+        self.encodings = spec.source.encodings
+        self.schema = arrow_schema(spec)
+
+    # -- fast path: valid UTF-8, one row per physical line ----------------------------------
+
+    def fast(self, block: bytes, first_line: int, lines: int, stats: PartStats) -> Batch | None:
+        """Arrow's parser over the block; None when the exact path must decide instead."""
+        if b"\x00" in block:
+            return None
+        ascii_only = block.isascii()
+        batch = self._parse(block, first_line, lines)
+        # UTF-8 lines are not counted (it would cost a pass); other encodings are
+        encodings = {} if ascii_only or batch is None else {"utf-8": 0}
+        if batch is None and not ascii_only:
+            spans = _non_ascii_lines(block)
+            # not UTF-8: decode each non-ASCII line with the first encoding that fits (ASCII
+            # lines read the same in all of them) and parse the UTF-8 re-encoding
+            transcoded = _transcode(block, spans, self.encodings)
+            if transcoded is None:
+                return None  # a line fits no encoding: the exact path quarantines it
+            block, encodings = transcoded
+            batch = self._parse(block, first_line, lines)
+        if batch is None:
+            return None
+        stats.lines += batch.last_line - first_line + 1
+        for encoding, count in encodings.items():
+            stats.encodings[encoding] = stats.encodings.get(encoding, 0) + count
+        return batch
+
+    def _parse(self, block: bytes, first_line: int, lines: int, threads: bool = True) -> Batch | None:
+        invalid: list[tuple[int, str]] = []
+
+        def on_invalid(row) -> str:
+            invalid.append((row.number, row.text))
+            return "skip"
+
+        try:
+            table = pa_csv.read_csv(
+                io.BytesIO(block),
+                read_options=pa_csv.ReadOptions(
+                    column_names=self.source_names, use_threads=threads,
+                    block_size=(1 << 20) if threads else len(block) + 1,
+                ),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter=self.spec.source.delimiter, invalid_row_handler=on_invalid
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={n: pa.string() for n in self.source_names},
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=True,
+                ),
+            )
+        except pa.ArrowInvalid:
+            return None  # not UTF-8, or a quoting problem
+        if threads and invalid:
+            # the threaded parser does not know the invalid rows' line numbers
+            return self._parse(block, first_line, lines, threads=False)
+        if table.num_rows + len(invalid) != lines or any(n is None for n, _ in invalid):
+            return None  # blank lines or quoted line breaks: line numbers need the exact path
+        bad_numbers = {n for n, _ in invalid}
+        if invalid:
+            line_numbers = np.array(
+                [first_line + i for i in range(lines) if (i + 1) not in bad_numbers], dtype=np.int64
+            )
+        else:
+            line_numbers = np.arange(first_line, first_line + lines, dtype=np.int64)
+        rejects = [
+            Reject(self.label, first_line + n - 1, "", self._width_reason(text), text[:MAX_RAW_CHARS])
+            for n, text in invalid
+        ]
+        table = table.select(self.spec.column_names)
+        good, more = self.check(table, line_numbers, lambda idx: _raw_lines(block, idx - first_line, "utf-8"))
+        rejects = sorted(rejects + more, key=lambda r: r.line_number)
+        return Batch(good, rejects, first_line, first_line + lines - 1)
+
+    def _width_reason(self, text: str) -> str:
+        got = len(next(csv.reader([text], delimiter=self.spec.source.delimiter), []))
+        return f"wrong column count: {got} fields, expected {self.width}"
+
+    # -- exact path: line by line ------------------------------------------------------------
+
+    def exact(self, block: bytes, first_line: int, stats: PartStats) -> Batch:
+        raw_lines = block.split(b"\n")
+        if raw_lines and raw_lines[-1] == b"":
+            raw_lines.pop()
+        decoded: list[str] = []
+        rejects: list[Reject] = []
+        usable: list[int] = []  # indexes into raw_lines that decoded
+        for i, raw in enumerate(raw_lines):
+            raw = raw.removesuffix(b"\r")
+            text, encoding = _decode_line(raw, self.encodings)
+            if text is None or "\x00" in text:
+                reason = "contains NUL bytes" if text is not None else (
+                    f"bytes not valid in {' or '.join(self.encodings)}"
+                )
+                rejects.append(Reject(self.label, first_line + i, "", reason, raw.decode("latin-1")[:MAX_RAW_CHARS]))
+                continue
+            if not raw.isascii():
+                stats.encodings[encoding] = stats.encodings.get(encoding, 0) + 1
+            decoded.append(text)
+            usable.append(i)
+        stats.lines += len(raw_lines)
+
+        # csv.reader over the decoded lines: a quoted field may span lines; line_num tracks them
+        columns: list[list[str]] = [[] for _ in range(self.width)]
+        numbers: list[int] = []
+        raws: dict[int, str] = {}
+        reader = csv.reader(_LineFeed(decoded), delimiter=self.spec.source.delimiter, strict=True)
+        while True:
+            start = reader.line_num
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                line = first_line + usable[min(start, len(usable) - 1)]
+                rejects.append(Reject(self.label, line, "", f"malformed CSV: {exc}", decoded[min(start, len(decoded) - 1)][:MAX_RAW_CHARS]))
+                continue
+            line = first_line + usable[start]
+            if not fields:
+                stats.blank_lines += 1
+                continue
+            raw_text = "\n".join(decoded[start : reader.line_num])
+            if len(fields) != self.width:
+                if len(fields) == 1 and not fields[0].strip():
+                    stats.blank_lines += 1
+                    continue
+                rejects.append(Reject(self.label, line, "", self._width_reason(raw_text), raw_text[:MAX_RAW_CHARS]))
+                continue
+            for target, value in zip(columns, fields, strict=True):
+                target.append(value)
+            numbers.append(line)
+            raws[line] = raw_text
+        table = pa.table({
+            n: pa.array([v if v else None for v in c], pa.string())
+            for n, c in zip(self.source_names, columns, strict=True)
+        })  # fmt: skip
+        table = table.select(self.spec.column_names)
+        good, more = self.check(table, np.array(numbers, dtype=np.int64), lambda idx: [raws[int(i)] for i in idx])
+        rejects.extend(more)
+        rejects.sort(key=lambda r: r.line_number)
+        last = first_line + len(raw_lines) - 1
+        return Batch(good, rejects, first_line, last)
+
+    # -- typed checks, shared by both paths ---------------------------------------------------
+
+    def check(self, table: pa.Table, line_numbers: np.ndarray, raw_of) -> tuple[pa.Table, list[Reject]]:
+        """Validate and canonicalize every column; returns (good rows, rejects)."""
+        n = table.num_rows
+        if n == 0:
+            return table, []
+        bad = np.zeros(n, dtype=bool)
+        reasons: list[tuple[np.ndarray, str, str]] = []  # (mask, field, reason template)
+        out = {}
+        for col in self.spec.columns:
+            values = table.column(col.name)
+            if col.type != "text":
+                values = pc.utf8_trim_whitespace(values)
+            converted, problems = _convert(col, values, self.partition_year, col.name == self.spec.partition.column)
+            out[col.name] = converted
+            for mask, reason in problems:
+                if mask.any():
+                    reasons.append((mask, col.name, reason))
+                    bad |= mask
+        good_table = pa.Table.from_arrays(
+            [out[c.name] for c in self.spec.columns], schema=self.schema
+        )
+        if not bad.any():
+            return good_table, []
+        rejects = []
+        bad_idx = np.flatnonzero(bad)
+        raw = raw_of(line_numbers[bad_idx])
+        first_reason: dict[int, tuple[str, list[str]]] = {}
+        for mask, name, reason in reasons:
+            for i in np.flatnonzero(mask):
+                value = table.column(name)[int(i)].as_py()
+                text = reason.format(value=value, year=self.partition_year)
+                entry = first_reason.setdefault(int(i), (name, []))
+                entry[1].append(f"{name}: {text}")
+        for k, i in enumerate(bad_idx):
+            name, texts = first_reason[int(i)]
+            rejects.append(Reject(self.label, int(line_numbers[i]), name, "; ".join(texts), raw[k][:MAX_RAW_CHARS]))
+        keep = pa.array(~bad)
+        return good_table.filter(keep), rejects
+
+
+class _LineFeed:
+    """Feeds lines to csv.reader; line_num then counts physical lines."""
+
+    def __init__(self, lines: list[str]):
+        self._lines = iter(lines)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        return next(self._lines) + "\n"
+
+
+def _non_ascii_lines(block: bytes) -> list[tuple[int, int]]:
+    """(start, end) byte spans of the lines holding a byte >= 0x80, in order."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    high = np.flatnonzero(data >= 0x80)
+    if not len(high):
+        return []
+    newlines = np.flatnonzero(data == 0x0A)
+    lines = np.unique(np.searchsorted(newlines, high))
+    starts = np.where(lines > 0, newlines[np.maximum(lines - 1, 0)] + 1, 0)
+    ends = np.where(lines < len(newlines), newlines[np.minimum(lines, len(newlines) - 1)], len(block))
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def _transcode(block: bytes, spans: list[tuple[int, int]], encodings: list[str]):
+    """The block re-encoded as UTF-8, decoding each listed line with the first encoding that
+    fits; also the count of lines per encoding. None when a line fits none of them."""
+    pieces, counts, last = [], {}, 0
+    for start, end in spans:
+        text, encoding = _decode_line(block[start:end], encodings)
+        if text is None:
+            return None
+        counts[encoding] = counts.get(encoding, 0) + 1
+        pieces.append(block[last:start])
+        pieces.append(text.encode("utf-8"))
+        last = end
+    pieces.append(block[last:])
+    return b"".join(pieces), counts
+
+
+def _raw_lines(block: bytes, offsets: np.ndarray, encoding: str) -> list[str]:
+    lines = block.split(b"\n")
+    return [lines[int(i)].removesuffix(b"\r").decode(encoding, "replace") for i in offsets]
+
+
+def _np(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean mask as numpy; NULL counts as False."""
+    if mask.null_count:
+        mask = pc.fill_null(mask, False)
+    return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def arrow_type(col: Column) -> pa.DataType:
+    """The Arrow type of a column's loaded values (what binary COPY sends)."""
+    return {
+        "text": pa.string(),
+        "integer": pa.int32(),
+        "bigint": pa.int64(),
+        "numeric": pa.decimal128(col.precision, col.scale or 0),
+        "date": pa.date32(),
+        "time": pa.time64("us"),
+    }[col.type]
+
+
+def arrow_schema(spec: DatasetSpec) -> pa.Schema:
+    return pa.schema([pa.field(c.name, arrow_type(c)) for c in spec.columns])
+
+
+def _convert(col: Column, values: pa.ChunkedArray, partition_year: int | None, is_partition: bool):
+    """Typed values (NULL where empty or bad), and the (mask, reason) pairs of values that fail."""
+    problems: list[tuple[np.ndarray, str]] = []
+    if col.type != "text":
+        values = pc.utf8_trim_whitespace(values)
+        blank = _np(pc.equal(pc.binary_length(values), 0))
+        if blank.any():  # whitespace only: empty
+            values = pc.if_else(pa.array(blank), pa.scalar(None, pa.string()), values)
+    empty = _np(pc.is_null(values))
+    if col.required:
+        problems.append((empty, "missing (the column is required)"))
+    if col.type == "text":
+        return values, problems
+    if col.type == "date" and col.format in ("yyyymmdd", None, "iso"):
+        if col.format == "yyyymmdd":
+            digits, shaped = _as_int(values, 8, 8)
+            expected = "YYYYMMDD"
+        else:
+            shaped = _np(pc.match_substring_regex(values, r"^\d{4}-\d{2}-\d{2}$"))
+            digits = _to_int(pc.replace_substring(values, "-", ""), shaped)
+            expected = "YYYY-MM-DD"
+        problems.append((~empty & ~shaped, f"unparsable date {{value!r}} (expected {expected})"))
+        year, month, day = digits // 10000, (digits // 100) % 100, digits % 100
+        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+        limit = _DAYS[np.clip(month, 0, 12)] + ((month == 2) & leap)
+        valid = shaped & (month >= 1) & (month <= 12) & (day >= 1) & (day <= limit)
+        problems.append((shaped & ~valid, "impossible date {value!r}"))
+        if is_partition and partition_year is not None:
+            problems.append((valid & (year != partition_year), "date {value!r} is outside the file's year {year}"))
+        months = np.where(valid, (year - 1970) * 12 + month - 1, 0).astype("datetime64[M]")
+        days = (months.astype("datetime64[D]") + np.where(valid, day - 1, 0)).astype(np.int64)
+        return _typed(days.astype(np.int32), pa.date32(), valid), problems
+    if col.type == "time" and col.format in ("hhmm", None):
+        digits, shaped = _as_int(values, 1, 4)
+        problems.append((~empty & ~shaped, "unparsable time {value!r} (expected HHMM)"))
+        valid = shaped & (digits // 100 < 24) & (digits % 100 < 60)
+        problems.append((shaped & ~valid, "impossible time {value!r}"))
+        micros = ((digits // 100) * 3600 + (digits % 100) * 60) * 1_000_000
+        return _typed(np.where(valid, micros, 0), pa.time64("us"), valid), problems
+    if col.type in ("integer", "bigint"):
+        digits, shaped = _as_int(pc.utf8_ltrim(values, "+"), 1, 19, signed=True)
+        problems.append((~empty & ~shaped, "not an integer: {value!r}"))
+        bound = 2**31 if col.type == "integer" else 2**63
+        in_range = shaped & (digits < bound) & (digits >= -bound)
+        problems.append((shaped & ~in_range, "integer out of range: {value!r}"))
+        return _typed(np.where(in_range, digits, 0), arrow_type(col), in_range), problems
+    if col.type == "numeric":
+        whole, scale = col.precision - (col.scale or 0), col.scale or 0
+        number = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
+        shaped = _np(pc.match_substring_regex(values, number))
+        problems.append((~empty & ~shaped, "not a number: {value!r}"))
+        fits_pattern = rf"^[+-]?0*(\d{{0,{whole}}})(\.\d{{0,{scale}}}0*)?$" if scale else rf"^[+-]?0*\d{{0,{whole}}}(\.0*)?$"
+        fits = shaped & _np(pc.match_substring_regex(values, fits_pattern))
+        problems.append((shaped & ~fits, f"{{value!r}} does not fit numeric({col.precision},{scale})"))
+        safe = pc.if_else(pa.array(fits), values, pa.scalar("0"))
+        typed = pc.cast(pc.replace_substring_regex(safe, r"^\+", ""), arrow_type(col))
+        return pc.if_else(pa.array(fits), typed, pa.scalar(None, arrow_type(col))), problems
+    raise SourceError(f"column {col.name}: type {col.type} with format {col.format} is not supported")
+
+
+def _typed(values: np.ndarray, type_: pa.DataType, valid: np.ndarray) -> pa.Array:
+    """Integers (days, microseconds, plain numbers) as ``type_``, NULL where not ``valid``."""
+    storage = pa.int32() if type_ == pa.date32() else pa.int64()
+    return pa.array(values, type=storage, mask=~valid).cast(type_)
+
+
+def _as_int(values: pa.ChunkedArray, shortest: int, longest: int, signed: bool = False):
+    """(int64 values, mask of values that are only ASCII digits of an allowed length).
+
+    Clean columns take one cast; a column with any bad value is masked first, then cast.
+    NULLs are not "shaped" (the caller decides whether empty is allowed).
+    """
+    length = pc.binary_length(values)
+    length_ok = _np(pc.and_(pc.greater_equal(length, shortest), pc.less_equal(length, longest)))
+    try:
+        digits = np.asarray(pc.fill_null(pc.cast(values, pa.int64()), 0).to_numpy(zero_copy_only=False))
+        # a successful cast still admits a sign, which only integers may carry
+        shaped = length_ok & ~_np(pc.is_null(values)) & (signed | (digits >= 0))
+        return np.where(shaped, digits, 0), shaped
+    except (pa.ArrowInvalid, OverflowError):
+        pattern = r"^-?\d+$" if signed else r"^\d+$"
+        shaped = length_ok & _np(pc.match_substring_regex(values, pattern))
+        return _to_int(values, shaped), shaped
+
+
+def _to_int(values: pa.ChunkedArray, mask: np.ndarray) -> np.ndarray:
+    """int64 of the digit strings where ``mask`` holds (0 elsewhere), vectorized."""
+    safe = pc.if_else(pa.array(mask), values, pa.scalar("0"))
+    return np.asarray(pc.cast(safe, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -1,0 +1,76 @@
+"""Google Cloud Storage through ``google-cloud-storage``.
+
+Credentials come from the environment (``GOOGLE_APPLICATION_CREDENTIALS`` or the metadata
+server), never from parameters. With ``STORAGE_EMULATOR_HOST`` set, the client talks to that
+emulator (tests use ``gcp-storage-emulator``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import IO
+from urllib.parse import urlsplit
+
+from opsbook.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    name: str  # the object name's last path segment
+    size: int
+    fingerprint: str  # generation and md5: changes whenever the content does
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    parts = urlsplit(uri)
+    if parts.scheme != "gs" or not parts.netloc:
+        raise UsageError(f"not a gs:// URI: {uri!r}")
+    return parts.netloc, parts.path.lstrip("/")
+
+
+@cache
+def client():
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "opsbook"),
+                              credentials=AnonymousCredentials())  # fmt: skip
+    return storage.Client()
+
+
+def list_objects(prefix_uri: str) -> list[ObjectInfo]:
+    """Every object under ``gs://bucket/prefix`` (recursively), sorted by name."""
+    bucket, prefix = split_uri(prefix_uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    found = []
+    for blob in client().list_blobs(bucket, prefix=prefix or None):
+        if blob.name.endswith("/"):
+            continue
+        found.append(
+            ObjectInfo(
+                uri=f"gs://{bucket}/{blob.name}",
+                name=blob.name.rsplit("/", 1)[-1],
+                size=int(blob.size or 0),
+                fingerprint=f"gen:{blob.generation}:md5:{blob.md5_hash}",
+            )
+        )
+    return sorted(found, key=lambda o: o.uri)
+
+
+def open_read(uri: str) -> IO[bytes]:
+    """A seekable binary reader over one object (ZIP readers need to seek)."""
+    bucket, name = split_uri(uri)
+    blob = client().bucket(bucket).blob(name)
+    return blob.open("rb", chunk_size=8 << 20)
+
+
+def upload_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    bucket, name = split_uri(uri)
+    client().bucket(bucket).blob(name).upload_from_string(data, content_type=content_type)

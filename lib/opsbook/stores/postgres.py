@@ -1,0 +1,250 @@
+"""PostgreSQL: connections, identifiers, and the DDL of dataset tables.
+
+Identifiers from specs and parameters are validated (see ``datasets.check_identifier``) and
+always quoted with ``psycopg.sql.Identifier``; values are always bound, never formatted in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+from psycopg import sql
+
+from opsbook import services
+from opsbook.datasets import DatasetSpec
+from opsbook.errors import ServiceError
+from opsbook.redaction import redact_url
+
+def normalize_url(url: str) -> str:
+    """Accept SQLAlchemy and Heroku spellings: ``postgresql+psycopg://``, ``postgres://``."""
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+def connect(url: str | None = None, autocommit: bool = False, purpose: str = "") -> psycopg.Connection:
+    """A new psycopg connection to ``url`` (default: the configured or embedded database)."""
+    url = normalize_url(url or services.database_url())
+    name = "opsbook" + (f" {purpose}" if purpose else "")
+    try:
+        return psycopg.connect(url, autocommit=autocommit, application_name=name[:63], connect_timeout=15)
+    except psycopg.OperationalError as exc:
+        # the message can carry the DSN; redact before it travels anywhere
+        raise ServiceError(f"cannot connect to PostgreSQL at {redact_url(url)}: {_first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def connection(url: str | None = None, autocommit: bool = False, purpose: str = "") -> Iterator[psycopg.Connection]:
+    conn = connect(url, autocommit=autocommit, purpose=purpose)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def sqlalchemy_url(url: str | None = None) -> str:
+    return "postgresql+psycopg://" + normalize_url(url or services.database_url()).removeprefix("postgresql://")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def ident(*names: str) -> sql.Identifier:
+    return sql.Identifier(*names)
+
+
+def has_postgis(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'postgis'").fetchone()
+    return bool(row and row[0])
+
+
+def table_exists(conn: psycopg.Connection, name: str, schema: str = "public") -> bool:
+    row = conn.execute("SELECT to_regclass(%s)", (f"{schema}.{name}",)).fetchone()
+    return row is not None and row[0] is not None
+
+
+# --- dataset tables --------------------------------------------------------------------------
+
+
+def column_definitions(spec: DatasetSpec) -> sql.Composed:
+    parts = []
+    for col in spec.columns:
+        not_null = sql.SQL(" NOT NULL") if col.required else sql.SQL("")
+        parts.append(sql.SQL("{} {}{}").format(ident(col.name), sql.SQL(col.sql_type), not_null))
+    return sql.SQL(", ").join(parts)
+
+
+def partition_table(spec: DatasetSpec, year: int) -> str:
+    return f"{spec.table}_{year}"
+
+
+def ensure_dataset_tables(conn: psycopg.Connection, spec: DatasetSpec) -> None:
+    """Create the partitioned table and its quarantine table when missing (idempotent)."""
+    with conn.transaction():
+        # concurrent first runs would otherwise race on CREATE TABLE IF NOT EXISTS
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"opsbook.ddl.{spec.table}",))
+        conn.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}) PARTITION BY RANGE ({})").format(
+                ident(spec.table), column_definitions(spec), ident(spec.partition.column)
+            )
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " year integer NOT NULL,"
+                " source_file text NOT NULL,"
+                " line_number bigint NOT NULL,"
+                " field text,"
+                " reason text NOT NULL,"
+                " raw_line text,"
+                " run_id text,"
+                " rejected_at timestamptz NOT NULL DEFAULT now())"
+            ).format(ident(spec.rejected_table))
+        )
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (year)").format(
+                ident(f"{spec.rejected_table}_year_idx"), ident(spec.rejected_table)
+            )
+        )
+
+
+def year_bounds_check(spec: DatasetSpec, year: int) -> sql.Composed:
+    """The CHECK that lets ATTACH PARTITION skip its validation scan."""
+    column = ident(spec.partition.column)
+    return sql.SQL("{} IS NOT NULL AND {} >= {} AND {} < {}").format(
+        column, column, sql.Literal(f"{year}-01-01"), column, sql.Literal(f"{year + 1}-01-01")
+    )
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL, pointing at another database."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(normalize_url(url))
+    params["dbname"] = database
+    return make_conninfo(**params)
+
+
+def ensure_database(url: str, database: str, drop_first: bool = False) -> str:
+    """Create ``database`` on the server behind ``url`` if missing; return a URL for it."""
+    from opsbook.datasets import check_identifier
+
+    check_identifier(database, "database")
+    with psycopg.connect(normalize_url(url), autocommit=True) as conn:
+        if drop_first:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(database)))
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(ident(database)))
+    return with_database(url, database)
+
+
+def psql_executable() -> str:
+    """The machine's psql, else the one inside the pgserver wheel."""
+    import shutil
+
+    found = shutil.which("psql")
+    if found:
+        return found
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / "psql")
+
+
+# --- Arrow in: binary COPY through ADBC ------------------------------------------------------
+
+_DONE = object()
+
+
+def copy_arrow(url: str | None, setup: list[str], table: str, schema, tables) -> tuple[int, str]:
+    """Binary-COPY a stream of Arrow tables into ``table``, in one transaction; commit.
+
+    ``setup`` statements (e.g. CREATE TABLE) run first in the same transaction. ``tables`` is
+    consumed in a background thread, so that reading and checking the input overlaps the
+    server's work; at most a few batches wait in between (bounded memory). An exception raised
+    by ``tables`` aborts the transaction and is re-raised here as it was.
+
+    Returns the number of rows stored and the transaction id (as a 32-bit xid, which every
+    stored row carries as ``xmin``).
+    """
+    import queue
+    import threading
+
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow as pa
+
+    pending: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for item in tables:
+                for batch in item.to_batches():
+                    while not stop.is_set():
+                        try:
+                            pending.put(batch, timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+        except BaseException as exc:  # handed to the consumer, re-raised below
+            failure.append(exc)
+        finally:
+            while True:
+                try:
+                    pending.put(_DONE, timeout=0.5)
+                    return
+                except queue.Full:
+                    if stop.is_set():
+                        return
+
+    def consume():
+        while True:
+            item = pending.get()
+            if item is _DONE:
+                if failure:
+                    raise RuntimeError("input failed")  # aborts the COPY; the cause is in failure
+                return
+            yield item
+
+    url = normalize_url(url or services.database_url())
+    producer = threading.Thread(target=produce, name=f"opsbook-read-{table}", daemon=True)
+    try:
+        conn = adbc.connect(url)
+    except Exception as exc:
+        raise ServiceError(f"cannot connect to PostgreSQL at {redact_url(url)}: {_first_line(exc)}") from None
+    try:
+        cur = conn.cursor()
+        try:
+            for statement in setup:
+                cur.execute(statement)
+            producer.start()
+            try:
+                rows = cur.adbc_ingest(table, pa.RecordBatchReader.from_batches(schema, consume()), mode="append")
+            except Exception:
+                if failure:
+                    raise failure[0] from None
+                raise
+            if failure:
+                raise failure[0]
+            cur.execute("SELECT pg_current_xact_id()::text")
+            xid = int(cur.fetchone()[0]) % 2**32
+            conn.commit()
+            return rows, str(xid)
+        finally:
+            stop.set()
+            cur.close()
+            if producer.is_alive():
+                producer.join(timeout=30)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        raise
+    finally:
+        conn.close()

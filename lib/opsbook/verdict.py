@@ -1,0 +1,36 @@
+"""The verdict every procedure ends with: PASS, WARN or FAIL, a one-line summary, key figures."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Status = Literal["pass", "warn", "fail"]
+
+# run-log status for each verdict
+RUN_STATUS = {"pass": "success", "warn": "warn", "fail": "failed"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status
+    summary: str
+    figures: dict[str, Any] = field(default_factory=dict)  # key figures for the index
+    rows_in: int | None = None
+    rows_out: int | None = None
+    rows_rejected: int | None = None
+    anchor: str | None = None  # id of the report element that explains a failure
+    error: str | None = None  # the exception to raise after recording (exit code by its type)
+    error_type: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def label(self) -> str:
+        return self.status.upper()
+
+
+def worst(*statuses: Status) -> Status:
+    order = {"pass": 0, "warn": 1, "fail": 2}
+    return max(statuses, key=order.__getitem__) if statuses else "pass"
