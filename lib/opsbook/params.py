@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from opsbook.errors import UsageError
 
@@ -58,7 +58,12 @@ def _normalize_years(value: str) -> str:
     return format_years(year_list(value))
 
 
-Years = Annotated[str, AfterValidator(_normalize_years)]
+def _year_as_text(value: Any) -> Any:
+    # YAML reads `years: 2017` as an integer
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Years = Annotated[str, BeforeValidator(_year_as_text), AfterValidator(_normalize_years)]
 """A window of years, written ``2017``, ``2016-2018`` or ``2011,2015-2016``."""
 
 

