@@ -5,7 +5,6 @@ import io
 from decimal import Decimal
 
 import pytest
-
 from opsbook import datasets
 from opsbook.errors import SourceError
 from opsbook.sources import city_csv

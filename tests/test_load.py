@@ -5,7 +5,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from opsbook import demodata, runlog
 from opsbook.errors import LockHeld
 from opsbook.procedures import load
@@ -126,7 +125,7 @@ def test_failure_mid_load_keeps_the_previous_contents(clean, demo_dir, tmp_path)
             out.writestr(names[1], archive.read(names[1]))
     data = (broken / "parking-tickets-2017.zip").read_bytes()
     cut = data.find(names[1].encode()) + 2000
-    (broken / "parking-tickets-2017.zip").write_bytes(data[:cut] + b"\x00" * 50 + data[cut + 50:])
+    (broken / "parking-tickets-2017.zip").write_bytes(data[:cut] + b"\x00" * 50 + data[cut + 50 :])
     assert original  # the demo file itself is untouched
 
     result = run_load(broken, "2016-2017", force=True)

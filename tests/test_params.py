@@ -1,7 +1,6 @@
 """Parameter models: year windows, layering, and the messages a bad value gets."""
 
 import pytest
-
 from opsbook.errors import UsageError
 from opsbook.params import format_years, resolve, year_list
 from opsbook.procedures import load
@@ -59,7 +58,7 @@ def test_bad_value_names_the_parameter_and_the_value():
 
 
 def test_bad_boolean_is_refused():
-    with pytest.raises(UsageError, match="parameter 'force'.*valid boolean"):
+    with pytest.raises(UsageError, match=r"parameter 'force'.*valid boolean"):
         resolve(load.Params, overrides=["force=perhaps"])
 
 

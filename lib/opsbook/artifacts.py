@@ -120,7 +120,7 @@ def _fmt_duration(seconds: Any) -> str:
         return ""
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
@@ -193,14 +193,14 @@ def write_index(reports: Path | None = None) -> Path:
         rows.append(
             f'<tr data-status="{esc(status)}" data-procedure="{esc(str(r.get("procedure", "")))}">'
             f'<td class="num">{esc(str(r.get("started_at", ""))[:19].replace("T", " "))}</td>'
-            f'<td>{esc(str(r.get("procedure", "")))}</td>'
-            f'<td>{esc(str(r.get("dataset") or ""))}</td>'
-            f'<td>{esc(str(r.get("window") or ""))}</td>'
+            f"<td>{esc(str(r.get('procedure', '')))}</td>"
+            f"<td>{esc(str(r.get('dataset') or ''))}</td>"
+            f"<td>{esc(str(r.get('window') or ''))}</td>"
             f'<td><span class="status {esc(status)}">{esc(status.upper())}</span></td>'
             f'<td class="num">{esc(_fmt_duration(r.get("duration_s")))}</td>'
             f'<td><div class="summary">{esc(str(r.get("summary") or ""))}</div>'
             f'<div class="figures">{shown}</div></td>'
-            f'<td>{f"<a href={chr(34)}{esc(rel)}{chr(34)}>report</a>" if rel else ""}</td>'
+            f"<td>{f'<a href={chr(34)}{esc(rel)}{chr(34)}>report</a>' if rel else ''}</td>"
             "</tr>"
         )
     options = lambda values: "".join(f'<option value="{esc(v)}">{esc(v)}</option>' for v in values)  # noqa: E731

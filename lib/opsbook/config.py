@@ -96,14 +96,25 @@ URL_VARIABLES = ("DATABASE_URL", "REDIS_URL", "TEST_DATABASE_URL", "TEST_REDIS_U
 
 
 def url_password(url: str) -> str | None:
-    """The password inside a URL such as ``postgresql://user:pw@host/db``, or None."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    """The password inside a URL (``postgresql://user:pw@host/db``) or a libpq connection
+    string (``host=h password=pw``), or None."""
+    if "://" in url:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return None
+        if parts.password:
+            return unquote(parts.password)
+        if "password=" not in parts.query:
+            return None
+    elif "password" not in url:
         return None
-    if parts.password:
-        return unquote(parts.password)
-    return None
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return conninfo_to_dict(url).get("password") or None
+    except Exception:  # not a connection string at all
+        return None
 
 
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
@@ -119,12 +130,13 @@ def secret_values(environ: dict[str, str] | None = None) -> list[str]:
             continue
         if name.startswith(SECRET_ENV_PREFIX):
             found.add(value)
-        elif name.endswith("_URL") or name in URL_VARIABLES:
+        elif name.endswith(("_URL", "_DSN")) or name in URL_VARIABLES:
             password = url_password(value)
             if password:
                 found.add(password)
-                # the percent-encoded form appears wherever the URL itself is printed
-                found.add(urlsplit(value).password or password)
+                if "://" in value:
+                    # the percent-encoded form appears wherever the URL itself is printed
+                    found.add(urlsplit(value).password or password)
     credentials = env.get("GOOGLE_APPLICATION_CREDENTIALS")
     if credentials:
         found.update(_service_account_secrets(credentials))

@@ -35,7 +35,7 @@ class RunContext:
     interactive: bool
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def finish(self, verdict: Verdict, **figures: Any) -> Verdict:
+    def finish(self, verdict: Verdict, **figures: Any) -> None:
         """Record the verdict (and any extra figures), show it, and raise when it failed.
 
         The exception's type carries the exit code: CheckFailed exits 1, other failures 3.
@@ -52,7 +52,6 @@ class RunContext:
             _log_interactive_finish(self, verdict)
         if verdict.status == "fail":
             raise error_class(verdict.error_type)(verdict.error or verdict.summary)
-        return verdict
 
 
 def start(procedure: str, **values: Any) -> RunContext:

@@ -93,9 +93,7 @@ class DatasetSpec(BaseModel):
     columns: list[Column]
     path: Path | None = None
 
-    _check_table = field_validator("table", "rejected_table")(
-        lambda v: check_identifier(v, "table")
-    )
+    _check_table = field_validator("table", "rejected_table")(lambda v: check_identifier(v, "table"))
 
     def column(self, name: str) -> Column:
         for col in self.columns:
@@ -133,9 +131,7 @@ def _load(path: Path, mtime: float) -> DatasetSpec:
     try:
         return DatasetSpec(**data, path=path)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise UsageError(f"{path}: invalid dataset spec: {problems}") from None
 
 

@@ -111,7 +111,7 @@ def scaled_groups(year: int, scale: float = DEFAULT_SCALE, rows: int | None = No
     if groups.empty:
         raise ValueError(f"no reference figures for {year} (have {min(REFERENCE_YEARS)}-{max(REFERENCE_YEARS)})")
     real_total = int(groups["tickets"].sum())
-    target = int(rows) if rows is not None else int(round(real_total * scale))
+    target = int(rows) if rows is not None else round(real_total * scale)
     tickets = _apportion(groups["tickets"].to_numpy(dtype=float), target)
     unit = np.rint(groups["fines"].to_numpy() / groups["tickets"].to_numpy()).astype(np.int64)
     out = groups[["month", "description"]].copy()
@@ -178,7 +178,9 @@ def year_rows(year: int, scale: float = DEFAULT_SCALE, rows: int | None = None, 
     streets = _streets(addresses)
     location2 = np.array(addresses, dtype=object)[rng.choice(len(addresses), n, p=weights)]
     accented = rng.random(n) < 0.002
-    location2[accented] = np.array(NON_ASCII_STREETS, dtype=object)[rng.integers(0, len(NON_ASCII_STREETS), int(accented.sum()))]
+    location2[accented] = np.array(NON_ASCII_STREETS, dtype=object)[
+        rng.integers(0, len(NON_ASCII_STREETS), int(accented.sum()))
+    ]
     location1 = np.array(PROXIMITY[0], dtype=object)[rng.choice(len(PROXIMITY[0]), n, p=PROXIMITY[1])]
     crossing = rng.random(n) < 0.12
     location3 = np.where(crossing, "AT", "").astype(object)
@@ -290,9 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         description="Write City-format demo parking-ticket files that follow the real figures.",
         epilog="example: python -m opsbook.demodata --years 2016-2018 --scale 0.01 --out data/demo",
     )
-    parser.add_argument("--out", type=Path, default=None, help="folder (default: .opsbook/demo/toronto_parking_tickets)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder (default: .opsbook/demo/toronto_parking_tickets)"
+    )
     parser.add_argument("--years", default="2011-2022", help="years to write, e.g. 2016-2018 (default 2011-2022)")
-    parser.add_argument("--scale", type=float, default=DEFAULT_SCALE, help="fraction of the real ticket counts (default 0.01)")
+    parser.add_argument(
+        "--scale", type=float, default=DEFAULT_SCALE, help="fraction of the real ticket counts (default 0.01)"
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--force", action="store_true", help="rewrite years already present")
     args = parser.parse_args(argv)

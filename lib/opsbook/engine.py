@@ -63,7 +63,9 @@ class OpsbookEngine(NBClientEngine):
         position = {index: n for n, index in enumerate(code_cells, 1)}
         started: dict[int, float] = {}
         original_start, original_complete, original_exception = (
-            nb_man.cell_start, nb_man.cell_complete, nb_man.cell_exception
+            nb_man.cell_start,
+            nb_man.cell_complete,
+            nb_man.cell_exception,
         )
 
         def cell_start(cell, cell_index=None, **kw):

@@ -28,8 +28,7 @@ def year_list(spec: str) -> list[int]:
         match = _YEAR_PART.match(part)
         if not match:
             raise ValueError(
-                f"{part.strip()!r} is not a year or a range of years "
-                "(expected e.g. 2017, 2016-2018 or 2011,2015-2016)"
+                f"{part.strip()!r} is not a year or a range of years (expected e.g. 2017, 2016-2018 or 2011,2015-2016)"
             )
         first = int(match.group(1))
         last = int(match.group(2) or first)
@@ -92,10 +91,7 @@ def _describe_errors(model: type[ProcedureParams], error: ValidationError, origi
         if item["type"] == "extra_forbidden":
             hint = closest(name, fields)
             did_you_mean = f"; did you mean {hint!r}?" if hint else ""
-            lines.append(
-                f"unknown parameter {name!r}{where}{did_you_mean} "
-                f"Valid names: {', '.join(fields)}."
-            )
+            lines.append(f"unknown parameter {name!r}{where}{did_you_mean} Valid names: {', '.join(fields)}.")
         else:
             message = item["msg"].removeprefix("Value error, ")
             value = item.get("input")

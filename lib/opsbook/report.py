@@ -95,7 +95,9 @@ def table(rows: Sequence[dict[str, Any]], caption: str = "", status_column: str 
             elif c in raw_columns:
                 cells.append(f'<td><code class="opsbook-raw">{html.escape(shown)}</code></td>')
             else:
-                cells.append(f'<td class="{cls}">{html.escape(shown)}</td>' if cls else f"<td>{html.escape(shown)}</td>")
+                cells.append(
+                    f'<td class="{cls}">{html.escape(shown)}</td>' if cls else f"<td>{html.escape(shown)}</td>"
+                )
         parts.append("<tr>" + "".join(cells) + "</tr>")
         text_lines.append(" | ".join(texts))
     if not rows:

@@ -54,8 +54,10 @@ class Outcome:
             "run_id": self.run_id,
             "procedure": self.procedure,
             "summary": self.summary,
-            "reports": {"ipynb": str(self.ipynb) if self.ipynb else None,
-                        "html": str(self.html) if self.html else None},  # fmt: skip
+            "reports": {
+                "ipynb": str(self.ipynb) if self.ipynb else None,
+                "html": str(self.html) if self.html else None,
+            },
             "results": self.results,
             "error": self.error,
             "duration_s": round(self.duration_s, 3),
@@ -87,8 +89,8 @@ def resolve_target(name: str) -> Target:
     return Target(name, notebook, module.Params)
 
 
-def notebook_parameter_names(path: Path) -> list[str]:
-    """Names assigned in a notebook's ``parameters``-tagged cell (for notebooks without a model)."""
+def parameters_cell(path: Path) -> list[tuple[str, str | None, Any]]:
+    """``(name, annotation, default)`` for each assignment in a notebook's parameters cell."""
     import ast
     import json
 
@@ -96,35 +98,36 @@ def notebook_parameter_names(path: Path) -> list[str]:
     for cell in nb.get("cells", []):
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            names = []
+            found = []
             for node in ast.parse(source).body:
                 if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                    names.append(node.target.id)
+                    default = ast.literal_eval(node.value) if node.value is not None else None
+                    found.append((node.target.id, ast.unparse(node.annotation), default))
                 elif isinstance(node, ast.Assign):
-                    names.extend(t.id for t in node.targets if isinstance(t, ast.Name))
-            return names
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            found.append((target.id, None, ast.literal_eval(node.value)))
+            return found
     return []
+
+
+def model_from_notebook(path: Path) -> type[ProcedureParams]:
+    """A parameters model built from a notebook's parameters cell (for notebooks run by path)."""
+    from pydantic import create_model
+
+    types = {"int": int, "float": float, "bool": bool, "str": str}
+    fields = {}
+    for name, annotation, default in parameters_cell(path):
+        kind = types.get(annotation or "", type(default) if default is not None else Any)
+        fields[name] = (kind, default)
+    return create_model(f"{path.stem}_parameters", __base__=ProcedureParams, **fields)
 
 
 def prepare(name: str, files: list[Path], overrides: list[str]) -> tuple[Target, dict[str, Any]]:
     """Resolve the target and its parameters without starting anything (exit 2 on any problem)."""
-    from opsbook.errors import UsageError
-    from opsbook.params import closest, parse_overrides, read_params_file
-
     target = resolve_target(name)
-    if target.model is not None:
-        return target, resolve(target.model, files, overrides).notebook_parameters()
-    values: dict[str, Any] = {}
-    for path in files:
-        values.update(read_params_file(Path(path)))
-    values.update(parse_overrides(overrides))
-    known = notebook_parameter_names(target.notebook)
-    for key in values:
-        if key not in known:
-            hint = closest(key, known)
-            raise UsageError(f"unknown parameter {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
-                             + f" Valid names: {', '.join(known) or 'none'}.")  # fmt: skip
-    return target, values
+    model = target.model or model_from_notebook(target.notebook)
+    return target, resolve(model, files, overrides).notebook_parameters()
 
 
 def execute(
@@ -287,8 +290,9 @@ def _report_context(procedure, run_id, status, summary, dataset, window, params,
     failure_href = failure_label = None
     if status == "fail":
         anchor = verdict.get("anchor")
-        failure_href, failure_label = (f"#{anchor}", "see the failing check") if anchor else (
-            "#opsbook-failed-cell", "go to the failing cell")
+        failure_href, failure_label = (
+            (f"#{anchor}", "see the failing check") if anchor else ("#opsbook-failed-cell", "go to the failing cell")
+        )
     database = "embedded PostgreSQL (.opsbook/pg)" if services.database_is_embedded() else "configured (DATABASE_URL)"
     card = [
         ("run id", run_id),

@@ -103,9 +103,7 @@ def start_embedded_postgres() -> str:
             except Exception as exc:
                 log = pgdata / "log"
                 tail = log.read_text()[-2000:] if log.exists() else ""
-                raise ServiceError(
-                    f"could not start the embedded PostgreSQL in {pgdata}: {exc}\n{tail}"
-                ) from exc
+                raise ServiceError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}\n{tail}") from exc
             server.psql(
                 f"SELECT 'CREATE DATABASE {EMBEDDED_DATABASE}' "
                 f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = "
@@ -205,9 +203,7 @@ def start_embedded_redis() -> str:
             deadline = time.monotonic() + 10
             while not socket.exists():
                 if time.monotonic() > deadline:
-                    raise ServiceError(
-                        f"the embedded Redis did not open {socket}; see {directory / 'redis.log'}"
-                    )
+                    raise ServiceError(f"the embedded Redis did not open {socket}; see {directory / 'redis.log'}")
                 time.sleep(0.02)
     return f"unix://{socket}"
 

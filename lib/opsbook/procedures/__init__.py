@@ -31,7 +31,6 @@ def get(name: str) -> ModuleType:
         hint = closest(name, PROCEDURES)
         did_you_mean = f"; did you mean {hint!r}?" if hint else ""
         raise UsageError(
-            f"unknown procedure {name!r}{did_you_mean} Procedures: {', '.join(names())} "
-            "(python run_notebook.py --list)"
+            f"unknown procedure {name!r}{did_you_mean} Procedures: {', '.join(names())} (python run_notebook.py --list)"
         )
     return importlib.import_module(PROCEDURES[name])

@@ -179,12 +179,15 @@ class Result:
 
             rerun = format_years(y.year for y in failed)
             too_many = [y for y in failed if y.status == "rejected-too-many"]
+            reasons = "; ".join(_shorten(y.error or y.status, 300) for y in failed)
             summary = (
-                f"{len(failed)} year(s) failed ({rerun}) and kept their previous contents; "
-                + summary + f". Rerun only them with -p years={rerun}"
+                f"{len(failed)} year(s) failed ({rerun}) and kept their previous contents: {reasons}. "
+                f"Otherwise {summary}. Rerun only them with -p years={rerun}"
             )
             error_type = "CheckFailed" if len(too_many) == len(failed) else "ProcedureFailed"
-            return Verdict("fail", summary, figures, anchor="load-years", error=summary, error_type=error_type, **counts)
+            return Verdict(
+                "fail", summary, figures, anchor="load-years", error=summary, error_type=error_type, **counts
+            )
         return Verdict("pass", summary, figures, **counts)
 
 
@@ -262,6 +265,10 @@ def _is_database_error(exc: Exception) -> bool:
     return isinstance(exc, psycopg.Error | adbc_dbapi.Error)
 
 
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _message(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0] if len(text) > 500 else text
@@ -326,7 +333,7 @@ class _RejectSpool:
         self.count = 0
         self.reasons: Counter = Counter()
         self.sample: list[city_csv.Reject] = []
-        self._file = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b")
+        self._file = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b")  # noqa: SIM115 - closed in close()
         self._text = io.TextIOWrapper(self._file, encoding="utf-8", newline="")
         self._writer = csv.writer(self._text)
 
@@ -462,15 +469,14 @@ def show_plan(plan: Plan):
     """The files found for each year."""
     from opsbook import report
 
-    rows = [
-        {"year": year, "file": f.name, "bytes": f.size}
-        for year in plan.years
-        for f in plan.found.by_year[year]
-    ]
+    rows = [{"year": year, "file": f.name, "bytes": f.size} for year in plan.years for f in plan.found.by_year[year]]
     caption = f"{len(rows)} file(s) in {plan.source} for {plan.params.years}"
     if plan.found.ignored:
         caption += f" ({len(plan.found.ignored)} other file(s) ignored: {_some(plan.found.ignored, 5)})"
     return report.table(rows, caption=caption)
+
+
+UNCHANGED_NOTE = "files, spec and table unchanged since the last load"
 
 
 def show_years(result: Result):
@@ -489,7 +495,7 @@ def show_years(result: Result):
             "parts": len(y.parts) if y.parts else None,
             "encoding": y.encodings if y.parts else "",
             "seconds": round(y.seconds, 2),
-            "note": y.error or ("files, spec and table unchanged since the last load" if y.status == "unchanged" else ""),
+            "note": y.error or (UNCHANGED_NOTE if y.status == "unchanged" else ""),
         })  # fmt: skip
     return report.table(rows, caption=f"{result.plan.spec.table}: per year", status_column="status",
                         element_id="load-years")  # fmt: skip

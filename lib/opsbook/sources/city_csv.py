@@ -242,12 +242,11 @@ class _Checker:
             table = pa_csv.read_csv(
                 io.BytesIO(block),
                 read_options=pa_csv.ReadOptions(
-                    column_names=self.source_names, use_threads=threads,
+                    column_names=self.source_names,
+                    use_threads=threads,
                     block_size=(1 << 20) if threads else len(block) + 1,
                 ),
-                parse_options=pa_csv.ParseOptions(
-                    delimiter=self.spec.source.delimiter, invalid_row_handler=on_invalid
-                ),
+                parse_options=pa_csv.ParseOptions(delimiter=self.spec.source.delimiter, invalid_row_handler=on_invalid),
                 convert_options=pa_csv.ConvertOptions(
                     column_types={n: pa.string() for n in self.source_names},
                     null_values=[""],
@@ -295,8 +294,8 @@ class _Checker:
             raw = raw.removesuffix(b"\r")
             text, encoding = _decode_line(raw, self.encodings)
             if text is None or "\x00" in text:
-                reason = "contains NUL bytes" if text is not None else (
-                    f"bytes not valid in {' or '.join(self.encodings)}"
+                reason = (
+                    "contains NUL bytes" if text is not None else (f"bytes not valid in {' or '.join(self.encodings)}")
                 )
                 rejects.append(Reject(self.label, first_line + i, "", reason, raw.decode("latin-1")[:MAX_RAW_CHARS]))
                 continue
@@ -319,7 +318,15 @@ class _Checker:
                 break
             except csv.Error as exc:
                 line = first_line + usable[min(start, len(usable) - 1)]
-                rejects.append(Reject(self.label, line, "", f"malformed CSV: {exc}", decoded[min(start, len(decoded) - 1)][:MAX_RAW_CHARS]))
+                rejects.append(
+                    Reject(
+                        self.label,
+                        line,
+                        "",
+                        f"malformed CSV: {exc}",
+                        decoded[min(start, len(decoded) - 1)][:MAX_RAW_CHARS],
+                    )
+                )
                 continue
             line = first_line + usable[start]
             if not fields:
@@ -367,9 +374,7 @@ class _Checker:
                 if mask.any():
                     reasons.append((mask, col.name, reason))
                     bad |= mask
-        good_table = pa.Table.from_arrays(
-            [out[c.name] for c in self.spec.columns], schema=self.schema
-        )
+        good_table = pa.Table.from_arrays([out[c.name] for c in self.spec.columns], schema=self.schema)
         if not bad.any():
             return good_table, []
         rejects = []
@@ -510,7 +515,9 @@ def _convert(col: Column, values: pa.ChunkedArray, partition_year: int | None, i
         number = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
         shaped = _np(pc.match_substring_regex(values, number))
         problems.append((~empty & ~shaped, "not a number: {value!r}"))
-        fits_pattern = rf"^[+-]?0*(\d{{0,{whole}}})(\.\d{{0,{scale}}}0*)?$" if scale else rf"^[+-]?0*\d{{0,{whole}}}(\.0*)?$"
+        fits_pattern = (
+            rf"^[+-]?0*(\d{{0,{whole}}})(\.\d{{0,{scale}}}0*)?$" if scale else rf"^[+-]?0*\d{{0,{whole}}}(\.0*)?$"
+        )
         fits = shaped & _np(pc.match_substring_regex(values, fits_pattern))
         problems.append((shaped & ~fits, f"{{value!r}} does not fit numeric({col.precision},{scale})"))
         safe = pc.if_else(pa.array(fits), values, pa.scalar("0"))

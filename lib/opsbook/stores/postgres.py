@@ -17,6 +17,7 @@ from opsbook.datasets import DatasetSpec
 from opsbook.errors import ServiceError
 from opsbook.redaction import redact_url
 
+
 def normalize_url(url: str) -> str:
     """Accept SQLAlchemy and Heroku spellings: ``postgresql+psycopg://``, ``postgres://``."""
     for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
@@ -195,14 +196,13 @@ def copy_arrow(url: str | None, setup: list[str], table: str, schema, tables) ->
                         return
         except BaseException as exc:  # handed to the consumer, re-raised below
             failure.append(exc)
-        finally:
-            while True:
-                try:
-                    pending.put(_DONE, timeout=0.5)
-                    return
-                except queue.Full:
-                    if stop.is_set():
-                        return
+        # always tell the consumer the stream ended (unless it gave up listening)
+        while not stop.is_set():
+            try:
+                pending.put(_DONE, timeout=0.5)
+                break
+            except queue.Full:
+                continue
 
     def consume():
         while True:
