@@ -5,7 +5,6 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-
 from opsbook import procedures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +22,9 @@ def test_run_all_with_the_defaults_is_an_interactive_run(name, database_url, db,
     if had_log:
         previous = {r[0] for r in db.execute("SELECT run_id FROM opsbook.runs")}
     # as JupyterLab does: the kernel starts in notebooks/ and inherits the environment
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()
     rows = db.execute("SELECT run_id, procedure, status, interactive FROM opsbook.runs").fetchall()
     new = [r for r in rows if r[0] not in previous]
     assert len(new) == 1
