@@ -162,8 +162,9 @@ def test_a_second_load_of_the_same_year_is_refused(clean, demo_dir):
     from opsbook.stores import postgres
 
     with postgres.connection(autocommit=True) as holder:
-        runlog.try_lock(holder, "opsbook.load:toronto_parking_tickets:2016", "opsbook test-holder load 2016")
-        with pytest.raises(LockHeld, match="test-holder"):
+        runlog.ensure_schema(holder)
+        runlog.try_lock(holder, "opsbook.load:toronto_parking_tickets:2016", "run test-holder")
+        with pytest.raises(LockHeld, match=r"held by run test-holder on \S+ \(pid \d+\) since 20"):
             run_load(demo_dir, "2016")
 
 

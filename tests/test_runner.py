@@ -92,7 +92,7 @@ def test_lock_held_exits_4(database_url, demo_dir):
 
     with postgres.connection(autocommit=True) as holder:
         runlog.ensure_schema(holder)
-        runlog.try_lock(holder, "opsbook.load:toronto_parking_tickets:2015", "opsbook other-run load 2015")
+        runlog.try_lock(holder, "opsbook.load:toronto_parking_tickets:2015", "run other-run")
         done = run_cli("load", "-p", f"source={demo_dir}", "-p", "years=2015", "--json")
     assert done.code == 4
     assert "other-run" in done.json()["error"]

@@ -25,9 +25,12 @@ STATUS_COLOURS = {
 STYLE = """
 <style>
 table.opsbook { border-collapse: collapse; font-size: 13px; margin: 4px 0 12px; }
-table.opsbook th, table.opsbook td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; }
+table.opsbook th, table.opsbook td,
+.jp-RenderedHTMLCommon table.opsbook th, .jp-RenderedHTMLCommon table.opsbook td {
+  border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; }
 table.opsbook th { background: #f6f8fa; }
-table.opsbook td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.opsbook td.num, .jp-RenderedHTMLCommon table.opsbook td.num {
+  text-align: right; font-variant-numeric: tabular-nums; }
 table.opsbook caption { text-align: left; font-weight: 600; padding: 4px 0; }
 span.opsbook-status { border-radius: 10px; padding: 1px 8px; font-weight: 600; font-size: 12px; }
 div.opsbook-verdict { border-radius: 6px; padding: 10px 14px; margin: 6px 0; font-size: 15px; }
@@ -136,6 +139,7 @@ class Progress:
         self.title = title
         self.started = time.monotonic()
         self.lines: list[str] = []
+        self._transient = False
         self._handle = None
         try:
             from IPython.display import display
@@ -144,8 +148,12 @@ class Progress:
         except ImportError:  # pragma: no cover - IPython comes with ipykernel
             self._handle = None
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, message: str, transient: bool = False) -> None:
+        """Show a line; a transient one ("loading 2016...") is replaced by the next line."""
         elapsed = time.monotonic() - self.started
+        if self._transient and self.lines:
+            self.lines.pop()
+        self._transient = transient
         self.lines.append(f"[{elapsed:6.1f}s] {message}")
         if self._handle is not None:
             body = "<br>".join(html.escape(line) for line in self.lines[-30:])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import psycopg
 from opsbook import __version__, config
 from opsbook.errors import LockHeld
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS opsbook;
@@ -69,6 +70,13 @@ CREATE TABLE IF NOT EXISTS opsbook.partitions (
     heartbeat_at      timestamptz,
     error             text,
     PRIMARY KEY (dataset, partition, step)
+);
+CREATE TABLE IF NOT EXISTS opsbook.locks (
+    key         text PRIMARY KEY,
+    holder      text NOT NULL,
+    host        text,
+    pid         integer,
+    acquired_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS opsbook.meta (key text PRIMARY KEY, value text NOT NULL);
 """
@@ -239,24 +247,23 @@ def ledger_failed(conn: psycopg.Connection, dataset: str, partition: str, step: 
 
 
 def try_lock(conn: psycopg.Connection, key: str, holder: str) -> None:
-    """Take a session advisory lock named ``key`` on ``conn`` or raise LockHeld naming the holder.
+    """Take the session advisory lock ``key`` on ``conn``, or raise LockHeld naming its holder.
 
-    The holder is found through ``pg_stat_activity.application_name``, which the caller sets
-    to ``holder`` (run id, host, start time) for as long as it holds the lock.
+    The lock itself is PostgreSQL's (released when the session ends, however it ends);
+    ``opsbook.locks`` only remembers who took it last, for the message a waiting run prints.
     """
     got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0]
     if not got:
-        row = conn.execute(
-            """SELECT a.application_name, a.backend_start, a.client_addr
-               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-               WHERE l.locktype = 'advisory' AND l.granted
-                 AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(%s, 0)
-               LIMIT 1""",
-            (key,),
-        ).fetchone()
-        who = row[0] if row and row[0] else "another session"
-        raise LockHeld(f"{key} is locked by {who}")
-    conn.execute("SELECT set_config('application_name', %s, false)", (holder[:63],))
+        row = conn.execute("SELECT holder, host, pid, acquired_at FROM opsbook.locks WHERE key = %s", (key,)).fetchone()
+        who = f"{row[0]} on {row[1]} (pid {row[2]}) since {row[3]:%Y-%m-%d %H:%M:%S %Z}" if row else "a session"
+        raise LockHeld(f"{key} is held by {who}")
+    where = origin()
+    conn.execute(
+        """INSERT INTO opsbook.locks (key, holder, host, pid, acquired_at) VALUES (%s, %s, %s, %s, now())
+           ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, host = excluded.host,
+               pid = excluded.pid, acquired_at = excluded.acquired_at""",
+        (key, holder, where.host, os.getpid()),
+    )
 
 
 def unlock(conn: psycopg.Connection, key: str) -> None:

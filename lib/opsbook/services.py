@@ -72,12 +72,24 @@ def _pg_dir() -> Path:
     return config.state_dir() / "pg"
 
 
+def _import_pgserver():
+    import warnings
+
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime folder at import; a root shell often has
+        # no XDG_RUNTIME_DIR, and the /tmp fallback serves as well
+        warnings.simplefilter("ignore")
+        import pgserver
+        import pgserver.utils
+    return pgserver
+
+
 def _postmaster(pgdata: Path):
-    from pgserver.utils import PostmasterInfo
+    postmaster_info = _import_pgserver().utils.PostmasterInfo
 
     if not (pgdata / "postmaster.pid").exists():
         return None
-    info = PostmasterInfo.read_from_pgdata(pgdata)
+    info = postmaster_info.read_from_pgdata(pgdata)
     if info is None or not info.is_running():
         return None
     return info
@@ -90,7 +102,7 @@ def start_embedded_postgres() -> str:
         info = _postmaster(pgdata)
         if info is None:
             try:
-                import pgserver
+                pgserver = _import_pgserver()
             except ImportError as exc:  # pragma: no cover - pgserver is a dependency
                 raise ServiceError(
                     "DATABASE_URL is not set and the embedded PostgreSQL (pgserver) is not "

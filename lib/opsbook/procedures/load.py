@@ -202,10 +202,13 @@ def input_fingerprint(year_files: list[files.SourceFile]) -> list[dict]:
     return [{"name": f.name, "size": f.size, "fingerprint": f.fingerprint} for f in year_files]
 
 
-def run(plan: Plan, run_id: str, progress: Callable[[str], None] | None = None) -> Result:
-    """Load every year of the plan; one failing year does not stop the others."""
+def run(plan: Plan, run_id: str, progress: Callable[..., None] | None = None) -> Result:
+    """Load every year of the plan; one failing year does not stop the others.
+
+    ``progress(message, transient=False)`` is told when each year starts (transient) and ends.
+    """
     started = time.monotonic()
-    notify = progress or (lambda message: None)
+    notify = progress or (lambda message, transient=False: None)
     spec = plan.spec
     with postgres.connection(autocommit=True, purpose=f"load {run_id}") as control:
         runlog.ensure_schema(control)
@@ -213,10 +216,11 @@ def run(plan: Plan, run_id: str, progress: Callable[[str], None] | None = None) 
         results = []
         for index, year in enumerate(plan.years, 1):
             year_files = plan.found.by_year[year]
-            notify(f"{year}: {index}/{len(plan.years)}, {len(year_files)} file(s)")
+            notify(f"{year}: loading ({index}/{len(plan.years)}, {len(year_files)} file(s))...", transient=True)
             result = _load_year(control, plan, year, year_files, run_id)
             notify(
-                f"{year}: {result.status}, {result.rows:,} rows, {result.rejected:,} quarantined, "
+                f"{year} ({index}/{len(plan.years)}): {result.status}, {result.rows:,} rows, "
+                f"{result.rejected:,} quarantined, "
                 f"{result.seconds:.1f}s" + (f" ({result.error})" if result.error else "")
             )
             results.append(result)
@@ -229,7 +233,7 @@ def _load_year(control, plan: Plan, year: int, year_files: list[files.SourceFile
     result = YearResult(year, "failed", files=[f.name for f in year_files])
     lock_key = f"opsbook.load:{spec.name}:{year}"
     try:
-        runlog.try_lock(control, lock_key, f"opsbook {run_id} load {spec.name} {year}")
+        runlog.try_lock(control, lock_key, f"run {run_id}")
     except LockHeld as exc:
         result.error = str(exc)
         raise
@@ -505,10 +509,11 @@ def show_rejected(result: Result):
     """Quarantined rows: counts per year and field, and a sample with file, line and raw text."""
     from opsbook import report
 
+    fields = sorted({name for y in result.years for name in y.reject_reasons})
     counts = [
-        {"year": y.year, "field": name, "rows": count}
+        {"year": y.year, **{name: y.reject_reasons.get(name, 0) for name in fields}, "total": y.rejected}
         for y in result.years
-        for name, count in sorted(y.reject_reasons.items())
+        if y.rejected
     ]
     sample = [
         {"year": y.year, "file": r.source_file, "line": r.line_number, "field": r.field or "(row)",
@@ -518,7 +523,8 @@ def show_rejected(result: Result):
     ][:REJECT_SAMPLE]  # fmt: skip
     table = result.plan.spec.rejected_table
     return report.stack(
-        report.table(counts, caption=f"Quarantined rows per year and field (all of them are in {table})",
+        report.table(counts, caption=f"Quarantined rows per year, by the field that failed ('row': wrong "
+                     f"column count or unreadable bytes); all of them are in {table}",
                      element_id="rejected-counts"),
         report.table(sample, caption=f"Sample of quarantined rows (first {REJECT_SAMPLE})",
                      raw_columns=["raw text"], element_id="rejected-sample"),
