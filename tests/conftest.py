@@ -38,34 +38,31 @@ def _reachable(host: str, port: int) -> bool:
     return False
 
 
-def _pg_admin_url() -> tuple[str, str]:
-    for name in ("TEST_DATABASE_URL", "DATABASE_URL"):
+def _service_url(kind: str, variables: tuple[str, ...], port: int, local_url: str, start_embedded) -> tuple[str, str]:
+    """(URL, where it came from) for one service, in the order the module docstring gives."""
+    for name in variables:
         if os.environ.get(name):
             return os.environ[name], name
-    if _reachable("127.0.0.1", 5432):
-        return LOCAL_PG, "localhost"
+    if _reachable("127.0.0.1", port):
+        return local_url, "localhost"
     if REQUIRE:
-        pytest.fail("OPSBOOK_REQUIRE_SERVICES=1 but no PostgreSQL: set TEST_DATABASE_URL or start one on "
-                    "127.0.0.1:5432", pytrace=False)  # fmt: skip
-    os.environ.pop("DATABASE_URL", None)
+        pytest.fail(f"OPSBOOK_REQUIRE_SERVICES=1 but no {kind}: set {variables[0]} or start one on "
+                    f"127.0.0.1:{port}", pytrace=False)  # fmt: skip
+    os.environ.pop(variables[-1], None)
+    return start_embedded(), "embedded"
+
+
+def _pg_admin_url() -> tuple[str, str]:
     from opsbook import services
 
-    return services.start_embedded_postgres(), "embedded"
+    return _service_url("PostgreSQL", ("TEST_DATABASE_URL", "DATABASE_URL"), 5432, LOCAL_PG,
+                        services.start_embedded_postgres)  # fmt: skip
 
 
 def _redis_url() -> tuple[str, str]:
-    for name in ("TEST_REDIS_URL", "REDIS_URL"):
-        if os.environ.get(name):
-            return os.environ[name], name
-    if _reachable("127.0.0.1", 6379):
-        return LOCAL_REDIS, "localhost"
-    if REQUIRE:
-        pytest.fail("OPSBOOK_REQUIRE_SERVICES=1 but no Redis: set TEST_REDIS_URL or start one on "
-                    "127.0.0.1:6379", pytrace=False)  # fmt: skip
-    os.environ.pop("REDIS_URL", None)
     from opsbook import services
 
-    return services.start_embedded_redis(), "embedded"
+    return _service_url("Redis", ("TEST_REDIS_URL", "REDIS_URL"), 6379, LOCAL_REDIS, services.start_embedded_redis)
 
 
 @pytest.fixture(scope="session")
