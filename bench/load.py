@@ -59,8 +59,13 @@ print(json.dumps({"seconds": seconds, "status": year.status, "rows": year.rows,
 
 def child_load(url: str, source: Path, year: int, mode: str) -> dict:
     env = dict(os.environ, DATABASE_URL=url)
-    out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "lib"), str(source), str(year), mode],
-                         env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(ROOT / "lib"), str(source), str(year), mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise SystemExit(f"load failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -73,8 +78,12 @@ def checkpoint(url: str) -> None:
 
 def psql(url: str, command: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([postgres.psql_executable(), url, "-v", "ON_ERROR_STOP=1", "-q", "-c", command],
-                   check=True, capture_output=True, text=True)  # fmt: skip
+    subprocess.run(
+        [postgres.psql_executable(), url, "-v", "ON_ERROR_STOP=1", "-q", "-c", command],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -108,10 +117,14 @@ def main() -> int:
                 psql(url, f"\\copy parking_tickets_{args.year} TO '{csv_path}' (FORMAT csv)")
             with postgres.connection(url, autocommit=True) as conn:
                 conn.execute("DROP TABLE IF EXISTS bench_copy")
-                conn.execute("CREATE TABLE bench_copy (LIKE parking_tickets INCLUDING ALL) "
-                             "PARTITION BY RANGE (date_of_infraction)")  # fmt: skip
-                conn.execute(f"CREATE TABLE bench_copy_{args.year} PARTITION OF bench_copy FOR VALUES "
-                             f"FROM ('{args.year}-01-01') TO ('{args.year + 1}-01-01')")  # fmt: skip
+                conn.execute(
+                    "CREATE TABLE bench_copy (LIKE parking_tickets INCLUDING ALL) "
+                    "PARTITION BY RANGE (date_of_infraction)"
+                )
+                conn.execute(
+                    f"CREATE TABLE bench_copy_{args.year} PARTITION OF bench_copy FOR VALUES "
+                    f"FROM ('{args.year}-01-01') TO ('{args.year + 1}-01-01')"
+                )
             checkpoint(url)
             copy_runs.append(psql(url, f"\\copy bench_copy FROM '{csv_path}' (FORMAT csv)"))
         csv_bytes = csv_path.stat().st_size
@@ -126,17 +139,24 @@ def main() -> int:
 
     if copied != first["rows"]:
         raise SystemExit(f"row counts differ: opsbook {first['rows']:,}, \\copy {copied:,}")
-    print(f"rows: {first['rows']:,} loaded, {first['rejected']:,} quarantined "
-          f"(input: {zip_bytes / 1e6:.0f} MB zipped; \\copy input: {csv_bytes / 1e6:.0f} MB CSV)")  # fmt: skip
-    print(f"median of {args.repeat} interleaved runs; \\copy runs: "
-          + ", ".join(f"{t:.2f}" for t in copy_runs) + "; opsbook runs: "
-          + ", ".join(f"{r['seconds']:.2f}" for r in first_runs))  # fmt: skip
+    print(
+        f"rows: {first['rows']:,} loaded, {first['rejected']:,} quarantined "
+        f"(input: {zip_bytes / 1e6:.0f} MB zipped; \\copy input: {csv_bytes / 1e6:.0f} MB CSV)"
+    )
+    print(
+        f"median of {args.repeat} interleaved runs; \\copy runs: "
+        + ", ".join(f"{t:.2f}" for t in copy_runs)
+        + "; opsbook runs: "
+        + ", ".join(f"{r['seconds']:.2f}" for r in first_runs)
+    )
     print(f"{'':32}{'seconds':>9}{'ratio':>8}{'peak RSS':>11}")
     label = "psql \\copy (physical limit)"
     print(f"{label:32}{copy_seconds:9.2f}{1.0:8.2f}")
     for label, run in (("opsbook load, first", first), ("opsbook load, unchanged re-run", again)):
-        print(f"{label:32}{run['seconds']:9.2f}{run['seconds'] / copy_seconds:8.2f}"
-              f"{run['max_rss_mb']:9.0f}MB  ({run['status']})")  # fmt: skip
+        print(
+            f"{label:32}{run['seconds']:9.2f}{run['seconds'] / copy_seconds:8.2f}"
+            f"{run['max_rss_mb']:9.0f}MB  ({run['status']})"
+        )
     print("targets: first load <= 1.3x, unchanged re-run <= 1.0x")
     return 0
 

@@ -46,8 +46,10 @@ def _service_url(kind: str, variables: tuple[str, ...], port: int, local_url: st
     if _reachable("127.0.0.1", port):
         return local_url, "localhost"
     if REQUIRE:
-        pytest.fail(f"OPSBOOK_REQUIRE_SERVICES=1 but no {kind}: set {variables[0]} or start one on "
-                    f"127.0.0.1:{port}", pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"OPSBOOK_REQUIRE_SERVICES=1 but no {kind}: set {variables[0]} or start one on 127.0.0.1:{port}",
+            pytrace=False,
+        )
     os.environ.pop(variables[-1], None)
     return start_embedded(), "embedded"
 
@@ -55,8 +57,9 @@ def _service_url(kind: str, variables: tuple[str, ...], port: int, local_url: st
 def _pg_admin_url() -> tuple[str, str]:
     from opsbook import services
 
-    return _service_url("PostgreSQL", ("TEST_DATABASE_URL", "DATABASE_URL"), 5432, LOCAL_PG,
-                        services.start_embedded_postgres)  # fmt: skip
+    return _service_url(
+        "PostgreSQL", ("TEST_DATABASE_URL", "DATABASE_URL"), 5432, LOCAL_PG, services.start_embedded_postgres
+    )
 
 
 def _redis_url() -> tuple[str, str]:

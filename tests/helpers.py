@@ -26,8 +26,14 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> Comple
     """``python run_notebook.py ARGS`` in a subprocess, as cron would call it."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    out = subprocess.run([sys.executable, str(ROOT / "run_notebook.py"), *args], capture_output=True,
-                         text=True, env=full_env, timeout=timeout, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "run_notebook.py"), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     return Completed(out.returncode, out.stdout, out.stderr)
 
 

@@ -38,19 +38,21 @@ def lines(*rows, header=HEADER, eol="\r\n", encoding="utf-8") -> bytes:
 def test_good_row_is_typed(spec):
     rows, rejects, stats = read(spec, lines(GOOD))
     assert rejects == []
-    assert rows == [{
-        "tag_number_masked": "***00001",
-        "date_of_infraction": datetime.date(2016, 1, 5),
-        "infraction_code": 29,
-        "infraction_description": "PARK PROHIBITED TIME NO PERMIT",
-        "set_fine_amount": Decimal("30.00"),
-        "time_of_infraction": datetime.time(0, 35),  # leading zeros dropped: 35 is 00:35
-        "location1": "NR",
-        "location2": "47 COLBORNE ST",
-        "location3": None,
-        "location4": None,
-        "province": "ON",
-    }]  # fmt: skip
+    assert rows == [
+        {
+            "tag_number_masked": "***00001",
+            "date_of_infraction": datetime.date(2016, 1, 5),
+            "infraction_code": 29,
+            "infraction_description": "PARK PROHIBITED TIME NO PERMIT",
+            "set_fine_amount": Decimal("30.00"),
+            "time_of_infraction": datetime.time(0, 35),  # leading zeros dropped: 35 is 00:35
+            "location1": "NR",
+            "location2": "47 COLBORNE ST",
+            "location3": None,
+            "location4": None,
+            "province": "ON",
+        }
+    ]
     assert stats.rows == 1 and stats.lines == 1
 
 

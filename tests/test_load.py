@@ -36,16 +36,20 @@ def test_loads_typed_rows_and_quarantines_bad_ones(clean, demo_dir):
     result = run_load(demo_dir, "2016-2018")
     assert [y.status for y in result.years] == ["loaded"] * 3
     expected = demodata.expected_monthly([2016, 2017, 2018])
-    per_year = dict(db.execute(
-        "SELECT extract(year FROM date_of_infraction)::int, count(*) FROM parking_tickets GROUP BY 1"
-    ).fetchall())  # fmt: skip
+    per_year = dict(
+        db.execute(
+            "SELECT extract(year FROM date_of_infraction)::int, count(*) FROM parking_tickets GROUP BY 1"
+        ).fetchall()
+    )
     assert per_year == {y: int(t) for y, t in expected.groupby("year")["tickets"].sum().items()}
     fines = db.execute("SELECT sum(set_fine_amount) FROM parking_tickets").fetchone()[0]
     assert fines == int(expected["fines"].sum())
 
-    types = dict(db.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'parking_tickets'"
-    ).fetchall())  # fmt: skip
+    types = dict(
+        db.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'parking_tickets'"
+        ).fetchall()
+    )
     assert types["date_of_infraction"] == "date"
     assert types["time_of_infraction"] == "time without time zone"
     assert types["set_fine_amount"] == "numeric"
@@ -64,8 +68,9 @@ def test_loads_typed_rows_and_quarantines_bad_ones(clean, demo_dir):
     for needle in ("impossible date", "not a number", "wrong column count", "impossible time", "unparsable date"):
         assert needle in reasons
     # no mojibake: the Windows-1252 year and the UTF-8 years read the same street alike
-    streets = {row[0] for row in db.execute(
-        "SELECT DISTINCT location2 FROM parking_tickets WHERE location2 LIKE '%CONNOR DR'")}  # fmt: skip
+    streets = {
+        row[0] for row in db.execute("SELECT DISTINCT location2 FROM parking_tickets WHERE location2 LIKE '%CONNOR DR'")
+    }
     assert "O’CONNOR DR" in streets and not any("â€" in s for s in streets)
 
 
@@ -77,9 +82,13 @@ def test_reload_is_idempotent_and_unchanged_years_are_skipped(clean, demo_dir):
     assert [y.status for y in again.years] == ["unchanged", "unchanged"]
     forced = run_load(demo_dir, "2016-2017", force=True)
     assert [y.status for y in forced.years] == ["loaded", "loaded"]
-    after = table_digest(db, "parking_tickets"), db.execute(
-        "SELECT count(*), sum(hashtextextended(source_file || line_number || reason || raw_line, 0)) "
-        "FROM parking_tickets_rejected").fetchone()  # fmt: skip
+    after = (
+        table_digest(db, "parking_tickets"),
+        db.execute(
+            "SELECT count(*), sum(hashtextextended(source_file || line_number || reason || raw_line, 0)) "
+            "FROM parking_tickets_rejected"
+        ).fetchone(),
+    )
     assert after[0] == before[0]
     assert after[1][0] == before[1][0] == 10  # rejected rows are not doubled
     entries = db.execute("SELECT partition, status, rows FROM opsbook.partitions ORDER BY 1").fetchall()
@@ -96,16 +105,19 @@ def test_one_year_replaces_only_that_year(clean, demo_dir):
     assert result.years[0].status == "loaded"  # the tampered year is detected and reloaded
     assert db.execute("SELECT 'parking_tickets_2016'::regclass::oid").fetchone()[0] == oid_2016
     assert table_digest(db, "parking_tickets_2016") == digest_2016
-    march = db.execute("SELECT count(*) FROM parking_tickets WHERE date_of_infraction "
-                       "BETWEEN '2017-03-01' AND '2017-03-31'").fetchone()[0]  # fmt: skip
+    march = db.execute(
+        "SELECT count(*) FROM parking_tickets WHERE date_of_infraction BETWEEN '2017-03-01' AND '2017-03-31'"
+    ).fetchone()[0]
     assert march == int(demodata.expected_monthly([2017]).query("month == 3")["tickets"].iloc[0])
 
 
 def test_a_changed_value_is_detected(clean, demo_dir):
     db = clean
     run_load(demo_dir, "2016")
-    db.execute("UPDATE parking_tickets SET set_fine_amount = set_fine_amount + 1 WHERE ctid = "
-               "(SELECT ctid FROM parking_tickets_2016 LIMIT 1)")  # fmt: skip
+    db.execute(
+        "UPDATE parking_tickets SET set_fine_amount = set_fine_amount + 1 WHERE ctid = "
+        "(SELECT ctid FROM parking_tickets_2016 LIMIT 1)"
+    )
     assert run_load(demo_dir, "2016").years[0].status == "loaded"
 
 

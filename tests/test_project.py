@@ -56,8 +56,11 @@ def test_notebook_parameters_cell_matches_its_model(name):
 
 
 def _notebooks():
-    return sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("tests/notebooks/*.ipynb")) + sorted(
-        ROOT.glob("bench/notebooks/*.ipynb"))  # fmt: skip
+    return (
+        sorted(ROOT.glob("notebooks/*.ipynb"))
+        + sorted(ROOT.glob("tests/notebooks/*.ipynb"))
+        + sorted(ROOT.glob("bench/notebooks/*.ipynb"))
+    )
 
 
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.name)
@@ -97,24 +100,41 @@ def test_readme_documents_commands_procedures_and_exit_codes():
 
 def test_every_command_has_help_with_an_example():
     for args in (["--help"], ["services", "--help"]):
-        out = subprocess.run([sys.executable, str(ROOT / "run_notebook.py"), *args], capture_output=True,
-                             text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "run_notebook.py"), *args], capture_output=True, text=True, check=True
+        )
         assert "example" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "opsbook.demodata", "--help"], capture_output=True, text=True,
-                         check=True, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "opsbook.demodata", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert "example" in out.stdout
 
 
 def test_code_passes_ruff():
-    out = subprocess.run([sys.executable, "-m", "ruff", "check", "lib", "tests", "bench", "run_notebook.py"],
-                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "lib", "tests", "bench", "run_notebook.py"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_import_opsbook_is_light():
     """``import opsbook`` loads none of the heavy libraries (timed in bench/runner.py)."""
-    out = subprocess.run([sys.executable, "-c", (
-        "import sys, opsbook, opsbook.cli\n"
-        "heavy = [m for m in ('pandas', 'pyarrow', 'papermill', 'psycopg', 'nbconvert') if m in sys.modules]\n"
-        "print(heavy)")], capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, opsbook, opsbook.cli\n"
+                "heavy = [m for m in ('pandas', 'pyarrow', 'papermill', 'psycopg', 'nbconvert') if m in sys.modules]\n"
+                "print(heavy)"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     assert out.stdout.strip() == "[]"

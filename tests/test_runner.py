@@ -22,8 +22,9 @@ def run_log_row(db, run_id):
 
 
 def test_the_load_command_with_json(database_url, db, demo_dir, reports_dir):
-    done = run_cli("load", "-p", "dataset=toronto_parking_tickets", "-p", f"source={demo_dir}",
-                   "-p", "years=2016-2018", "--json")  # fmt: skip
+    done = run_cli(
+        "load", "-p", "dataset=toronto_parking_tickets", "-p", f"source={demo_dir}", "-p", "years=2016-2018", "--json"
+    )
     assert done.code == 0, done.stderr
     outcome = done.json()
     assert outcome["status"] == "pass" and outcome["exit_code"] == 0
@@ -54,9 +55,11 @@ def test_the_load_command_with_json(database_url, db, demo_dir, reports_dir):
 
 
 def test_bad_parameters_exit_2_before_any_kernel(database_url, reports_dir):
-    for args, message in ((["-p", "yeras=2017"], "did you mean 'years'"),
-                          (["-p", "years=20x7"], "'20x7' is not a year"),
-                          (["-p", "force"], "name=value")):  # fmt: skip
+    for args, message in (
+        (["-p", "yeras=2017"], "did you mean 'years'"),
+        (["-p", "years=20x7"], "'20x7' is not a year"),
+        (["-p", "force"], "name=value"),
+    ):
         done = run_cli("load", *args)
         assert done.code == 2
         assert message in done.stderr
@@ -80,8 +83,18 @@ def test_a_failing_notebook_still_leaves_its_report(database_url, db, demo_dir, 
 
 
 def test_too_many_rejects_exit_1(database_url, demo_dir):
-    done = run_cli("load", "-p", f"source={demo_dir}", "-p", "years=2015", "-p", "force=true",
-                   "-p", "max_rejected_ratio=0", "--json")  # fmt: skip
+    done = run_cli(
+        "load",
+        "-p",
+        f"source={demo_dir}",
+        "-p",
+        "years=2015",
+        "-p",
+        "force=true",
+        "-p",
+        "max_rejected_ratio=0",
+        "--json",
+    )
     assert done.code == 1, done.stderr
     assert "rejected" in done.json()["summary"]
 

@@ -40,12 +40,12 @@ def test_secret_values_come_from_urls_dsns_and_opsbook_secret_variables(tmp_path
 
 
 @pytest.mark.notebook
-def test_a_password_in_database_url_reaches_no_artifact(database_url, pg_admin_url, db, demo_dir,
-                                                         reports_dir):  # fmt: skip
+def test_a_password_in_database_url_reaches_no_artifact(database_url, pg_admin_url, db, demo_dir, reports_dir):
     """The acceptance case: the load command through a URL holding a password."""
     role, database = "opsbook_pw_user", "opsbook_test_pw"
-    with __import__("psycopg").connect(pg_admin_url.replace("postgresql+psycopg", "postgresql"),
-                                       autocommit=True) as admin:  # fmt: skip
+    with __import__("psycopg").connect(
+        pg_admin_url.replace("postgresql+psycopg", "postgresql"), autocommit=True
+    ) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
         admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
         admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(PASSWORD)))
@@ -58,8 +58,17 @@ def test_a_password_in_database_url_reaches_no_artifact(database_url, pg_admin_u
         url = f"postgresql://{role}:{secret}@/{database}?host={quote(host)}&port={port}"
     else:
         url = f"postgresql://{role}:{secret}@{host}:{port}/{database}"
-    done = run_cli("load", "-p", "dataset=toronto_parking_tickets", "-p", f"source={demo_dir}",
-                   "-p", "years=2016-2018", "--json", env={"DATABASE_URL": url})  # fmt: skip
+    done = run_cli(
+        "load",
+        "-p",
+        "dataset=toronto_parking_tickets",
+        "-p",
+        f"source={demo_dir}",
+        "-p",
+        "years=2016-2018",
+        "--json",
+        env={"DATABASE_URL": url},
+    )
     assert done.code == 0, done.stderr
     outcome = done.json()
     assert outcome["status"] == "pass"
@@ -87,8 +96,9 @@ def test_a_secret_printed_by_a_cell_is_redacted_and_the_run_warns(database_url, 
 @pytest.mark.notebook
 def test_a_secret_inside_an_exception_message_is_redacted(database_url, db, reports_dir):
     secret = "opsbook-test-secret-e41b"
-    done = run_cli(str(ROOT / "tests/notebooks/leak.ipynb"), "-p", "fail=true", "--json",
-                   env={"OPSBOOK_SECRET_TEST": secret})  # fmt: skip
+    done = run_cli(
+        str(ROOT / "tests/notebooks/leak.ipynb"), "-p", "fail=true", "--json", env={"OPSBOOK_SECRET_TEST": secret}
+    )
     assert done.code == 3
     outcome = done.json()
     assert "connection refused for secret ***" in outcome["error"]

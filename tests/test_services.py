@@ -39,11 +39,20 @@ def test_embedded_servers_start_are_reused_and_stop(tmp_path):
         import subprocess
         import sys
 
-        check = subprocess.run([sys.executable, "-c", (
-            "from opsbook import services; from opsbook.stores import postgres; import redis\n"
-            "with postgres.connection(autocommit=True) as c: print(c.execute('select 41 + 1').fetchone()[0])\n"
-            "r = redis.Redis.from_url(services.redis_url()); r.set('k', 'v'); print(r.get('k').decode())"
-        )], env=env_py, capture_output=True, text=True)  # fmt: skip
+        check = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "from opsbook import services; from opsbook.stores import postgres; import redis\n"
+                    "with postgres.connection(autocommit=True) as c: print(c.execute('select 41 + 1').fetchone()[0])\n"
+                    "r = redis.Redis.from_url(services.redis_url()); r.set('k', 'v'); print(r.get('k').decode())"
+                ),
+            ],
+            env=env_py,
+            capture_output=True,
+            text=True,
+        )
         assert check.returncode == 0, check.stderr
         assert check.stdout.split() == ["42", "v"]
 
@@ -59,8 +68,11 @@ def test_embedded_servers_start_are_reused_and_stop(tmp_path):
 
 
 def test_configured_services_are_shown_without_the_password(tmp_path):
-    env = {"OPSBOOK_STATE_DIR": str(tmp_path), "DATABASE_URL": "postgresql://u:topsecret@db.example:5432/x",
-           "REDIS_URL": "redis://:alsosecret@cache.example:6379/0"}  # fmt: skip
+    env = {
+        "OPSBOOK_STATE_DIR": str(tmp_path),
+        "DATABASE_URL": "postgresql://u:topsecret@db.example:5432/x",
+        "REDIS_URL": "redis://:alsosecret@cache.example:6379/0",
+    }
     status = run_cli("services", "status", env=env)
     assert status.code == 0
     assert "configured" in status.stdout and "db.example" in status.stdout

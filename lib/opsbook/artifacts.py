@@ -54,10 +54,47 @@ def write_notebook(nb, path: Path, redact: Redactor) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def export_html(nb, path: Path, report: dict[str, Any], redact: Redactor) -> None:
-    """Render the executed notebook as the audit report: banner, run card, folded code."""
+PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
+ASSETS_DIR = "assets"
+
+
+def has_charts(nb) -> bool:
+    return any(
+        PLOTLY_MIMETYPE in output.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
+
+
+def plotly_asset(reports: Path) -> Path:
+    """plotly.js, copied once into reports/assets/ and shared by every report."""
+    import shutil
+
+    import plotly
+
+    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    target = reports / ASSETS_DIR / f"plotly-{plotly.__version__}.min.js"
+    if not target.exists() or target.stat().st_size != source.stat().st_size:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+    return target
+
+
+def export_html(nb, path: Path, report: dict[str, Any], redact: Redactor, reports: Path | None = None) -> None:
+    """Render the executed notebook as the audit report: banner, run card, folded code.
+
+    Charts render offline: the page loads plotly.js once from ``reports/assets/`` by a relative
+    path, so a report stays readable when moved together with that folder.
+    """
     from nbconvert import HTMLExporter
 
+    report = dict(report)
+    if has_charts(nb):
+        asset = plotly_asset(reports or config.reports_dir())
+        report["plotly_src"] = os.path.relpath(asset, path.parent)
     exporter = HTMLExporter(template_name=TEMPLATE, extra_template_basedirs=[str(config.templates_dir())])
     body, _ = exporter.from_notebook_node(_without_scraps(nb), resources={"opsbook": report})
     write_text(path, redact(body, "HTML report"))

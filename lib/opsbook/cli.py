@@ -41,15 +41,33 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("procedure", nargs="?", help="procedure name (see --list), or a path to a .ipynb")
-    parser.add_argument("-f", "--file", dest="files", action="append", default=[], type=Path,
-                        metavar="PARAMS.yaml", help="YAML file of parameter values (repeatable)")  # fmt: skip
-    parser.add_argument("-p", "--param", dest="params", action="append", default=[],
-                        metavar="NAME=VALUE", help="one parameter value (repeatable); wins over -f")  # fmt: skip
-    parser.add_argument("--json", action="store_true",
-                        help="print exactly one JSON object on stdout: status, exit_code, run_id, "
-                             "reports, results")  # fmt: skip
-    parser.add_argument("--timeout", type=float, metavar="S",
-                        help="fail with exit 5 when the whole run takes longer than S seconds")  # fmt: skip
+    parser.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PARAMS.yaml",
+        help="YAML file of parameter values (repeatable)",
+    )
+    parser.add_argument(
+        "-p",
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one parameter value (repeatable); wins over -f",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print exactly one JSON object on stdout: status, exit_code, run_id, reports, results",
+    )
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", help="fail with exit 5 when the whole run takes longer than S seconds"
+    )
     parser.add_argument("--list", action="store_true", help="list the procedures, one line each")
     parser.add_argument("--quiet", action="store_true", help="no per-cell progress lines on stderr")
     return parser
@@ -116,14 +134,25 @@ def main(argv: list[str] | None = None) -> int:
     from opsbook import runner
 
     try:
-        outcome = runner.execute(args.procedure, args.files, args.params, timeout=args.timeout,
-                                 progress=None if args.quiet else sys.stderr)  # fmt: skip
+        outcome = runner.execute(
+            args.procedure, args.files, args.params, timeout=args.timeout, progress=None if args.quiet else sys.stderr
+        )
     except UsageError as exc:
         return _usage_error(args, exc)
     except OpsbookError as exc:  # e.g. the embedded database could not start
         if args.json:
-            print(json.dumps({"status": "fail", "exit_code": exc.exit_code, "run_id": None,
-                              "reports": None, "results": {}, "error": str(exc)}))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "status": "fail",
+                        "exit_code": exc.exit_code,
+                        "run_id": None,
+                        "reports": None,
+                        "results": {},
+                        "error": str(exc),
+                    }
+                )
+            )
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
 
@@ -139,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _usage_error(args, exc: UsageError) -> int:
     if args.json:
-        print(json.dumps({"status": "fail", "exit_code": 2, "run_id": None, "reports": None,
-                          "results": {}, "error": str(exc)}))  # fmt: skip
+        print(
+            json.dumps(
+                {"status": "fail", "exit_code": 2, "run_id": None, "reports": None, "results": {}, "error": str(exc)}
+            )
+        )
     print(f"error: {exc}", file=sys.stderr)
     return exc.exit_code

@@ -74,8 +74,15 @@ def _log_interactive_start(ctx: RunContext) -> None:
     values = ctx.params.notebook_parameters()
     with postgres.connection(autocommit=True, purpose=f"run {ctx.run_id}") as conn:
         runlog.ensure_schema(conn)
-        runlog.start_run(conn, ctx.run_id, ctx.procedure, values.get("dataset"), window_of(values),
-                         Redactor().scrub(values), interactive=True)  # fmt: skip
+        runlog.start_run(
+            conn,
+            ctx.run_id,
+            ctx.procedure,
+            values.get("dataset"),
+            window_of(values),
+            Redactor().scrub(values),
+            interactive=True,
+        )
 
 
 def _log_interactive_finish(ctx: RunContext, verdict: Verdict) -> None:
@@ -86,8 +93,16 @@ def _log_interactive_finish(ctx: RunContext, verdict: Verdict) -> None:
 
     code = 0 if verdict.status != "fail" else exit_code_for(verdict.error_type)
     with postgres.connection(autocommit=True, purpose=f"run {ctx.run_id}") as conn:
-        runlog.finish_run(conn, ctx.run_id, RUN_STATUS[verdict.status], code, verdict.rows_in,
-                          verdict.rows_out, verdict.rows_rejected, Redactor()(verdict.error or "") or None)  # fmt: skip
+        runlog.finish_run(
+            conn,
+            ctx.run_id,
+            RUN_STATUS[verdict.status],
+            code,
+            verdict.rows_in,
+            verdict.rows_out,
+            verdict.rows_rejected,
+            Redactor()(verdict.error or "") or None,
+        )
 
 
 def window_of(values: dict[str, Any]) -> str | None:

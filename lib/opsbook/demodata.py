@@ -29,10 +29,18 @@ import numpy as np
 from opsbook import config
 
 CITY_COLUMNS = [
-    "tag_number_masked", "date_of_infraction", "infraction_code", "infraction_description",
-    "set_fine_amount", "time_of_infraction", "location1", "location2", "location3",
-    "location4", "province",
-]  # fmt: skip
+    "tag_number_masked",
+    "date_of_infraction",
+    "infraction_code",
+    "infraction_description",
+    "set_fine_amount",
+    "time_of_infraction",
+    "location1",
+    "location2",
+    "location3",
+    "location4",
+    "province",
+]
 DEFAULT_SCALE = 0.01
 DEFAULT_SEED = 20240101
 REFERENCE_YEARS = range(2011, 2023)
@@ -43,8 +51,10 @@ UTF8_FROM_YEAR = 2016
 BARE_CSV_YEARS = {2022}
 
 PROXIMITY = (["NR", "OPP", "AT", "S/S", "N/S", "E/S", "W/S"], [0.42, 0.26, 0.14, 0.05, 0.05, 0.04, 0.04])
-PROVINCES = (["ON", "QC", "NY", "AB", "BC", "MI", "NS", "PA", "MB", "FL"],
-             [0.935, 0.02, 0.01, 0.007, 0.006, 0.005, 0.005, 0.004, 0.004, 0.004])  # fmt: skip
+PROVINCES = (
+    ["ON", "QC", "NY", "AB", "BC", "MI", "NS", "PA", "MB", "FL"],
+    [0.935, 0.02, 0.01, 0.007, 0.006, 0.005, 0.005, 0.004, 0.004, 0.004],
+)
 # Street names whose spelling needs more than ASCII; a reader that guesses the wrong
 # encoding turns them into mojibake ("O’CONNOR" -> "Oâ€™CONNOR").
 NON_ASCII_STREETS = ["O’CONNOR DR", "CÔTÉ CRT", "BÉLANGER ST", "LAFRAMBOISE CRES", "FRANÇOIS ST"]
@@ -118,6 +128,13 @@ def scaled_groups(year: int, scale: float = DEFAULT_SCALE, rows: int | None = No
     out["tickets"] = tickets
     out["unit_fine"] = unit
     return out[out["tickets"] > 0].reset_index(drop=True)
+
+
+def reference_figures(years):
+    """The City's real figures per (year, month): tickets and fines (CAD), for full files."""
+    ref = reference_monthly()
+    frame = ref[ref["year"].isin(list(years))]
+    return frame.groupby(["year", "month"], as_index=False)[["tickets", "fines"]].sum()
 
 
 def expected_monthly(years, scale: float = DEFAULT_SCALE):
@@ -271,8 +288,13 @@ def demo_source_dir(dataset: str = "toronto_parking_tickets") -> Path:
     return config.state_dir() / "demo" / dataset
 
 
-def build(out_dir: Path | None = None, years=REFERENCE_YEARS, scale: float = DEFAULT_SCALE,
-          seed: int = DEFAULT_SEED, force: bool = False) -> list[DemoFile]:  # fmt: skip
+def build(
+    out_dir: Path | None = None,
+    years=REFERENCE_YEARS,
+    scale: float = DEFAULT_SCALE,
+    seed: int = DEFAULT_SEED,
+    force: bool = False,
+) -> list[DemoFile]:
     """Write the demo files for ``years`` (skipping years already written unless ``force``)."""
     out_dir = out_dir or demo_source_dir()
     written = []

@@ -74,9 +74,16 @@ def _cell(value: Any, plain: bool = False) -> tuple[str, str]:
     return str(value), ""
 
 
-def table(rows: Sequence[dict[str, Any]], caption: str = "", status_column: str | None = None,
-          element_id: str | None = None, raw_columns: Iterable[str] = ()) -> Html:  # fmt: skip
-    """A table of dicts (one per row); ``status_column`` values are shown as coloured badges."""
+def table(
+    rows: Sequence[dict[str, Any]],
+    caption: str = "",
+    status_column: str | None = None,
+    element_id: str | None = None,
+    raw_columns: Iterable[str] = (),
+    row_ids: Sequence[str] | None = None,
+) -> Html:
+    """A table of dicts (one per row); ``status_column`` values are shown as coloured badges,
+    ``raw_columns`` as preformatted text, and ``row_ids`` give each row an anchor."""
     raw_columns = set(raw_columns)
     columns: list[str] = []
     for row in rows:
@@ -88,7 +95,7 @@ def table(rows: Sequence[dict[str, Any]], caption: str = "", status_column: str 
     parts.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>")
     text_lines = [caption] if caption else []
     text_lines.append(" | ".join(columns))
-    for row in rows:
+    for index, row in enumerate(rows):
         cells, texts = [], []
         for c in columns:
             shown, cls = _cell(row.get(c), plain=c in PLAIN_COLUMNS)
@@ -101,7 +108,8 @@ def table(rows: Sequence[dict[str, Any]], caption: str = "", status_column: str 
                 cells.append(
                     f'<td class="{cls}">{html.escape(shown)}</td>' if cls else f"<td>{html.escape(shown)}</td>"
                 )
-        parts.append("<tr>" + "".join(cells) + "</tr>")
+        row_id = f' id="{html.escape(row_ids[index])}"' if row_ids else ""
+        parts.append(f"<tr{row_id}>" + "".join(cells) + "</tr>")
         text_lines.append(" | ".join(texts))
     if not rows:
         parts.append(f'<tr><td colspan="{max(1, len(columns))}"><em>none</em></td></tr>')
@@ -113,6 +121,43 @@ def table(rows: Sequence[dict[str, Any]], caption: str = "", status_column: str 
 def stack(*items: Html) -> Html:
     """Several displays as one output."""
     return Html("".join(i.markup for i in items), "\n\n".join(i.text for i in items))
+
+
+def heading(text: str, element_id: str | None = None, level: int = 3) -> Html:
+    ident = f' id="{html.escape(element_id)}"' if element_id else ""
+    return Html(f"<h{level}{ident}>{html.escape(text)}</h{level}>", text)
+
+
+class Chart:
+    """A plotly figure for both readers: JupyterLab renders the plotly mimetype; the HTML
+    report renders the ``text/html`` part, which expects plotly.js loaded once by the page."""
+
+    def __init__(self, fig, element_id: str):
+        self.fig = fig
+        self.element_id = element_id
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        import json
+
+        plot_id = f"{self.element_id}-plot"
+        div = self.fig.to_html(
+            full_html=False, include_plotlyjs=False, div_id=plot_id, config={"displaylogo": False, "responsive": True}
+        )
+        missing = (
+            "<script>if (typeof Plotly === 'undefined') { document.getElementById("
+            f"{json.dumps(plot_id)}).innerHTML = '<p><em>This chart needs plotly.js: keep the report "
+            "beside its assets/ folder.</em></p>'; }</script>"
+        )
+        markup = f'<div class="opsbook-chart" id="{html.escape(self.element_id)}">{div}{missing}</div>'
+        return {
+            "application/vnd.plotly.v1+json": json.loads(self.fig.to_json()),
+            "text/html": markup,
+            "text/plain": f"<chart {self.element_id}: {self.fig.layout.title.text or ''}>",
+        }
+
+
+def chart(fig, element_id: str) -> Chart:
+    return Chart(fig, element_id)
 
 
 def note(text: str) -> Html:
@@ -157,5 +202,9 @@ class Progress:
         self.lines.append(f"[{elapsed:6.1f}s] {message}")
         if self._handle is not None:
             body = "<br>".join(html.escape(line) for line in self.lines[-30:])
-            self._handle.update(Html(f"<div><strong>{html.escape(self.title)}</strong><br><code>{body}</code></div>",
-                                     "\n".join([self.title, *self.lines])))  # fmt: skip
+            self._handle.update(
+                Html(
+                    f"<div><strong>{html.escape(self.title)}</strong><br><code>{body}</code></div>",
+                    "\n".join([self.title, *self.lines]),
+                )
+            )

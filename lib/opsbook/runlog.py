@@ -107,12 +107,18 @@ def git_revision() -> str:
     """The project's git revision, with ``+dirty`` when the work tree has changes."""
     root = config.project_root()
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
-                             capture_output=True, text=True, timeout=5)  # fmt: skip
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
         if rev.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5)  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -137,23 +143,48 @@ def origin() -> Origin:
 # --- runs ------------------------------------------------------------------------------------
 
 
-def start_run(conn: psycopg.Connection, run_id: str, procedure: str, dataset: str | None,
-              window: str | None, params: dict[str, Any], interactive: bool = False) -> None:  # fmt: skip
+def start_run(
+    conn: psycopg.Connection,
+    run_id: str,
+    procedure: str,
+    dataset: str | None,
+    window: str | None,
+    params: dict[str, Any],
+    interactive: bool = False,
+) -> None:
     where = origin()
     conn.execute(
         """INSERT INTO opsbook.runs (run_id, procedure, dataset, "window", params, status, started_at,
                heartbeat_at, host, os_user, git_revision, opsbook_version, interactive)
            VALUES (%s, %s, %s, %s, %s, 'running', now(), now(), %s, %s, %s, %s, %s)
            ON CONFLICT (run_id) DO NOTHING""",
-        (run_id, procedure, dataset, window, json.dumps(params), where.host, where.os_user,
-         where.git_revision, where.opsbook_version, interactive),
-    )  # fmt: skip
+        (
+            run_id,
+            procedure,
+            dataset,
+            window,
+            json.dumps(params),
+            where.host,
+            where.os_user,
+            where.git_revision,
+            where.opsbook_version,
+            interactive,
+        ),
+    )
 
 
-def finish_run(conn: psycopg.Connection, run_id: str, status: str, exit_code: int | None,
-               rows_in: int | None = None, rows_out: int | None = None,
-               rows_rejected: int | None = None, error: str | None = None,
-               report_path: str | None = None, html_path: str | None = None) -> None:  # fmt: skip
+def finish_run(
+    conn: psycopg.Connection,
+    run_id: str,
+    status: str,
+    exit_code: int | None,
+    rows_in: int | None = None,
+    rows_out: int | None = None,
+    rows_rejected: int | None = None,
+    error: str | None = None,
+    report_path: str | None = None,
+    html_path: str | None = None,
+) -> None:
     conn.execute(
         """UPDATE opsbook.runs SET status = %s, exit_code = %s, finished_at = now(),
                rows_in = coalesce(%s, rows_in), rows_out = coalesce(%s, rows_out),
@@ -203,8 +234,9 @@ def ledger_get(conn: psycopg.Connection, dataset: str, partition: str, step: str
     return LedgerEntry(*row) if row else None
 
 
-def ledger_running(conn: psycopg.Connection, dataset: str, partition: str, step: str, run_id: str,
-                   params_hash: str, fingerprint: Any) -> None:  # fmt: skip
+def ledger_running(
+    conn: psycopg.Connection, dataset: str, partition: str, step: str, run_id: str, params_hash: str, fingerprint: Any
+) -> None:
     conn.execute(
         """INSERT INTO opsbook.partitions (dataset, partition, step, status, params_hash,
                input_fingerprint, run_id, started_at, heartbeat_at, finished_at, error)
@@ -216,9 +248,19 @@ def ledger_running(conn: psycopg.Connection, dataset: str, partition: str, step:
     )
 
 
-def ledger_success(conn: psycopg.Connection, dataset: str, partition: str, step: str, run_id: str,
-                   params_hash: str, fingerprint: Any, rows: int, rejected: int,
-                   checksum: str | None, table_oid: int | None) -> None:  # fmt: skip
+def ledger_success(
+    conn: psycopg.Connection,
+    dataset: str,
+    partition: str,
+    step: str,
+    run_id: str,
+    params_hash: str,
+    fingerprint: Any,
+    rows: int,
+    rejected: int,
+    checksum: str | None,
+    table_oid: int | None,
+) -> None:
     conn.execute(
         """INSERT INTO opsbook.partitions (dataset, partition, step, status, params_hash,
                input_fingerprint, rows, rejected, checksum, table_oid, run_id, started_at,
@@ -229,13 +271,11 @@ def ledger_success(conn: psycopg.Connection, dataset: str, partition: str, step:
                rows = excluded.rows, rejected = excluded.rejected, checksum = excluded.checksum,
                table_oid = excluded.table_oid, run_id = excluded.run_id,
                finished_at = now(), heartbeat_at = now(), error = NULL""",
-        (dataset, partition, step, params_hash, json.dumps(fingerprint), rows, rejected, checksum,
-         table_oid, run_id),
-    )  # fmt: skip
+        (dataset, partition, step, params_hash, json.dumps(fingerprint), rows, rejected, checksum, table_oid, run_id),
+    )
 
 
-def ledger_failed(conn: psycopg.Connection, dataset: str, partition: str, step: str, run_id: str,
-                  error: str) -> None:  # fmt: skip
+def ledger_failed(conn: psycopg.Connection, dataset: str, partition: str, step: str, run_id: str, error: str) -> None:
     conn.execute(
         """UPDATE opsbook.partitions SET status = 'failed', error = %s, finished_at = now()
            WHERE dataset = %s AND partition = %s AND step = %s AND run_id = %s""",

@@ -156,6 +156,7 @@ def execute(
 
     results: dict[str, Any] = {}
     if nb is not None:
+        _drop_papermill_error_cells(nb)
         try:
             from opsbook import results as results_mod
 
@@ -175,8 +176,22 @@ def execute(
         status = "warn"
     if redact.leaks:
         notes.append("secret value(s) redacted from: " + ", ".join(redact.leaks))
-    report = _report_context(target.name, run_id, status, summary, dataset, window, safe_params,
-                             started_at, duration, verdict, sha, exit_code, notes, paths)  # fmt: skip
+    report = _report_context(
+        target.name,
+        run_id,
+        status,
+        summary,
+        dataset,
+        window,
+        safe_params,
+        started_at,
+        duration,
+        verdict,
+        sha,
+        exit_code,
+        notes,
+        paths,
+    )
     if nb is not None:
         try:
             from opsbook import artifacts
@@ -189,9 +204,19 @@ def execute(
     if redact.leaks and status == "pass":
         status = "warn"
 
-    outcome = Outcome(run_id, target.name, status, exit_code, redact(summary),
-                      ipynb, html_path, redact.scrub(results), redact(error_text) if error_text else None,
-                      duration, notes)  # fmt: skip
+    outcome = Outcome(
+        run_id,
+        target.name,
+        status,
+        exit_code,
+        redact(summary),
+        ipynb,
+        html_path,
+        redact.scrub(results),
+        redact(error_text) if error_text else None,
+        duration,
+        notes,
+    )
     _append_history(outcome, started_at, dataset, window, safe_params, verdict, redact)
     log.finish(outcome, verdict, redact)
     return outcome
@@ -203,8 +228,7 @@ def _report_paths(run_id: str):
     return ReportPaths.for_run(run_id)
 
 
-def _run_notebook(target: Target, values: dict[str, Any], run_id: str, timeout: float | None,
-                  progress: TextIO | None):  # fmt: skip
+def _run_notebook(target: Target, values: dict[str, Any], run_id: str, timeout: float | None, progress: TextIO | None):
     """Execute with papermill; returns (notebook or None, error name, error text, exit code)."""
     import logging
 
@@ -216,18 +240,23 @@ def _run_notebook(target: Target, values: dict[str, Any], run_id: str, timeout: 
 
     logging.getLogger("papermill").setLevel(logging.WARNING)
     kernel_dir = tempfile.mkdtemp(prefix="opsbook-kernel-")
-    hooks = engine.Hooks(target.name, stream=progress,
-                         deadline=time.monotonic() + timeout if timeout else None)  # fmt: skip
+    hooks = engine.Hooks(target.name, stream=progress, deadline=time.monotonic() + timeout if timeout else None)
     env_before = {k: os.environ.get(k) for k in (RUN_ID_ENV, "PLOTLY_RENDERER")}
     os.environ[RUN_ID_ENV] = run_id
     # the default mimetype renderer leaves plotly figures blank in the HTML export
     os.environ["PLOTLY_RENDERER"] = "notebook"
     try:
         nb = papermill.execute_notebook(
-            str(target.notebook), None, parameters=values, engine_name=engine.ENGINE_NAME,
-            kernel_name="python3", progress_bar=False, cwd=str(config.project_root()),
-            opsbook_hooks=hooks, config=_kernel_config(kernel_dir),
-        )  # fmt: skip
+            str(target.notebook),
+            None,
+            parameters=values,
+            engine_name=engine.ENGINE_NAME,
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(config.project_root()),
+            opsbook_hooks=hooks,
+            config=_kernel_config(kernel_dir),
+        )
         return nb, None, None, 0
     except PapermillExecutionError as exc:
         nb = hooks.nb_man.nb if hooks.nb_man else None
@@ -251,6 +280,14 @@ def _run_notebook(target: Target, values: dict[str, Any], run_id: str, timeout: 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _drop_papermill_error_cells(nb) -> None:
+    """Papermill adds a red "An Exception was encountered" cell and an anchor; the report's
+    banner already says so and links the failing cell, so they are left out."""
+    from papermill.execute import ERROR_MARKER_TAG
+
+    nb.cells = [c for c in nb.cells if ERROR_MARKER_TAG not in c.get("metadata", {}).get("tags", [])]
 
 
 def _kernel_config(kernel_dir: str):
@@ -280,8 +317,22 @@ def _write_ipynb(nb, path: Path, redact: Redactor, notes: list[str]) -> str | No
         return None
 
 
-def _report_context(procedure, run_id, status, summary, dataset, window, params, started_at,
-                    duration, verdict, sha, exit_code, notes, paths) -> dict[str, Any]:  # fmt: skip
+def _report_context(
+    procedure,
+    run_id,
+    status,
+    summary,
+    dataset,
+    window,
+    params,
+    started_at,
+    duration,
+    verdict,
+    sha,
+    exit_code,
+    notes,
+    paths,
+) -> dict[str, Any]:
     from opsbook import __version__, runlog, services
 
     where = runlog.origin()
@@ -303,21 +354,31 @@ def _report_context(procedure, run_id, status, summary, dataset, window, params,
         ("status", f"{status.upper()} (exit {exit_code}: {EXIT_CODES.get(exit_code, '')})"),
         ("started (UTC)", started_at.strftime("%Y-%m-%d %H:%M:%S")),
         ("duration", f"{duration:.1f}s"),
-        ("rows in / out / quarantined", " / ".join(
-            f"{verdict[k]:,}" if isinstance(verdict.get(k), int) else "-"
-            for k in ("rows_in", "rows_out", "rows_rejected"))),
+        (
+            "rows in / out / quarantined",
+            " / ".join(
+                f"{verdict[k]:,}" if isinstance(verdict.get(k), int) else "-"
+                for k in ("rows_in", "rows_out", "rows_rejected")
+            ),
+        ),
         ("database", database),
         ("host / user", f"{where.host} / {where.os_user}"),
         ("git revision", where.git_revision),
         ("opsbook version", __version__),
         ("executed notebook", f"{paths.ipynb.name} (SHA-256 {sha})" if sha else "not written"),
-    ]  # fmt: skip
+    ]
     card.extend(("note", n) for n in notes)
     return {
-        "status": status, "procedure": procedure, "dataset": dataset, "window": window,
-        "summary": summary, "card": card, "index_href": index_href,
-        "failure_href": failure_href, "failure_label": failure_label,
-    }  # fmt: skip
+        "status": status,
+        "procedure": procedure,
+        "dataset": dataset,
+        "window": window,
+        "summary": summary,
+        "card": card,
+        "index_href": index_href,
+        "failure_href": failure_href,
+        "failure_label": failure_label,
+    }
 
 
 def _append_history(outcome: Outcome, started_at, dataset, window, params, verdict, redact: Redactor) -> None:
@@ -375,11 +436,16 @@ class _RunLog:
         try:
             with postgres.connection(autocommit=True, purpose=f"runner {self.run_id}") as conn:
                 runlog.finish_run(
-                    conn, self.run_id, RUN_STATUS.get(outcome.status, "failed"), outcome.exit_code,
-                    verdict.get("rows_in"), verdict.get("rows_out"), verdict.get("rows_rejected"),
+                    conn,
+                    self.run_id,
+                    RUN_STATUS.get(outcome.status, "failed"),
+                    outcome.exit_code,
+                    verdict.get("rows_in"),
+                    verdict.get("rows_out"),
+                    verdict.get("rows_rejected"),
                     redact(outcome.error) if outcome.error else None,
                     str(outcome.ipynb) if outcome.ipynb else None,
                     str(outcome.html) if outcome.html else None,
-                )  # fmt: skip
+                )
         except Exception as exc:
             outcome.notes.append(f"run log not finished: {exc}")

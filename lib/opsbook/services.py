@@ -199,16 +199,25 @@ def start_embedded_redis() -> str:
             socket.unlink(missing_ok=True)
             command = [
                 str(_redis_executable()),
-                "--port", "0",
-                "--unixsocket", str(socket),
-                "--unixsocketperm", "700",
-                "--dir", str(directory),
-                "--dbfilename", "dump.rdb",
-                "--save", "60 1",
-                "--daemonize", "yes",
-                "--pidfile", str(directory / "redis.pid"),
-                "--logfile", str(directory / "redis.log"),
-            ]  # fmt: skip
+                "--port",
+                "0",
+                "--unixsocket",
+                str(socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(directory),
+                "--dbfilename",
+                "dump.rdb",
+                "--save",
+                "60 1",
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(directory / "redis.pid"),
+                "--logfile",
+                str(directory / "redis.log"),
+            ]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise ServiceError(f"could not start the embedded Redis: {result.stderr.strip()}")
@@ -264,9 +273,8 @@ def status() -> list[ServiceStatus]:
         rows.append(ServiceStatus("redis", "embedded", pid is not None, detail))
     lake = os.environ.get("LAKE_URL")
     rows.append(
-        ServiceStatus("lake", "configured" if lake else "embedded", True,
-                      lake or str(config.state_dir() / "lake"))
-    )  # fmt: skip
+        ServiceStatus("lake", "configured" if lake else "embedded", True, lake or str(config.state_dir() / "lake"))
+    )
     return rows
 
 

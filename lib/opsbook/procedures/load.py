@@ -343,8 +343,9 @@ class _RejectSpool:
 
     def add(self, rejects: list[city_csv.Reject]) -> None:
         for r in rejects:
-            self._writer.writerow([self.year, r.source_file, r.line_number, r.field, r.reason,
-                                   r.raw.replace("\x00", "\\0"), self.run_id])  # fmt: skip
+            self._writer.writerow(
+                [self.year, r.source_file, r.line_number, r.field, r.reason, r.raw.replace("\x00", "\\0"), self.run_id]
+            )
             self.reasons[r.field or "row"] += 1
             if len(self.sample) < REJECT_SAMPLE:
                 self.sample.append(r)
@@ -364,8 +365,9 @@ class _RejectSpool:
         self._text.close()
 
 
-def _replace_year(control, plan: Plan, year: int, year_files, run_id: str, phash: str,
-                  fingerprint, result: YearResult) -> None:  # fmt: skip
+def _replace_year(
+    control, plan: Plan, year: int, year_files, run_id: str, phash: str, fingerprint, result: YearResult
+) -> None:
     """Fill a staging table (binary COPY, committed), then swap it in with the year's
     quarantined rows and the ledger entry in one transaction. Until that commit the year's
     previous contents stay as they were; a staging table left by a killed run is dropped by
@@ -417,8 +419,19 @@ def _replace_year(control, plan: Plan, year: int, year_files, run_id: str, phash
             oid = cur.execute("SELECT to_regclass(%s)::oid::bigint", (f"public.{target}",)).fetchone()[0]
             # every row of the partition carries the COPY transaction's id as xmin: a later
             # check that finds another xmin knows the partition was written to since
-            runlog.ledger_success(conn, spec.name, str(year), STEP, run_id, phash, fingerprint,
-                                  result.rows, result.rejected, load_xmin, oid)  # fmt: skip
+            runlog.ledger_success(
+                conn,
+                spec.name,
+                str(year),
+                STEP,
+                run_id,
+                phash,
+                fingerprint,
+                result.rows,
+                result.rejected,
+                load_xmin,
+                oid,
+            )
             conn.commit()
         result.status = "loaded"
     finally:
@@ -489,20 +502,23 @@ def show_years(result: Result):
 
     rows = []
     for y in result.years:
-        rows.append({
-            "year": y.year,
-            "status": y.status,
-            "rows": y.rows,
-            "quarantined": y.rejected,
-            "previous rows": y.previous_rows,
-            "files": len(y.files),
-            "parts": len(y.parts) if y.parts else None,
-            "encoding": y.encodings if y.parts else "",
-            "seconds": round(y.seconds, 2),
-            "note": y.error or (UNCHANGED_NOTE if y.status == "unchanged" else ""),
-        })  # fmt: skip
-    return report.table(rows, caption=f"{result.plan.spec.table}: per year", status_column="status",
-                        element_id="load-years")  # fmt: skip
+        rows.append(
+            {
+                "year": y.year,
+                "status": y.status,
+                "rows": y.rows,
+                "quarantined": y.rejected,
+                "previous rows": y.previous_rows,
+                "files": len(y.files),
+                "parts": len(y.parts) if y.parts else None,
+                "encoding": y.encodings if y.parts else "",
+                "seconds": round(y.seconds, 2),
+                "note": y.error or (UNCHANGED_NOTE if y.status == "unchanged" else ""),
+            }
+        )
+    return report.table(
+        rows, caption=f"{result.plan.spec.table}: per year", status_column="status", element_id="load-years"
+    )
 
 
 def show_rejected(result: Result):
@@ -516,16 +532,29 @@ def show_rejected(result: Result):
         if y.rejected
     ]
     sample = [
-        {"year": y.year, "file": r.source_file, "line": r.line_number, "field": r.field or "(row)",
-         "reason": r.reason, "raw text": r.raw[:300]}
+        {
+            "year": y.year,
+            "file": r.source_file,
+            "line": r.line_number,
+            "field": r.field or "(row)",
+            "reason": r.reason,
+            "raw text": r.raw[:300],
+        }
         for y in result.years
         for r in y.reject_sample
-    ][:REJECT_SAMPLE]  # fmt: skip
+    ][:REJECT_SAMPLE]
     table = result.plan.spec.rejected_table
     return report.stack(
-        report.table(counts, caption=f"Quarantined rows per year, by the field that failed ('row': wrong "
-                     f"column count or unreadable bytes); all of them are in {table}",
-                     element_id="rejected-counts"),
-        report.table(sample, caption=f"Sample of quarantined rows (first {REJECT_SAMPLE})",
-                     raw_columns=["raw text"], element_id="rejected-sample"),
-    )  # fmt: skip
+        report.table(
+            counts,
+            caption=f"Quarantined rows per year, by the field that failed ('row': wrong "
+            f"column count or unreadable bytes); all of them are in {table}",
+            element_id="rejected-counts",
+        ),
+        report.table(
+            sample,
+            caption=f"Sample of quarantined rows (first {REJECT_SAMPLE})",
+            raw_columns=["raw text"],
+            element_id="rejected-sample",
+        ),
+    )

@@ -343,10 +343,12 @@ class _Checker:
                 target.append(value)
             numbers.append(line)
             raws[line] = raw_text
-        table = pa.table({
-            n: pa.array([v if v else None for v in c], pa.string())
-            for n, c in zip(self.source_names, columns, strict=True)
-        })  # fmt: skip
+        table = pa.table(
+            {
+                n: pa.array([v if v else None for v in c], pa.string())
+                for n, c in zip(self.source_names, columns, strict=True)
+            }
+        )
         table = table.select(self.spec.column_names)
         good, more = self.check(table, np.array(numbers, dtype=np.int64), lambda idx: [raws[int(i)] for i in idx])
         rejects.extend(more)

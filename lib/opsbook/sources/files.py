@@ -108,10 +108,13 @@ def iter_parts(file: SourceFile) -> Iterator[tuple[str, IO[bytes]]]:
             raise SourceError(f"{file.name}: not a readable ZIP archive ({exc}); is it truncated?") from exc
         with archive:
             members = sorted(
-                (m for m in archive.infolist()
-                 if not m.is_dir() and m.filename.lower().endswith(".csv") and "__MACOSX" not in m.filename),
+                (
+                    m
+                    for m in archive.infolist()
+                    if not m.is_dir() and m.filename.lower().endswith(".csv") and "__MACOSX" not in m.filename
+                ),
                 key=lambda m: m.filename,
-            )  # fmt: skip
+            )
             if not members:
                 names = ", ".join(m.filename for m in archive.infolist()[:10]) or "nothing"
                 raise SourceError(f"{file.name}: the ZIP holds no CSV file (it holds {names})")

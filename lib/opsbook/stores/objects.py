@@ -39,8 +39,9 @@ def client():
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "opsbook"),
-                              credentials=AnonymousCredentials())  # fmt: skip
+        return storage.Client(
+            project=os.environ.get("GOOGLE_CLOUD_PROJECT", "opsbook"), credentials=AnonymousCredentials()
+        )
     return storage.Client()
 
 

@@ -1,0 +1,280 @@
+"""Check suites: declarative checks kept in ``params/datasets/<dataset>.checks.yaml``.
+
+A suite is trusted configuration, reviewed like code: its ``where`` and ``condition``
+entries are SQL fragments. Everything that comes from a run's parameters (the window, the
+reference name) is validated and bound, never pasted into SQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from opsbook.datasets import check_identifier
+from opsbook.errors import UsageError
+
+Severity = Literal["error", "warn"]
+Grain = Literal["year", "month", "day"]
+
+
+def check_table_name(name: str) -> str:
+    """``table`` or ``schema.table``, each part a plain lower-case identifier."""
+    for part in name.split("."):
+        check_identifier(part, "table")
+    if name.count(".") > 1:
+        raise ValueError(f"table {name!r}: at most schema.table")
+    return name
+
+
+class _Check(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    severity: Severity = "error"
+    description: str = ""
+    table: str | None = None  # default: the dataset's table
+    where: str | None = None  # SQL filter, from the suite file only
+
+    _name = field_validator("name")(lambda v: check_identifier(v, "check name"))
+    _table = field_validator("table")(lambda v: v if v is None else check_table_name(v))
+
+
+class _ColumnCheck(_Check):
+    column: str
+
+    _column = field_validator("column")(lambda v: check_identifier(v, "column"))
+
+
+class RowCount(_Check):
+    """Rows in the table (or in each partition of ``per``) between ``min`` and ``max``."""
+
+    type: Literal["row_count"]
+    min: int | None = None
+    max: int | None = None
+    per: Grain | None = None
+    column: str | None = None  # the date column partitions are counted by (default: the dataset's)
+
+
+class Coverage(_Check):
+    """Every partition of the window present (each year, month or day), the missing ones listed."""
+
+    type: Literal["coverage"]
+    grain: Grain = "month"
+    column: str | None = None
+
+
+class Measure(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    measure: Literal["count", "sum"]
+    column: str | None = None  # what is summed
+    reference_column: str  # the reference's column holding the expected value
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _sum_needs_column(self) -> Measure:
+        if self.measure == "sum" and not self.column:
+            raise ValueError("a sum measure needs a column")
+        if self.column:
+            check_identifier(self.column, "column")
+        return self
+
+    @property
+    def title(self) -> str:
+        return self.label or (f"sum of {self.column}" if self.measure == "sum" else "rows")
+
+
+class Tolerance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    abs: float = 0.0
+    rel: float = 0.0
+
+    def allows(self, observed: float, expected: float) -> bool:
+        return abs(observed - expected) <= max(self.abs, self.rel * abs(expected))
+
+
+class ExpectedTotals(_Check):
+    """Count and sums per partition equal to reference values, within a tolerance."""
+
+    type: Literal["expected_totals"]
+    grain: Literal["year", "month"] = "month"
+    column: str | None = None
+    measures: list[Measure]
+    tolerance: Tolerance = Field(default_factory=Tolerance)
+
+
+class NotNull(_Check):
+    type: Literal["not_null"]
+    columns: list[str]
+
+    _columns = field_validator("columns")(lambda v: [check_identifier(c, "column") for c in v])
+
+
+class Unique(_Check):
+    """No two rows share the ``columns`` (NULLs compare equal: NULL-safe)."""
+
+    type: Literal["unique"]
+    columns: list[str]
+
+    _columns = field_validator("columns")(lambda v: [check_identifier(c, "column") for c in v])
+
+
+class AcceptedValues(_ColumnCheck):
+    type: Literal["accepted_values"]
+    values: list[Any]
+
+
+class Range(_ColumnCheck):
+    type: Literal["range"]
+    min: Any = None
+    max: Any = None
+
+
+class Freshness(_ColumnCheck):
+    type: Literal["freshness"]
+    max_age_hours: float
+
+
+class Referential(_Check):
+    """Every non-NULL key of the child table exists in the parent."""
+
+    type: Literal["referential"]
+    columns: list[str]
+    parent: str
+    parent_columns: list[str]
+
+    _columns = field_validator("columns", "parent_columns")(lambda v: [check_identifier(c, "column") for c in v])
+    _parent = field_validator("parent")(check_table_name)
+
+
+class RowCondition(_Check):
+    """A SQL boolean every row satisfies (NULL counts as false)."""
+
+    type: Literal["row_condition"]
+    condition: str
+
+
+class DatabaseSize(_Check):
+    type: Literal["database_size"]
+    max_gb: float
+
+
+class RedisKey(_Check):
+    """A key exists, with a TTL and size in bounds, and its payload matches a JSON schema."""
+
+    type: Literal["redis_key"]
+    key: str
+    min_ttl_seconds: int | None = None  # -1 (no expiry) passes unless ``require_ttl``
+    max_ttl_seconds: int | None = None
+    require_ttl: bool = False
+    min_bytes: int | None = None
+    max_bytes: int | None = None
+    json_schema: dict[str, Any] | None = None
+
+
+class Geometry(_Check):
+    """Valid geometries with the expected SRID: PostGIS when present, else shapely."""
+
+    type: Literal["geometry"]
+    column: str | None = None  # a geometry (or WKB/EWKB bytea) column
+    lat: str | None = None  # or point coordinates
+    lon: str | None = None
+    srid: int = 4326
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Geometry:
+        if bool(self.column) == bool(self.lat and self.lon):
+            raise ValueError("give either column, or lat and lon")
+        for c in (self.column, self.lat, self.lon):
+            if c:
+                check_identifier(c, "column")
+        return self
+
+
+Check = Annotated[
+    RowCount
+    | Coverage
+    | ExpectedTotals
+    | NotNull
+    | Unique
+    | AcceptedValues
+    | Range
+    | Freshness
+    | Referential
+    | RowCondition
+    | DatabaseSize
+    | RedisKey
+    | Geometry,
+    Field(discriminator="type"),
+]
+
+
+class Reference(BaseModel):
+    """Where expected values come from: a function returning a DataFrame, or a CSV file.
+
+    The frame has the partition columns (``year``, and ``month`` for a monthly grain) and one
+    column per measure's ``reference_column``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    function: str | None = None  # "module:function", called with the window's years and kwargs
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    csv: str | None = None  # a path relative to the suite file
+    tolerance: Tolerance | None = None  # overrides each check's
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Reference:
+        if bool(self.function) == bool(self.csv):
+            raise ValueError("a reference needs either function or csv")
+        return self
+
+
+class Suite(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str
+    description: str = ""
+    sample_columns: list[str] = Field(default_factory=list)  # shown beside failing rows
+    references: dict[str, Reference] = Field(default_factory=dict)
+    default_reference: str | None = None
+    checks: list[Check]
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Suite:
+        names = [c.name for c in self.checks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"check names must be unique: {', '.join(repeated)}")
+        if self.default_reference and self.default_reference not in self.references:
+            raise ValueError(f"default_reference {self.default_reference!r} is not among references")
+        return self
+
+
+def suite_path(dataset: str) -> Path:
+    from opsbook.datasets import datasets_dir
+
+    return datasets_dir() / f"{dataset}.checks.yaml"
+
+
+def load_suite(path: Path) -> Suite:
+    """Read and validate a suite file; errors name the file (and line for YAML errors)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"no check suite at {path}") from exc
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise UsageError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc
+    try:
+        return Suite(**data, path=path)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise UsageError(f"{path}: invalid check suite: {problems}") from None

@@ -1,0 +1,174 @@
+"""Validate a dataset with its check suite: coverage, expected totals, quality rules, systems.
+
+The suite lives next to the dataset spec (``params/datasets/<dataset>.checks.yaml``). Every
+check runs inside the database; the report shows each check's status, the failing rows or
+partitions, and a coverage chart of rows per month against the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import Field, field_validator
+
+from opsbook import datasets
+from opsbook.params import ProcedureParams, Years, year_list
+from opsbook.verdict import Verdict
+
+NOTEBOOK = "validate.ipynb"
+SUMMARY = "Run a dataset's check suite in the database: coverage, expected totals, quality rules"
+
+
+class Params(ProcedureParams):
+    """Parameters of ``validate``."""
+
+    dataset: str = Field("toronto_parking_tickets", description="dataset spec in params/datasets/")
+    window: Years = Field("2016-2018", description="years to check: 2017, 2016-2018 or 2011,2015-2016")
+    reference: str = Field("", description="which reference of the suite the totals compare with (empty: its default)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        datasets.get(value)
+        return value
+
+    @field_validator("reference")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if value:
+            datasets.check_identifier(value, "reference")
+        return value
+
+
+@dataclass
+class Result:
+    params: Params
+    suite_path: str
+    suite: object  # checks.SuiteResult
+
+    def verdict(self) -> Verdict:
+        results = self.suite.results
+        errors = [r for r in results if r.status in ("fail", "error") and r.severity == "error"]
+        warnings = [r for r in results if not r.passed and r not in errors]
+        figures = {"checks": len(results), "failed": len(errors), "warnings": len(warnings)}
+        rows = sum(p.rows for p in self.suite.partitions) if self.suite.partitions else None
+        if rows is not None:
+            figures["rows checked"] = rows
+        if errors:
+            first = errors[0]
+            summary = f"{len(errors)} of {len(results)} checks failed: " + "; ".join(
+                f"{r.name}: {r.message or r.observed}" for r in errors[:3]
+            )
+            return Verdict("fail", _shorten(summary), figures, rows_in=rows, anchor=first.anchor,
+                           error=summary, error_type="CheckFailed")  # fmt: skip
+        if warnings:
+            summary = f"all error checks passed; {len(warnings)} warning(s): " + "; ".join(
+                f"{r.name}: {r.message or r.observed}" for r in warnings[:3]
+            )
+            return Verdict("warn", _shorten(summary), figures, rows_in=rows, anchor=warnings[0].anchor)
+        return Verdict("pass", f"all {len(results)} checks passed over {self.params.window}", figures, rows_in=rows)
+
+
+def _shorten(text: str, limit: int = 600) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run(params: Params) -> Result:
+    """Run the dataset's suite over the window."""
+    from opsbook import checks
+    from opsbook.checks.spec import load_suite, suite_path
+    from opsbook.stores import postgres
+
+    spec = datasets.get(params.dataset)
+    path = suite_path(params.dataset)
+    suite = load_suite(path)
+    with postgres.connection(autocommit=True, purpose="validate") as conn:
+        outcome = checks.run_suite(conn, spec, suite, year_list(params.window), params.reference or None)
+    return Result(params, str(path), outcome)
+
+
+# --- presentation ----------------------------------------------------------------------------
+
+
+def show_checks(result: Result):
+    """One row per check: status, what was observed against what was expected."""
+    from opsbook import report
+
+    rows = [
+        {
+            "check": r.name,
+            "type": r.type,
+            "severity": r.severity,
+            "status": r.status,
+            "observed": r.observed,
+            "expected": r.expected,
+            "engine": r.engine,
+        }
+        for r in result.suite.results
+    ]
+    caption = f"{len(rows)} checks from {result.suite_path}; window {result.params.window}; {result.suite.seconds:.2f}s"
+    if result.suite.reference:
+        caption += f"; reference {result.suite.reference!r}"
+    return report.table(rows, caption=caption, status_column="status", element_id="checks",
+                        row_ids=[r.anchor for r in result.suite.results])  # fmt: skip
+
+
+def show_failures(result: Result):
+    """Each failing check: what is wrong, and up to 20 failing rows or partitions."""
+    from opsbook import report
+
+    failed = result.suite.failed
+    if not failed:
+        return report.note("Every check passed: no failing rows to show.")
+    parts = []
+    for r in failed:
+        parts.append(report.heading(f"{r.name}: {r.status.upper()}", element_id=f"{r.anchor}-failures", level=3))
+        parts.append(report.note(r.message or r.observed))
+        if r.failing:
+            shown = f"{len(r.failing)} of {r.failing_count:,}" if r.failing_count else f"{len(r.failing)}"
+            parts.append(report.table(r.failing, caption=f"failing rows or partitions ({shown})"))
+    return report.stack(*parts)
+
+
+def show_coverage(result: Result):
+    """Rows per month in the window, against the reference's expected rows."""
+    from opsbook import report
+
+    partitions = result.suite.partitions
+    if not partitions:
+        return report.note("No partition counts for this dataset (no aggregate check on its table).")
+    import plotly.graph_objects as go
+
+    labels = [f"{p.year}-{p.month:02d}" for p in partitions]
+    colours = []
+    for p in partitions:
+        if p.rows == 0:
+            colours.append("#cf222e")
+        elif p.expected is not None and p.rows != p.expected:
+            colours.append("#bf8700")
+        else:
+            colours.append("#2da44e")
+    fig = go.Figure()
+    fig.add_bar(x=labels, y=[p.rows for p in partitions], marker_color=colours, name="rows loaded")
+    if any(p.expected is not None for p in partitions):
+        fig.add_scatter(x=labels, y=[p.expected for p in partitions], mode="lines+markers", name="expected",
+                        line={"color": "#57606a", "width": 1}, marker={"size": 4})  # fmt: skip
+    missing = [(label, p) for label, p in zip(labels, partitions, strict=True) if p.rows == 0]
+    if missing:
+        fig.add_scatter(
+            x=[m[0] for m in missing],
+            y=[0] * len(missing),
+            mode="markers+text",
+            name="missing",
+            marker={"symbol": "x", "size": 12, "color": "#cf222e"},
+            text=["missing"] * len(missing),
+            textposition="top center",
+            textfont={"color": "#cf222e"},
+        )
+    fig.update_layout(
+        title="Rows per month (green: as expected, amber: differs, red: missing)",
+        height=360, margin={"l": 50, "r": 20, "t": 50, "b": 60}, bargap=0.1,
+        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
+        xaxis={"type": "category", "tickangle": -60}, yaxis={"title": "rows"},
+    )  # fmt: skip
+    return report.chart(fig, element_id="coverage-chart")
