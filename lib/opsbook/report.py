@@ -143,10 +143,12 @@ class Chart:
         div = self.fig.to_html(
             full_html=False, include_plotlyjs=False, div_id=plot_id, config={"displaylogo": False, "responsive": True}
         )
+        # shown only when plotly.js could not be loaded (the report moved without assets/)
         missing = (
-            "<script>if (typeof Plotly === 'undefined') { document.getElementById("
-            f"{json.dumps(plot_id)}).innerHTML = '<p><em>This chart needs plotly.js: keep the report "
-            "beside its assets/ folder.</em></p>'; }</script>"
+            '<p class="opsbook-chart-missing" hidden><em>This chart needs plotly.js: keep the report '
+            "beside its assets/ folder.</em></p><script>if (typeof Plotly === 'undefined') { "
+            f"document.querySelector({json.dumps('#' + self.element_id + ' .opsbook-chart-missing')})"
+            ".hidden = false; }</script>"
         )
         markup = f'<div class="opsbook-chart" id="{html.escape(self.element_id)}">{div}{missing}</div>'
         return {

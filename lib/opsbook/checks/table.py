@@ -157,28 +157,41 @@ class _Scan:
 
 
 def run_aggregate_checks(ctx: Context, checks: list) -> list[CheckResult]:
-    scans: dict[tuple, _Scan] = {}
+    """One scan per (table, filter, partition column) for all the checks that share it. When a
+    shared scan fails (one check's SQL is wrong), each of its checks runs alone, so only the
+    broken one ends in error."""
+    results = _run_grouped(ctx, checks, shared=True)
+    order = {c.name: i for i, c in enumerate(checks)}
+    return sorted(results, key=lambda r: order[r.name])
+
+
+def _run_grouped(ctx: Context, checks: list, shared: bool) -> list[CheckResult]:
+    scans: dict[Any, _Scan] = {}
     wanted: list[tuple[Any, _Scan, dict[str, str]]] = []
     results: list[CheckResult] = []
     for check in checks:
         try:
             table = ctx.table_of(check)
             column = ctx.partition_column(check)
-            key = (table, check.where, column)
+            key = (table, check.where, column) if shared else check.name
             scan = scans.setdefault(key, _Scan(table, check.where, column))
             wanted.append((check, scan, _aggregates(ctx, check, scan)))
         except Exception as exc:
             results.append(error_result(check, exc))
-    data: dict[int, tuple[list[dict[str, Any]], str | None]] = {}
+    data: dict[int, list[dict[str, Any]] | Exception] = {}
     for scan in scans.values():
         try:
-            data[id(scan)] = (_run_scan(ctx, scan), None)
+            data[id(scan)] = _run_scan(ctx, scan)
         except Exception as exc:
-            data[id(scan)] = ([], f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
+            data[id(scan)] = exc
+    retry = []
     for check, scan, aliases in wanted:
-        rows, failure = data[id(scan)]
-        if failure:
-            results.append(error_result(check, RuntimeError(failure)))
+        rows = data[id(scan)]
+        if isinstance(rows, Exception):
+            if shared and sum(1 for _, other, _ in wanted if other is scan) > 1:
+                retry.append(check)
+            else:
+                results.append(error_result(check, rows))
             continue
         try:
             results.append(_evaluate(ctx, check, scan, rows, aliases))
@@ -186,8 +199,9 @@ def run_aggregate_checks(ctx: Context, checks: list) -> list[CheckResult]:
             results.append(error_result(check, exc))
         if scan.table == ctx.spec.table and ctx._month_rows is None and scan.column:
             ctx._month_rows = _roll_up(ctx, scan, rows, "month", "n")
-    order = {c.name: i for i, c in enumerate(checks)}
-    return sorted(results, key=lambda r: order[r.name])
+    if retry:
+        results.extend(_run_grouped(ctx, retry, shared=False))
+    return results
 
 
 def _aggregates(ctx: Context, check, scan: _Scan) -> dict[str, str]:

@@ -46,6 +46,14 @@ class Result:
     suite_path: str
     suite: object  # checks.SuiteResult
 
+    def records(self) -> list[dict]:
+        """Each check's outcome, for ``--json`` readers and the run history."""
+        return [
+            {"name": r.name, "type": r.type, "severity": r.severity, "status": r.status,
+             "observed": r.observed, "expected": r.expected, "message": r.message}
+            for r in self.suite.results
+        ]  # fmt: skip
+
     def verdict(self) -> Verdict:
         results = self.suite.results
         errors = [r for r in results if r.status in ("fail", "error") and r.severity == "error"]

@@ -1,0 +1,214 @@
+"""Each check type against a real PostgreSQL (and Redis): a passing and a failing case."""
+
+import gzip
+import json
+
+import pytest
+from opsbook import checks
+from opsbook.checks import spec as s
+from opsbook.checks.geometry import has_postgis, run_geometry
+from opsbook.checks.table import Context
+from opsbook.datasets import Column, DatasetSpec, Partition
+
+pytestmark = pytest.mark.integration
+
+SPEC = DatasetSpec(
+    name="ck", table="ck_events", rejected_table="ck_events_rejected", partition=Partition(column="day"),
+    columns=[Column(name="id", type="integer"), Column(name="day", type="date"),
+             Column(name="amount", type="numeric", precision=10, scale=2)],
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def events(database_url):
+    from opsbook.stores import postgres
+
+    with postgres.connection(database_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS ck_events, ck_parent, ck_child, ck_geo CASCADE")
+        conn.execute("CREATE TABLE ck_events (id int, day date, amount numeric(10,2), kind text, note text, "
+                     "seen timestamptz)")  # fmt: skip
+        # Jan and Mar 2016, 10 rows a day; February is missing; one NULL, one odd kind, one negative
+        conn.execute("""INSERT INTO ck_events
+            SELECT row_number() OVER (), d::date, 10.00, 'ok', NULL, now() - interval '2 hours'
+            FROM generate_series('2016-01-01'::date, '2016-03-31', '1 day') d, generate_series(1, 10) n
+            WHERE extract(month FROM d) <> 2""")
+        conn.execute("UPDATE ck_events SET amount = NULL WHERE id = 5")
+        conn.execute("UPDATE ck_events SET kind = 'odd' WHERE id = 7")
+        conn.execute("UPDATE ck_events SET amount = -3 WHERE id = 9")
+        conn.execute("INSERT INTO ck_events VALUES (7, '2016-01-05', 10, 'ok', NULL, now())")  # id 7 twice
+        conn.execute("CREATE TABLE ck_parent (id int)")
+        conn.execute("INSERT INTO ck_parent SELECT generate_series(1, 3)")
+        conn.execute("CREATE TABLE ck_child (parent_id int)")
+        conn.execute("INSERT INTO ck_child VALUES (1), (2), (NULL), (4)")
+        yield conn
+
+
+def run(conn, *items, years=(2016,), reference=None, references=None):
+    suite = s.Suite(dataset="ck", checks=list(items), references=references or {},
+                    sample_columns=["id", "day", "amount"])  # fmt: skip
+    return {r.name: r for r in checks.run_suite(conn, SPEC, suite, list(years), reference).results}
+
+
+def test_coverage_lists_the_missing_months(events):
+    r = run(events, s.Coverage(name="months", type="coverage", grain="month"))["months"]
+    assert r.status == "fail"
+    assert "2016-02" in r.message
+    assert [f["missing partition"] for f in r.failing][:1] == ["2016-02"]
+    # April onwards is missing too (the window is the whole of 2016)
+    assert r.failing_count == 10
+    ok = run(events, s.Coverage(name="y", type="coverage", grain="year"))["y"]
+    assert ok.status == "pass"
+
+
+def test_row_count_per_month(events):
+    result = run(events, s.RowCount(name="n", type="row_count", per="month", min=300, max=320), years=[2016])["n"]
+    assert result.status == "fail"
+    months = {f["partition"]: f["rows"] for f in result.failing}
+    assert months["2016-02"] == 0 and "2016-01" not in months and "2016-03" not in months
+    whole = run(events, s.RowCount(name="n", type="row_count", min=1, max=1000))["n"]
+    assert whole.status == "pass" and whole.observed == "621 rows"
+
+
+def test_expected_totals_name_the_partition_and_the_exact_difference(events, tmp_path):
+    # January: 31 days x 10 rows + the duplicate = 311 rows; 311 x 10.00 less the NULL (10.00) and
+    # the -3 that was 10.00 (13.00) = 3087.00. March: 310 rows, 3100.00; the reference says 3090.00.
+    reference = tmp_path / "ref.csv"
+    reference.write_text("year,month,rows,amount\n2016,1,311,3087.00\n2016,3,310,3090.00\n")
+    check = s.ExpectedTotals(name="totals", type="expected_totals", grain="month", measures=[
+        s.Measure(measure="count", reference_column="rows"),
+        s.Measure(measure="sum", column="amount", reference_column="amount")])  # fmt: skip
+    r = run(events, check, reference="file", references={"file": s.Reference(csv=str(reference))})["totals"]
+    assert r.status == "fail"
+    assert [(f["partition"], f["measure"], f["difference"]) for f in r.failing] == [
+        ("2016-03", "sum of amount", "+10.00")
+    ]
+    assert r.message == "2016-03 sum of amount: 3,100.00, expected 3,090.00 (off by +10.00)"
+    assert r.observed == "3 of 4 totals match"
+
+
+def test_expected_totals_tolerance(events, tmp_path):
+    reference = tmp_path / "ref.csv"
+    reference.write_text("year,rows\n2016,600\n")  # 621 rows in 2016
+    check = s.ExpectedTotals(name="t", type="expected_totals", grain="year",
+                             measures=[s.Measure(measure="count", reference_column="rows")])  # fmt: skip
+    off = run(events, check, reference="r", references={"r": s.Reference(csv=str(reference))})["t"]
+    assert off.status == "fail" and "2016 rows: 621, expected 600 (off by +21)" in off.message
+    loose = s.Reference(csv=str(reference), tolerance=s.Tolerance(abs=21))
+    assert run(events, check, reference="r", references={"r": loose})["t"].status == "pass"
+    relative = s.Reference(csv=str(reference), tolerance=s.Tolerance(rel=0.03))  # 3 % of 600 = 18 < 21
+    assert run(events, check, reference="r", references={"r": relative})["t"].status == "fail"
+    assert (
+        run(
+            events,
+            check,
+            reference="r",
+            references={"r": s.Reference(csv=str(reference), tolerance=s.Tolerance(rel=0.04))},
+        )["t"].status
+        == "pass"
+    )
+
+
+def test_not_null_range_accepted_values_and_row_condition(events):
+    r = run(
+        events,
+        s.NotNull(name="nn", type="not_null", columns=["day", "amount"]),
+        s.Range(name="rng", type="range", column="amount", min=0, max=100),
+        s.AcceptedValues(name="kinds", type="accepted_values", column="kind", values=["ok"]),
+        s.RowCondition(name="cond", type="row_condition", condition="amount >= 0", severity="warn"),
+    )
+    assert r["nn"].status == "fail" and r["nn"].failing_count == 1 and r["nn"].failing[0]["id"] == 5
+    assert r["rng"].status == "fail" and r["rng"].failing_count == 1 and r["rng"].failing[0]["id"] == 9
+    assert r["kinds"].status == "fail" and r["kinds"].failing[0]["id"] == 7
+    # NULL fails a row condition; the severity makes it a warning
+    assert r["cond"].status == "warn" and r["cond"].failing_count == 2
+    assert {row["id"] for row in r["cond"].failing} == {5, 9}
+
+
+def test_unique_is_null_safe(events):
+    r = run(events, s.Unique(name="u", type="unique", columns=["id"]))["u"]
+    assert r.status == "fail" and r.failing == [{"id": 7, "rows": 2}]
+    nulls = run(events, s.Unique(name="u", type="unique", columns=["note"]))["u"]
+    assert nulls.status == "fail"  # every note is NULL: NULLs compare equal here
+    assert nulls.failing[0]["note"] is None and nulls.failing[0]["rows"] == 621
+
+
+def test_referential(events):
+    check = s.Referential(name="fk", type="referential", table="ck_child", columns=["parent_id"],
+                          parent="ck_parent", parent_columns=["id"])  # fmt: skip
+    r = run(events, check)["fk"]
+    assert r.status == "fail" and r.failing_count == 1 and r.failing == [{"parent_id": 4}]
+
+
+def test_freshness_and_database_size(events):
+    r = run(events, s.Freshness(name="fresh", type="freshness", column="seen", max_age_hours=24),
+            s.Freshness(name="stale", type="freshness", column="seen", max_age_hours=1, severity="warn",
+                        where="day <> '2016-01-05'"),  # leaves out the row seen just now
+            s.DatabaseSize(name="size", type="database_size", max_gb=100),
+            s.DatabaseSize(name="tiny", type="database_size", max_gb=0.000001))  # fmt: skip
+    assert r["fresh"].status == "pass"
+    assert r["stale"].status == "warn" and "hours old" in r["stale"].message
+    assert r["size"].status == "pass" and r["tiny"].status == "fail"
+
+
+def test_a_check_that_cannot_run_is_an_error_and_the_others_still_run(events):
+    r = run(events, s.NotNull(name="gone", type="not_null", columns=["x"], table="no_such_table"),
+            s.Coverage(name="months", type="coverage", grain="year"),
+            s.RowCondition(name="bad_sql", type="row_condition", condition="no_such_column > 0"))  # fmt: skip
+    assert r["gone"].status == "error" and "no_such_table" in r["gone"].message
+    assert r["bad_sql"].status == "error" and "no_such_column" in r["bad_sql"].message
+    assert r["months"].status == "pass"
+
+
+def test_redis_key(events, redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    payload = {"features": [{"id": 1, "count": 5}], "total": 5}
+    client.set("opsbook:test:payload", gzip.compress(json.dumps(payload).encode()), ex=3600)
+    client.set("opsbook:test:bad", json.dumps({"features": "nope"}))
+    schema = {"type": "object", "required": ["features", "total"],
+              "properties": {"features": {"type": "array"}, "total": {"type": "integer"}}}  # fmt: skip
+    r = run(
+        events,
+        s.RedisKey(name="good", type="redis_key", key="opsbook:test:payload", json_schema=schema, require_ttl=True,
+                   max_bytes=10_000),
+        s.RedisKey(name="bad", type="redis_key", key="opsbook:test:bad", json_schema=schema, require_ttl=True),
+        s.RedisKey(name="gone", type="redis_key", key="opsbook:test:missing"),
+    )  # fmt: skip
+    assert r["good"].status == "pass", r["good"].message
+    assert r["bad"].status == "fail"
+    assert "no TTL set" in r["bad"].message and "schema violation" in r["bad"].message
+    assert {f["path"] for f in r["bad"].failing} == {"(root)", "features"}
+    assert r["gone"].status == "fail" and "no key" in r["gone"].message
+    client.delete("opsbook:test:payload", "opsbook:test:bad")
+
+
+def test_geometry_postgis_and_shapely_agree(events):
+    if not has_postgis(events):
+        try:
+            events.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+        except Exception:
+            pytest.fail("PostGIS is not installed on this server (Debian: postgresql-15-postgis-3)")
+    events.execute("DROP TABLE IF EXISTS ck_geo")
+    events.execute("CREATE TABLE ck_geo (id int, geom geometry, lat float8, lon float8)")
+    events.execute("""INSERT INTO ck_geo VALUES
+        (1, ST_SetSRID(ST_MakePoint(-79.38, 43.65), 4326), 43.65, -79.38),
+        (2, ST_GeomFromText('POLYGON((0 0, 1 1, 1 0, 0 1, 0 0))', 4326), 43.7, -79.4),
+        (3, ST_SetSRID(ST_MakePoint(-79.38, 43.65), 3857), 95, -79.4),
+        (4, NULL, NULL, -79.4)""")
+    check = s.Geometry(name="geo", type="geometry", table="ck_geo", column="geom", srid=4326)
+    ctx = Context(events, SPEC, s.Suite(dataset="ck", checks=[]), [], None)
+    postgis = run_geometry(ctx, check, engine="postgis")
+    shapely = run_geometry(ctx, check, engine="shapely")
+    assert (postgis.engine, shapely.engine) == ("PostGIS", "shapely")
+    assert postgis.failing_count == shapely.failing_count == 3
+    assert postgis.status == shapely.status == "fail"
+    points = run_geometry(ctx, s.Geometry(name="pts", type="geometry", table="ck_geo", lat="lat", lon="lon"))
+    assert points.failing_count == 2
+    events.execute("DROP TABLE ck_geo")
+
+
+def test_window_prunes_to_the_years_asked(events):
+    r = run(events, s.RowCount(name="n", type="row_count", min=1), years=[2017])["n"]
+    assert r.status == "fail" and r.observed == "0 rows"
+    assert run(events, s.RowCount(name="n", type="row_count", min=1), years=[2015, 2016])["n"].observed == "621 rows"
