@@ -7,6 +7,7 @@ reference name) is validated and bound, never pasted into SQL.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -125,6 +126,17 @@ class Unique(_Check):
 class AcceptedValues(_ColumnCheck):
     type: Literal["accepted_values"]
     values: list[Any]
+
+    @field_validator("values")
+    @classmethod
+    def _no_booleans(cls, values: list[Any]) -> list[Any]:
+        # YAML 1.1 reads ON, NO, YES, OFF... as booleans: a province list would lose "ON"
+        flagged = [v for v in values if isinstance(v, bool)]
+        if flagged:
+            raise ValueError(
+                f"{len(flagged)} value(s) read as true/false: quote words such as ON, NO, YES, OFF in YAML"
+            )
+        return values
 
 
 class Range(_ColumnCheck):
@@ -264,12 +276,20 @@ def suite_path(dataset: str) -> Path:
 
 def load_suite(path: Path) -> Suite:
     """Read and validate a suite file; errors name the file (and line for YAML errors)."""
-    import yaml
-
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        mtime = path.stat().st_mtime_ns
     except FileNotFoundError as exc:
         raise UsageError(f"no check suite at {path}") from exc
+    return _load_suite(path, mtime)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_suite(path: Path, mtime: int) -> Suite:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # a safe loader: CSafeLoader or SafeLoader
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
         raise UsageError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import importlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -106,14 +107,8 @@ class Context:
             raise LookupError(f"unknown reference {name!r} (the suite defines: {known})")
         if name not in self._references:
             ref = self.suite.references[name]
-            if ref.function:
-                module, _, func = ref.function.partition(":")
-                frame = getattr(importlib.import_module(module), func)(self.years, **ref.kwargs)
-            else:
-                import pandas as pd
-
-                base = self.suite.path.parent if self.suite.path else None
-                frame = pd.read_csv(base / ref.csv if base else ref.csv)
+            base = self.suite.path.parent if self.suite.path else None
+            frame = _reference(ref.function, tuple(self.years), tuple(sorted(ref.kwargs.items())), ref.csv, base)
             self._references[name] = frame[frame["year"].isin(self.years)]
         return self._references[name]
 
@@ -124,6 +119,17 @@ class Context:
         return [
             PartitionCount(y, m, self._month_rows.get((y, m), 0), self._month_expected.get((y, m))) for y, m in keys
         ]
+
+
+@functools.lru_cache(maxsize=16)
+def _reference(function: str | None, years: tuple[int, ...], kwargs: tuple, csv: str | None, base):
+    """A reference's frame; cached, since the same suite often runs again in one process."""
+    if function:
+        module, _, name = function.partition(":")
+        return getattr(importlib.import_module(module), name)(list(years), **dict(kwargs))
+    import pandas as pd
+
+    return pd.read_csv(base / csv if base else csv)
 
 
 def _runs(years: list[int]) -> list[tuple[int, int]]:
@@ -149,11 +155,15 @@ class _Scan:
     where: str | None
     column: str | None
     expressions: list[sql.Composable] = field(default_factory=list)
+    _aliases: dict[str, str] = field(default_factory=dict)
 
     def add(self, expression: sql.Composable) -> str:
-        alias = f"a{len(self.expressions)}"
-        self.expressions.append(sql.SQL("{} AS {}").format(expression, sql.Identifier(alias)))
-        return alias
+        """The alias of an aggregate; the same aggregate asked twice is computed once."""
+        key = repr(expression)
+        if key not in self._aliases:
+            self._aliases[key] = alias = f"a{len(self.expressions)}"
+            self.expressions.append(sql.SQL("{} AS {}").format(expression, sql.Identifier(alias)))
+        return self._aliases[key]
 
 
 def run_aggregate_checks(ctx: Context, checks: list) -> list[CheckResult]:
