@@ -26,25 +26,19 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "lib"))
+from common import PEAK_MB, ROOT, bench_database, generated_year
+from opsbook.stores import postgres
 
-from opsbook import config, demodata, services  # noqa: E402
-from opsbook.stores import postgres  # noqa: E402
-
-CHILD = r"""
+CHILD = (
+    r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from opsbook.procedures import load
 # import what the load uses before the clock starts: a notebook has them loaded by then too
 import adbc_driver_postgresql.dbapi, pyarrow.compute, opsbook.sources.city_csv  # noqa
-
-def peak_mb():
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-
+"""
+    + PEAK_MB
+    + r"""
 params = load.Params(source=sys.argv[2], years=sys.argv[3], force=sys.argv[4] == "force")
 plan = load.plan(params)
 t0 = time.perf_counter()
@@ -55,6 +49,7 @@ print(json.dumps({"seconds": seconds, "status": year.status, "rows": year.rows,
                   "rejected": year.rejected, "error": year.error,
                   "max_rss_mb": peak_mb()}))
 """
+)
 
 
 def child_load(url: str, source: Path, year: int, mode: str) -> dict:
@@ -94,12 +89,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each; medians are compared")
     args = parser.parse_args()
 
-    url = postgres.ensure_database(services.database_url(), "opsbook_bench")
-    work = config.state_dir() / "bench" / f"load-{args.rows}"
-    if not any(work.glob("*.zip")):
-        t0 = time.perf_counter()
-        demodata.write_year(work, args.year, rows=args.rows)
-        print(f"generated {args.rows:,} rows in {time.perf_counter() - t0:.1f}s: {work}", file=sys.stderr)
+    url = bench_database()
+    work = generated_year(args.rows, args.year)
     zip_bytes = sum(p.stat().st_size for p in work.glob("*.zip"))
 
     with postgres.connection(url, autocommit=True) as conn:

@@ -17,25 +17,19 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "lib"))
+from common import PEAK_MB, ROOT, bench_database, generated_year
+from opsbook.stores import postgres
 
-from opsbook import config, demodata, services  # noqa: E402
-from opsbook.stores import postgres  # noqa: E402
-
-CHILD = r"""
+CHILD = (
+    r"""
 import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 from opsbook.procedures import validate
 from opsbook.stores import postgres
-
-def peak_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-
+"""
+    + PEAK_MB
+    + r"""
 year, repeat = int(sys.argv[2]), int(sys.argv[3])
 params = validate.Params(window=str(year))
 validate.run(params)  # warm: imports, the reference figures, the table in the OS cache
@@ -53,6 +47,7 @@ with postgres.connection(autocommit=True) as conn:
 print(json.dumps({"rows": rows, "count": count_times, "suite": suite_times, "checks": len(result.suite.results),
                   "statuses": {r.name: r.status for r in result.suite.results}, "peak_mb": peak_mb()}))
 """
+)
 
 
 def main() -> int:
@@ -62,10 +57,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    url = postgres.ensure_database(services.database_url(), "opsbook_bench")
-    work = config.state_dir() / "bench" / f"load-{args.rows}"
-    if not any(work.glob("*.zip")):
-        demodata.write_year(work, args.year, rows=args.rows)
+    url = bench_database()
+    work = generated_year(args.rows, args.year)
     env = dict(os.environ, DATABASE_URL=url)
     loaded = subprocess.run(
         [sys.executable, str(ROOT / "run_notebook.py"), "load", "-p", f"source={work}", "-p", f"years={args.year}",

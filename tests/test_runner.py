@@ -16,9 +16,9 @@ def banner_status(page: str) -> str | None:
 
 
 def run_log_row(db, run_id):
-    cur = db.execute("SELECT * FROM opsbook.runs WHERE run_id = %s", (run_id,))
-    row = cur.fetchone()
-    return dict(zip([d.name for d in cur.description], row, strict=True)) if row else None
+    from opsbook import runlog
+
+    return runlog.get_run(db, run_id)
 
 
 def test_the_load_command_with_json(database_url, db, demo_dir, reports_dir):

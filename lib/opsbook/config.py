@@ -89,6 +89,32 @@ def templates_dir() -> Path:
     return _PACKAGE_DIR / "templates"
 
 
+# --- files -----------------------------------------------------------------------------------
+
+
+def read_yaml(path: Path, what: str = "file"):
+    """A YAML file's data; a syntax error names the file and line (UsageError, exit 2)."""
+    import yaml
+
+    from opsbook.errors import UsageError
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # both are safe loaders; the C one is faster
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise UsageError(f"{what} {path} does not exist") from exc
+    try:
+        return yaml.load(text, Loader=loader)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise UsageError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc
+
+
+def validation_problems(exc) -> str:
+    """A pydantic ValidationError as one line: ``field.path: message; ...``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
 # --- secrets -------------------------------------------------------------------------------
 
 SECRET_ENV_PREFIX = "OPSBOOK_SECRET_"

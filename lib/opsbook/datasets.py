@@ -121,18 +121,10 @@ def available() -> list[str]:
 
 @cache
 def _load(path: Path, mtime: float) -> DatasetSpec:
-    import yaml
-
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise UsageError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc
-    try:
-        return DatasetSpec(**data, path=path)
+        return DatasetSpec(**config.read_yaml(path, "dataset spec"), path=path)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise UsageError(f"{path}: invalid dataset spec: {problems}") from None
+        raise UsageError(f"{path}: invalid dataset spec: {config.validation_problems(exc)}") from None
 
 
 def get(name: str) -> DatasetSpec:

@@ -66,6 +66,17 @@ Years = Annotated[str, BeforeValidator(_year_as_text), AfterValidator(_normalize
 """A window of years, written ``2017``, ``2016-2018`` or ``2011,2015-2016``."""
 
 
+def _known_dataset(name: str) -> str:
+    from opsbook import datasets
+
+    datasets.get(name)  # raises with the closest known name
+    return name
+
+
+DatasetName = Annotated[str, AfterValidator(_known_dataset)]
+"""The name of a dataset spec in params/datasets/."""
+
+
 class ProcedureParams(BaseModel):
     """Base of every procedure's parameters: unknown names are refused, values validated."""
 
@@ -115,17 +126,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
 
 def read_params_file(path: Path) -> dict[str, Any]:
     """A YAML mapping of parameter names to values; errors name the file and line."""
-    import yaml
+    from opsbook.config import read_yaml
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise UsageError(f"parameters file {path} does not exist") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise UsageError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc
+    data = read_yaml(path, "parameters file")
     if data is None:
         return {}
     if not isinstance(data, dict):

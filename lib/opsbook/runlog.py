@@ -196,11 +196,10 @@ def finish_run(
 
 
 def get_run(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
-    cur = conn.execute("SELECT * FROM opsbook.runs WHERE run_id = %s", (run_id,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    return dict(zip([d.name for d in cur.description], row, strict=True))
+    from opsbook.stores.postgres import dicts
+
+    rows = dicts(conn, "SELECT * FROM opsbook.runs WHERE run_id = %s", (run_id,))
+    return rows[0] if rows else None
 
 
 # --- partition ledger -----------------------------------------------------------------------

@@ -46,6 +46,12 @@ class Outcome:
     error: str | None = None
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    dataset: str | None = None
+    window: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # redacted
+    started_at: datetime | None = None
+    verdict: dict[str, Any] = field(default_factory=dict)  # as the notebook recorded it
+    sha256: str | None = None  # of the executed notebook as written
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -167,58 +173,28 @@ def execute(
     status, summary = _classify(exit_code, verdict, error_name, error_text)
 
     # artifacts, redacted; a leak found while redacting turns PASS into WARN
-    sha = None
-    ipynb = html_path = None
+    outcome = Outcome(run_id, target.name, status, exit_code, redact(summary), results=redact.scrub(results),
+                      error=redact(error_text) if error_text else None, duration_s=duration, notes=notes,
+                      dataset=dataset, window=window, params=safe_params, started_at=started_at,
+                      verdict=redact.scrub(verdict))  # fmt: skip
     if nb is not None:
-        sha = _write_ipynb(nb, paths.ipynb, redact, notes)
-        ipynb = paths.ipynb if sha else None
-    if redact.leaks and status == "pass":
-        status = "warn"
+        outcome.sha256 = _write_ipynb(nb, paths.ipynb, redact, notes)
+        outcome.ipynb = paths.ipynb if outcome.sha256 else None
     if redact.leaks:
         notes.append("secret value(s) redacted from: " + ", ".join(redact.leaks))
-    report = _report_context(
-        target.name,
-        run_id,
-        status,
-        summary,
-        dataset,
-        window,
-        safe_params,
-        started_at,
-        duration,
-        verdict,
-        sha,
-        exit_code,
-        notes,
-        paths,
-    )
+        if outcome.status == "pass":
+            outcome.status = "warn"
     if nb is not None:
         try:
             from opsbook import artifacts
 
-            artifacts.export_html(nb, paths.html, report, redact)
-            html_path = paths.html
+            artifacts.export_html(nb, paths.html, _report_context(outcome, paths), redact)
+            outcome.html = paths.html
         except Exception as exc:
             notes.append(f"HTML report not written: {type(exc).__name__}: {exc}")
             traceback.print_exc(file=sys.stderr)
-    if redact.leaks and status == "pass":
-        status = "warn"
-
-    outcome = Outcome(
-        run_id,
-        target.name,
-        status,
-        exit_code,
-        redact(summary),
-        ipynb,
-        html_path,
-        redact.scrub(results),
-        redact(error_text) if error_text else None,
-        duration,
-        notes,
-    )
-    _append_history(outcome, started_at, dataset, window, safe_params, verdict, redact)
-    log.finish(outcome, verdict, redact)
+    _append_history(outcome, redact)
+    log.finish(outcome, redact)
     return outcome
 
 
@@ -317,63 +293,47 @@ def _write_ipynb(nb, path: Path, redact: Redactor, notes: list[str]) -> str | No
         return None
 
 
-def _report_context(
-    procedure,
-    run_id,
-    status,
-    summary,
-    dataset,
-    window,
-    params,
-    started_at,
-    duration,
-    verdict,
-    sha,
-    exit_code,
-    notes,
-    paths,
-) -> dict[str, Any]:
+def _report_context(outcome: Outcome, paths) -> dict[str, Any]:
+    """What the report template shows above the notebook: banner and run card."""
     from opsbook import __version__, runlog, services
 
     where = runlog.origin()
-    reports = config.reports_dir()
-    index_href = os.path.relpath(reports / "index.html", paths.html.parent)
+    verdict = outcome.verdict
+    index_href = os.path.relpath(config.reports_dir() / "index.html", paths.html.parent)
     failure_href = failure_label = None
-    if status == "fail":
+    if outcome.status == "fail":
         anchor = verdict.get("anchor")
-        failure_href, failure_label = (
-            (f"#{anchor}", "see the failing check") if anchor else ("#opsbook-failed-cell", "go to the failing cell")
-        )
-    database = "embedded PostgreSQL (.opsbook/pg)" if services.database_is_embedded() else "configured (DATABASE_URL)"
+        if anchor:
+            failure_href, failure_label = f"#{anchor}", "see the failing check"
+        else:
+            failure_href, failure_label = "#opsbook-failed-cell", "go to the failing cell"
+    embedded = services.database_is_embedded()
+    counts = " / ".join(
+        f"{verdict[k]:,}" if isinstance(verdict.get(k), int) else "-" for k in ("rows_in", "rows_out", "rows_rejected")
+    )
     card = [
-        ("run id", run_id),
-        ("procedure", procedure),
-        ("dataset", dataset or ""),
-        ("window", window or ""),
-        ("parameters", ", ".join(f"{k}={v}" for k, v in params.items())),
-        ("status", f"{status.upper()} (exit {exit_code}: {EXIT_CODES.get(exit_code, '')})"),
-        ("started (UTC)", started_at.strftime("%Y-%m-%d %H:%M:%S")),
-        ("duration", f"{duration:.1f}s"),
-        (
-            "rows in / out / quarantined",
-            " / ".join(
-                f"{verdict[k]:,}" if isinstance(verdict.get(k), int) else "-"
-                for k in ("rows_in", "rows_out", "rows_rejected")
-            ),
-        ),
-        ("database", database),
+        ("run id", outcome.run_id),
+        ("procedure", outcome.procedure),
+        ("dataset", outcome.dataset or ""),
+        ("window", outcome.window or ""),
+        ("parameters", ", ".join(f"{k}={v}" for k, v in outcome.params.items())),
+        ("status", f"{outcome.status.upper()} (exit {outcome.exit_code}: {EXIT_CODES.get(outcome.exit_code, '')})"),
+        ("started (UTC)", outcome.started_at.strftime("%Y-%m-%d %H:%M:%S") if outcome.started_at else ""),
+        ("duration", f"{outcome.duration_s:.1f}s"),
+        ("rows in / out / quarantined", counts),
+        ("database", "embedded PostgreSQL (.opsbook/pg)" if embedded else "configured (DATABASE_URL)"),
         ("host / user", f"{where.host} / {where.os_user}"),
         ("git revision", where.git_revision),
         ("opsbook version", __version__),
-        ("executed notebook", f"{paths.ipynb.name} (SHA-256 {sha})" if sha else "not written"),
+        ("executed notebook", f"{paths.ipynb.name} (SHA-256 {outcome.sha256})" if outcome.sha256 else "not written"),
     ]
-    card.extend(("note", n) for n in notes)
+    card.extend(("note", n) for n in outcome.notes)
     return {
-        "status": status,
-        "procedure": procedure,
-        "dataset": dataset,
-        "window": window,
-        "summary": summary,
+        "status": outcome.status,
+        "procedure": outcome.procedure,
+        "dataset": outcome.dataset,
+        "window": outcome.window,
+        "summary": outcome.summary,
         "card": card,
         "index_href": index_href,
         "failure_href": failure_href,
@@ -381,21 +341,21 @@ def _report_context(
     }
 
 
-def _append_history(outcome: Outcome, started_at, dataset, window, params, verdict, redact: Redactor) -> None:
+def _append_history(outcome: Outcome, redact: Redactor) -> None:
     from opsbook import artifacts
 
     entry = {
         "run_id": outcome.run_id,
         "procedure": outcome.procedure,
-        "dataset": dataset,
-        "window": window,
+        "dataset": outcome.dataset,
+        "window": outcome.window,
         "status": outcome.status,
         "exit_code": outcome.exit_code,
-        "started_at": started_at.isoformat(),
+        "started_at": outcome.started_at.isoformat() if outcome.started_at else None,
         "duration_s": round(outcome.duration_s, 3),
         "summary": outcome.summary,
-        "figures": verdict.get("figures") or {},
-        "params": params,
+        "figures": outcome.verdict.get("figures") or {},
+        "params": outcome.params,
         "ipynb": str(outcome.ipynb) if outcome.ipynb else None,
         "html": str(outcome.html) if outcome.html else None,
         "error": outcome.error,
@@ -427,9 +387,10 @@ class _RunLog:
         except Exception as exc:
             self.notes.append(f"run log not written: {exc}")
 
-    def finish(self, outcome: Outcome, verdict: dict[str, Any], redact: Redactor) -> None:
+    def finish(self, outcome: Outcome, redact: Redactor) -> None:
         if not self.ok:
             return
+        verdict = outcome.verdict
         from opsbook import runlog
         from opsbook.stores import postgres
 

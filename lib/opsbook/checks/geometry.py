@@ -12,6 +12,7 @@ from psycopg import sql
 from opsbook.checks import SAMPLE_ROWS, CheckResult, outcome
 from opsbook.checks import spec as s
 from opsbook.checks.table import _where, table_ident
+from opsbook.stores.postgres import dicts
 
 CHUNK_ROWS = 50_000
 
@@ -79,13 +80,10 @@ def _count_and_sample(ctx, check, table, window, problem, reason=None):
     sample = []
     if bad:
         extra = sql.SQL(", {} AS problem").format(reason) if reason is not None else sql.SQL("")
-        cur = ctx.conn.execute(
-            sql.SQL("SELECT *{} FROM {} WHERE {} AND {} AND ({}) LIMIT {}").format(
-                extra, table_ident(table), window, _where(check), problem, sql.Literal(SAMPLE_ROWS)
-            )
+        query = sql.SQL("SELECT *{} FROM {} WHERE {} AND {} AND ({}) LIMIT {}").format(
+            extra, table_ident(table), window, _where(check), problem, sql.Literal(SAMPLE_ROWS)
         )
-        names = [d.name for d in cur.description]
-        sample = [_printable(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
+        sample = [_printable(row) for row in dicts(ctx.conn, query)]
     return bad, total, sample
 
 

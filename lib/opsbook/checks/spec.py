@@ -285,16 +285,9 @@ def load_suite(path: Path) -> Suite:
 
 @functools.lru_cache(maxsize=32)
 def _load_suite(path: Path, mtime: int) -> Suite:
-    import yaml
+    from opsbook.config import read_yaml, validation_problems
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # a safe loader: CSafeLoader or SafeLoader
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise UsageError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc
-    try:
-        return Suite(**data, path=path)
+        return Suite(**read_yaml(path, "check suite"), path=path)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise UsageError(f"{path}: invalid check suite: {problems}") from None
+        raise UsageError(f"{path}: invalid check suite: {validation_problems(exc)}") from None

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from opsbook.checks import SAMPLE_ROWS, CheckResult, PartitionCount, error_result, outcome
 from opsbook.checks import spec as s
+from opsbook.stores.postgres import dicts
 
 AGGREGATE_TYPES = (
     s.RowCount,
@@ -273,9 +274,7 @@ def _run_scan(ctx: Context, scan: _Scan) -> list[dict[str, Any]]:
         ctx.window_filter(scan.table, scan.column),
         sql.SQL("({})").format(sql.SQL(scan.where)) if scan.where else sql.SQL("TRUE"),
     )
-    cur = ctx.conn.execute(query)
-    names = [d.name for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return dicts(ctx.conn, query)
 
 
 def _key(group: Any, grain: str) -> tuple:
@@ -565,9 +564,7 @@ def _sample(ctx: Context, check, violation: sql.Composable) -> list[dict[str, An
     query = sql.SQL("SELECT {} FROM {} WHERE {} AND {} AND ({}) LIMIT {}").format(
         cols, table_ident(table), ctx.window_filter(table, column), _where(check), violation, sql.Literal(SAMPLE_ROWS)
     )
-    cur = ctx.conn.execute(query)
-    names = [d.name for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return dicts(ctx.conn, query)
 
 
 def _columns_of(check) -> list[str]:
@@ -594,9 +591,7 @@ def run_unique(ctx: Context, check: s.Unique) -> CheckResult:
         f=_where(check),
         n=sql.Literal(SAMPLE_ROWS),
     )
-    cur = ctx.conn.execute(query)
-    names = [d.name for d in cur.description]
-    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    rows = dicts(ctx.conn, query)
     groups = rows[0]["duplicate_keys"] if rows else 0
     for r in rows:
         r.pop("duplicate_keys")
@@ -632,13 +627,12 @@ def run_referential(ctx: Context, check: s.Referential) -> CheckResult:
     ).fetchone()[0]
     sample: list[dict[str, Any]] = []
     if count:
-        cur = ctx.conn.execute(
+        sample = dicts(
+            ctx.conn,
             sql.SQL("SELECT c.* FROM {} c WHERE {} AND {} AND {} LIMIT {}").format(
                 table_ident(table), window, _where(check), orphan, sql.Literal(SAMPLE_ROWS)
-            )
+            ),
         )
-        names = [d.name for d in cur.description]
-        sample = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
     keys = ", ".join(check.columns)
     return CheckResult(
         check.name,

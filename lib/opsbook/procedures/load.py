@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 from opsbook import datasets, runlog
 from opsbook.datasets import DatasetSpec
 from opsbook.errors import CheckFailed, LockHeld, OpsbookError, SourceError
-from opsbook.params import ProcedureParams, Years, year_list
+from opsbook.params import DatasetName, ProcedureParams, Years, year_list
 from opsbook.sources import files
 from opsbook.stores import postgres
 from opsbook.stores.postgres import ident
@@ -48,19 +48,13 @@ REJECT_SAMPLE = 20
 class Params(ProcedureParams):
     """Parameters of ``load``."""
 
-    dataset: str = Field("toronto_parking_tickets", description="dataset spec in params/datasets/")
+    dataset: DatasetName = Field("toronto_parking_tickets", description="dataset spec in params/datasets/")
     source: str = Field("demo", description='folder or gs:// prefix with the files; "demo" builds demo files')
     years: Years = Field("2016-2018", description="years to (re)load: 2017, 2016-2018 or 2011,2015-2016")
     force: bool = Field(False, description="reload years whose files and table are unchanged")
     max_rejected_ratio: float = Field(
         0.01, ge=0, le=1, description="a year with a larger share of rejected rows is not swapped in"
     )
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        datasets.get(value)
-        return value
 
     @field_validator("source")
     @classmethod

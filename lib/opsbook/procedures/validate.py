@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pydantic import Field, field_validator
 
 from opsbook import datasets
-from opsbook.params import ProcedureParams, Years, year_list
+from opsbook.params import DatasetName, ProcedureParams, Years, year_list
 from opsbook.verdict import Verdict
 
 NOTEBOOK = "validate.ipynb"
@@ -22,15 +22,9 @@ SUMMARY = "Run a dataset's check suite in the database: coverage, expected total
 class Params(ProcedureParams):
     """Parameters of ``validate``."""
 
-    dataset: str = Field("toronto_parking_tickets", description="dataset spec in params/datasets/")
+    dataset: DatasetName = Field("toronto_parking_tickets", description="dataset spec in params/datasets/")
     window: Years = Field("2016-2018", description="years to check: 2017, 2016-2018 or 2011,2015-2016")
     reference: str = Field("", description="which reference of the suite the totals compare with (empty: its default)")
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        datasets.get(value)
-        return value
 
     @field_validator("reference")
     @classmethod

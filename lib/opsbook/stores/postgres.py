@@ -54,6 +54,14 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def dicts(conn: psycopg.Connection, query, params=None) -> list[dict]:
+    """Every row of a query as a dict (psycopg's dict_row factory)."""
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()
+
+
 def ident(*names: str) -> sql.Identifier:
     return sql.Identifier(*names)
 

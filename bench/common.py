@@ -1,0 +1,36 @@
+"""What the benchmarks share: the database they work in, the generated input, peak memory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "lib"))
+
+from opsbook import config, demodata, services  # noqa: E402
+from opsbook.stores import postgres  # noqa: E402
+
+# pasted into child processes: VmHWM, not ru_maxrss, which Linux carries over from the parent across exec
+PEAK_MB = """
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+
+
+def bench_database() -> str:
+    """A URL for the database opsbook_bench on DATABASE_URL's server, else on the embedded one."""
+    return postgres.ensure_database(services.database_url(), "opsbook_bench")
+
+
+def generated_year(rows: int, year: int) -> Path:
+    """A folder holding ``rows`` City-format rows of ``year`` (written once, then reused)."""
+    folder = config.state_dir() / "bench" / f"load-{rows}"
+    if not any(folder.glob("*.zip")):
+        t0 = time.perf_counter()
+        demodata.write_year(folder, year, rows=rows)
+        print(f"generated {rows:,} rows in {time.perf_counter() - t0:.1f}s: {folder}", file=sys.stderr)
+    return folder
