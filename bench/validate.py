@@ -61,23 +61,42 @@ def main() -> int:
     work = generated_year(args.rows, args.year)
     env = dict(os.environ, DATABASE_URL=url)
     loaded = subprocess.run(
-        [sys.executable, str(ROOT / "run_notebook.py"), "load", "-p", f"source={work}", "-p", f"years={args.year}",
-         "--quiet", "--json"], env=env, capture_output=True, text=True)  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "run_notebook.py"),
+            "load",
+            "-p",
+            f"source={work}",
+            "-p",
+            f"years={args.year}",
+            "--quiet",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if loaded.returncode != 0:
         raise SystemExit(f"load failed:\n{loaded.stderr}")
     with postgres.connection(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE parking_tickets")
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "lib"), str(args.year), str(args.repeat)],
-                         env=env, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(ROOT / "lib"), str(args.year), str(args.repeat)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise SystemExit(f"validate failed:\n{out.stderr}")
     data = json.loads(out.stdout.strip().splitlines()[-1])
     import statistics
 
     count, suite = statistics.median(data["count"]), statistics.median(data["suite"])
-    print(f"{data['rows']:,} rows, {data['checks']} checks, medians of {args.repeat} interleaved runs "
-          f"({time.perf_counter() - t0:.1f}s in all)")  # fmt: skip
+    print(
+        f"{data['rows']:,} rows, {data['checks']} checks, medians of {args.repeat} interleaved runs "
+        f"({time.perf_counter() - t0:.1f}s in all)"
+    )
     print(f"{'SELECT count(*) over the window':40}{count:8.3f}s")
     print(f"{'opsbook validate (whole suite)':40}{suite:8.3f}s")
     print(f"{'ratio (target <= 5)':40}{suite / count:8.2f}")

@@ -35,13 +35,21 @@ def browse(url: str, screenshot: Path) -> str:
     browser = chromium()
     with tempfile.TemporaryDirectory() as profile:
         flags = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
             f"--user-data-dir={profile}",
             # no network: every request goes to a proxy that is not there
-            "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-            "--virtual-time-budget=15000", "--window-size=1280,2200",
-        ]  # fmt: skip
+            "--proxy-server=http://127.0.0.1:9",
+            "--proxy-bypass-list=<-loopback>",
+            "--virtual-time-budget=15000",
+            "--window-size=1280,2200",
+        ]
         dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
         assert dom.returncode == 0, dom.stderr[-2000:]
         screenshot.parent.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,16 @@ from opsbook.datasets import Column, DatasetSpec, Partition
 pytestmark = pytest.mark.integration
 
 SPEC = DatasetSpec(
-    name="ck", table="ck_events", rejected_table="ck_events_rejected", partition=Partition(column="day"),
-    columns=[Column(name="id", type="integer"), Column(name="day", type="date"),
-             Column(name="amount", type="numeric", precision=10, scale=2)],
-)  # fmt: skip
+    name="ck",
+    table="ck_events",
+    rejected_table="ck_events_rejected",
+    partition=Partition(column="day"),
+    columns=[
+        Column(name="id", type="integer"),
+        Column(name="day", type="date"),
+        Column(name="amount", type="numeric", precision=10, scale=2),
+    ],
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +31,9 @@ def events(database_url):
 
     with postgres.connection(database_url, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS ck_events, ck_parent, ck_child, ck_geo CASCADE")
-        conn.execute("CREATE TABLE ck_events (id int, day date, amount numeric(10,2), kind text, note text, "
-                     "seen timestamptz)")  # fmt: skip
+        conn.execute(
+            "CREATE TABLE ck_events (id int, day date, amount numeric(10,2), kind text, note text, seen timestamptz)"
+        )
         # Jan and Mar 2016, 10 rows a day; February is missing; one NULL, one odd kind, one negative
         conn.execute("""INSERT INTO ck_events
             SELECT row_number() OVER (), d::date, 10.00, 'ok', NULL, now() - interval '2 hours'
@@ -44,8 +51,9 @@ def events(database_url):
 
 
 def run(conn, *items, years=(2016,), reference=None, references=None):
-    suite = s.Suite(dataset="ck", checks=list(items), references=references or {},
-                    sample_columns=["id", "day", "amount"])  # fmt: skip
+    suite = s.Suite(
+        dataset="ck", checks=list(items), references=references or {}, sample_columns=["id", "day", "amount"]
+    )
     return {r.name: r for r in checks.run_suite(conn, SPEC, suite, list(years), reference).results}
 
 
@@ -74,9 +82,15 @@ def test_expected_totals_name_the_partition_and_the_exact_difference(events, tmp
     # the -3 that was 10.00 (13.00) = 3087.00. March: 310 rows, 3100.00; the reference says 3090.00.
     reference = tmp_path / "ref.csv"
     reference.write_text("year,month,rows,amount\n2016,1,311,3087.00\n2016,3,310,3090.00\n")
-    check = s.ExpectedTotals(name="totals", type="expected_totals", grain="month", measures=[
-        s.Measure(measure="count", reference_column="rows"),
-        s.Measure(measure="sum", column="amount", reference_column="amount")])  # fmt: skip
+    check = s.ExpectedTotals(
+        name="totals",
+        type="expected_totals",
+        grain="month",
+        measures=[
+            s.Measure(measure="count", reference_column="rows"),
+            s.Measure(measure="sum", column="amount", reference_column="amount"),
+        ],
+    )
     r = run(events, check, reference="file", references={"file": s.Reference(csv=str(reference))})["totals"]
     assert r.status == "fail"
     assert [(f["partition"], f["measure"], f["difference"]) for f in r.failing] == [
@@ -89,8 +103,9 @@ def test_expected_totals_name_the_partition_and_the_exact_difference(events, tmp
 def test_expected_totals_tolerance(events, tmp_path):
     reference = tmp_path / "ref.csv"
     reference.write_text("year,rows\n2016,600\n")  # 621 rows in 2016
-    check = s.ExpectedTotals(name="t", type="expected_totals", grain="year",
-                             measures=[s.Measure(measure="count", reference_column="rows")])  # fmt: skip
+    check = s.ExpectedTotals(
+        name="t", type="expected_totals", grain="year", measures=[s.Measure(measure="count", reference_column="rows")]
+    )
     off = run(events, check, reference="r", references={"r": s.Reference(csv=str(reference))})["t"]
     assert off.status == "fail" and "2016 rows: 621, expected 600 (off by +21)" in off.message
     loose = s.Reference(csv=str(reference), tolerance=s.Tolerance(abs=21))
@@ -133,27 +148,40 @@ def test_unique_is_null_safe(events):
 
 
 def test_referential(events):
-    check = s.Referential(name="fk", type="referential", table="ck_child", columns=["parent_id"],
-                          parent="ck_parent", parent_columns=["id"])  # fmt: skip
+    check = s.Referential(
+        name="fk",
+        type="referential",
+        table="ck_child",
+        columns=["parent_id"],
+        parent="ck_parent",
+        parent_columns=["id"],
+    )
     r = run(events, check)["fk"]
     assert r.status == "fail" and r.failing_count == 1 and r.failing == [{"parent_id": 4}]
 
 
 def test_freshness_and_database_size(events):
-    r = run(events, s.Freshness(name="fresh", type="freshness", column="seen", max_age_hours=24),
-            s.Freshness(name="stale", type="freshness", column="seen", max_age_hours=1, severity="warn",
-                        where="day <> '2016-01-05'"),  # leaves out the row seen just now
-            s.DatabaseSize(name="size", type="database_size", max_gb=100),
-            s.DatabaseSize(name="tiny", type="database_size", max_gb=0.000001))  # fmt: skip
+    r = run(
+        events,
+        s.Freshness(name="fresh", type="freshness", column="seen", max_age_hours=24),
+        s.Freshness(
+            name="stale", type="freshness", column="seen", max_age_hours=1, severity="warn", where="day <> '2016-01-05'"
+        ),  # leaves out the row seen just now
+        s.DatabaseSize(name="size", type="database_size", max_gb=100),
+        s.DatabaseSize(name="tiny", type="database_size", max_gb=0.000001),
+    )
     assert r["fresh"].status == "pass"
     assert r["stale"].status == "warn" and "hours old" in r["stale"].message
     assert r["size"].status == "pass" and r["tiny"].status == "fail"
 
 
 def test_a_check_that_cannot_run_is_an_error_and_the_others_still_run(events):
-    r = run(events, s.NotNull(name="gone", type="not_null", columns=["x"], table="no_such_table"),
-            s.Coverage(name="months", type="coverage", grain="year"),
-            s.RowCondition(name="bad_sql", type="row_condition", condition="no_such_column > 0"))  # fmt: skip
+    r = run(
+        events,
+        s.NotNull(name="gone", type="not_null", columns=["x"], table="no_such_table"),
+        s.Coverage(name="months", type="coverage", grain="year"),
+        s.RowCondition(name="bad_sql", type="row_condition", condition="no_such_column > 0"),
+    )
     assert r["gone"].status == "error" and "no_such_table" in r["gone"].message
     assert r["bad_sql"].status == "error" and "no_such_column" in r["bad_sql"].message
     assert r["months"].status == "pass"
@@ -166,15 +194,24 @@ def test_redis_key(events, redis_url):
     payload = {"features": [{"id": 1, "count": 5}], "total": 5}
     client.set("opsbook:test:payload", gzip.compress(json.dumps(payload).encode()), ex=3600)
     client.set("opsbook:test:bad", json.dumps({"features": "nope"}))
-    schema = {"type": "object", "required": ["features", "total"],
-              "properties": {"features": {"type": "array"}, "total": {"type": "integer"}}}  # fmt: skip
+    schema = {
+        "type": "object",
+        "required": ["features", "total"],
+        "properties": {"features": {"type": "array"}, "total": {"type": "integer"}},
+    }
     r = run(
         events,
-        s.RedisKey(name="good", type="redis_key", key="opsbook:test:payload", json_schema=schema, require_ttl=True,
-                   max_bytes=10_000),
+        s.RedisKey(
+            name="good",
+            type="redis_key",
+            key="opsbook:test:payload",
+            json_schema=schema,
+            require_ttl=True,
+            max_bytes=10_000,
+        ),
         s.RedisKey(name="bad", type="redis_key", key="opsbook:test:bad", json_schema=schema, require_ttl=True),
         s.RedisKey(name="gone", type="redis_key", key="opsbook:test:missing"),
-    )  # fmt: skip
+    )
     assert r["good"].status == "pass", r["good"].message
     assert r["bad"].status == "fail"
     assert "no TTL set" in r["bad"].message and "schema violation" in r["bad"].message

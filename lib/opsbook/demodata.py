@@ -342,11 +342,21 @@ if __name__ == "__main__":
 
 # The Toronto runbook's sanity totals over all years of each program.
 CAMERA_PROGRAMS = {
-    "red_light": {"tickets": 1_094_217, "revenue": 355_600_000, "years": range(2011, 2023), "sites": 80,
-                  "file": "red_light_camera_charges.csv"},
-    "ase": {"tickets": 2_054_677, "revenue": 102_733_850, "years": range(2020, 2024), "sites": 50,
-            "file": "ase_camera_charges.csv"},
-}  # fmt: skip
+    "red_light": {
+        "tickets": 1_094_217,
+        "revenue": 355_600_000,
+        "years": range(2011, 2023),
+        "sites": 80,
+        "file": "red_light_camera_charges.csv",
+    },
+    "ase": {
+        "tickets": 2_054_677,
+        "revenue": 102_733_850,
+        "years": range(2020, 2024),
+        "sites": 50,
+        "file": "ase_camera_charges.csv",
+    },
+}
 CAMERA_COLUMNS = ["site_code", "location", "latitude", "longitude", "year", "charges", "fines"]
 
 
@@ -378,15 +388,17 @@ def camera_charges(program: str, seed: int = DEFAULT_SEED):
         for s in range(spec["sites"]):
             if tickets[y, s] == 0:
                 continue
-            rows.append({
-                "site_code": f"{prefix}-{s + 1:03d}",
-                "location": picked.loc[s, "address"],
-                "latitude": round(float(picked.loc[s, "latitude"]), 6),
-                "longitude": round(float(picked.loc[s, "longitude"]), 6),
-                "year": year,
-                "charges": int(tickets[y, s]),
-                "fines": int(revenue[y, s]),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "site_code": f"{prefix}-{s + 1:03d}",
+                    "location": picked.loc[s, "address"],
+                    "latitude": round(float(picked.loc[s, "latitude"]), 6),
+                    "longitude": round(float(picked.loc[s, "longitude"]), 6),
+                    "year": year,
+                    "charges": int(tickets[y, s]),
+                    "fines": int(revenue[y, s]),
+                }
+            )
     return pd.DataFrame(rows, columns=CAMERA_COLUMNS)
 
 

@@ -25,6 +25,7 @@ class Hooks:
     stream: TextIO | None = sys.stderr
     deadline: float | None = None  # time.monotonic() value
     nb_man: Any = None  # papermill's NotebookExecutionManager, kept to read a failed notebook
+    relay: Any = None  # opsbook.progress.Relay: flushed before each cell's line, to keep the order
     cell_seconds: dict[int, float] = field(default_factory=dict)
     failed_cell: int | None = None
 
@@ -81,6 +82,8 @@ class OpsbookEngine(NBClientEngine):
             if cell_index in position:
                 seconds = time.monotonic() - started.get(cell_index, time.monotonic())
                 hooks.cell_seconds[cell_index] = seconds
+                if hooks.relay is not None:
+                    hooks.relay.copy()
                 if hooks.stream is not None:
                     state = "FAILED" if hooks.failed_cell == cell_index else "ok"
                     hooks.stream.write(

@@ -4,7 +4,7 @@ Exit codes (also in ``run_notebook.py --help`` and the README):
 
 ==  =====================================================
 0   ok (warnings included)
-1   a check failed
+1   a check failed (or, for a backfill, some partition did)
 2   bad usage or parameters
 3   the notebook raised
 4   another run holds the lock
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 EXIT_CODES: dict[int, str] = {
     0: "ok (warnings included)",
-    1: "a check failed",
+    1: "a check failed (or, for a backfill, some partition did)",
     2: "bad usage or parameters",
     3: "the notebook raised",
     4: "another run holds the lock",
@@ -61,6 +61,18 @@ class ServiceError(OpsbookError):
 
 class ProcedureFailed(OpsbookError):
     """The procedure finished its work but part of it failed (a year, a partition, a write)."""
+
+    exit_code = 3
+
+
+class PartitionsFailed(OpsbookError):
+    """A backfill finished, and some of its partitions failed (exit 1)."""
+
+    exit_code = 1
+
+
+class Interrupted(OpsbookError):
+    """Work stopped before it committed (its coordinator died, or it was asked to stop)."""
 
     exit_code = 3
 

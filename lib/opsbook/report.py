@@ -182,8 +182,10 @@ def verdict(v: Verdict) -> Html:
 class Progress:
     """One updating line in the notebook (and plain lines when no display is available)."""
 
-    def __init__(self, title: str):
+    def __init__(self, title: str, total: int | None = None):
         self.title = title
+        self.total = total
+        self.done = 0
         self.started = time.monotonic()
         self.lines: list[str] = []
         self._transient = False
@@ -201,9 +203,17 @@ class Progress:
         if self._transient and self.lines:
             self.lines.pop()
         self._transient = transient
+        if not transient:
+            self.done += 1
         self.lines.append(f"[{elapsed:6.1f}s] {message}")
         if self._handle is not None:
             body = "<br>".join(html.escape(line) for line in self.lines[-30:])
+            if self.total:
+                shown = min(self.done, self.total)
+                body = (
+                    f'<progress value="{shown}" max="{self.total}" style="width:320px"></progress> '
+                    f"{shown}/{self.total}<br>{body}"
+                )
             self._handle.update(
                 Html(
                     f"<div><strong>{html.escape(self.title)}</strong><br><code>{body}</code></div>",

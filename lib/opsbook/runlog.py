@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -282,6 +283,78 @@ def ledger_failed(conn: psycopg.Connection, dataset: str, partition: str, step: 
     )
 
 
+def running_entries(conn: psycopg.Connection, dataset: str) -> list[LedgerEntry]:
+    rows = conn.execute(
+        """SELECT dataset, partition, step, status, params_hash, input_fingerprint, rows, rejected,
+                  checksum, table_oid, run_id, started_at, finished_at, error
+           FROM opsbook.partitions WHERE dataset = %s AND status = 'running' ORDER BY partition, step""",
+        (dataset,),
+    ).fetchall()
+    return [LedgerEntry(*row) for row in rows]
+
+
+def mark_interrupted(conn: psycopg.Connection, entry: LedgerEntry, note: str) -> None:
+    conn.execute(
+        """UPDATE opsbook.partitions SET status = 'interrupted', finished_at = now(), error = %s
+           WHERE dataset = %s AND partition = %s AND step = %s AND status = 'running' AND run_id = %s""",
+        (note, entry.dataset, entry.partition, entry.step, entry.run_id),
+    )
+
+
+def recover_interrupted(conn: psycopg.Connection, dataset: str) -> list[LedgerEntry]:
+    """Mark 'interrupted' every 'running' entry of ``dataset`` whose worker is gone.
+
+    A partition step holds its advisory lock for as long as it runs, and PostgreSQL drops the
+    lock with the session, however the process ended (kill -9 included): an entry still
+    'running' whose lock is free has no one behind it.
+    """
+    found = []
+    for entry in running_entries(conn, dataset):
+        if lock_is_free(conn, partition_lock(entry.step, entry.dataset, entry.partition)):
+            last = conn.execute(
+                "SELECT heartbeat_at FROM opsbook.partitions WHERE dataset = %s AND partition = %s AND step = %s",
+                (entry.dataset, entry.partition, entry.step),
+            ).fetchone()[0]
+            mark_interrupted(
+                conn,
+                entry,
+                f"run {entry.run_id} stopped without finishing (last heartbeat {last:%Y-%m-%d %H:%M:%S %Z})",
+            )
+            found.append(entry)
+    return found
+
+
+HEARTBEAT_SECONDS = 10
+_coordinator_pid: int | None = None
+
+
+def watch_coordinator(pid: int) -> None:
+    """In a pool worker: give up the partition when the process that started it is gone."""
+    global _coordinator_pid
+    _coordinator_pid = pid
+
+
+class Heartbeat:
+    """Marks a ledger entry alive every HEARTBEAT_SECONDS while its partition step works."""
+
+    def __init__(self, conn: psycopg.Connection, dataset: str, partition: str, step: str):
+        self.conn, self.key = conn, (dataset, partition, step)
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        if _coordinator_pid is not None and os.getppid() != _coordinator_pid:
+            from opsbook.errors import Interrupted
+
+            raise Interrupted("the process that started this partition is gone; stopping without committing")
+        if time.monotonic() - self.last < HEARTBEAT_SECONDS:
+            return
+        self.conn.execute(
+            "UPDATE opsbook.partitions SET heartbeat_at = now() WHERE dataset = %s AND partition = %s AND step = %s",
+            self.key,
+        )
+        self.last = time.monotonic()
+
+
 # --- locks -----------------------------------------------------------------------------------
 
 
@@ -303,6 +376,18 @@ def try_lock(conn: psycopg.Connection, key: str, holder: str) -> None:
                pid = excluded.pid, acquired_at = excluded.acquired_at""",
         (key, holder, where.host, os.getpid()),
     )
+
+
+def partition_lock(step: str, dataset: str, partition: str) -> str:
+    """The advisory lock a step holds on one partition while it works on it."""
+    return f"opsbook.{step}:{dataset}:{partition}"
+
+
+def lock_is_free(conn: psycopg.Connection, key: str) -> bool:
+    got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0]
+    if got:
+        unlock(conn, key)
+    return bool(got)
 
 
 def unlock(conn: psycopg.Connection, key: str) -> None:

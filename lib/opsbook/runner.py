@@ -173,10 +173,22 @@ def execute(
     status, summary = _classify(exit_code, verdict, error_name, error_text)
 
     # artifacts, redacted; a leak found while redacting turns PASS into WARN
-    outcome = Outcome(run_id, target.name, status, exit_code, redact(summary), results=redact.scrub(results),
-                      error=redact(error_text) if error_text else None, duration_s=duration, notes=notes,
-                      dataset=dataset, window=window, params=safe_params, started_at=started_at,
-                      verdict=redact.scrub(verdict))  # fmt: skip
+    outcome = Outcome(
+        run_id,
+        target.name,
+        status,
+        exit_code,
+        redact(summary),
+        results=redact.scrub(results),
+        error=redact(error_text) if error_text else None,
+        duration_s=duration,
+        notes=notes,
+        dataset=dataset,
+        window=window,
+        params=safe_params,
+        started_at=started_at,
+        verdict=redact.scrub(verdict),
+    )
     if nb is not None:
         outcome.sha256 = _write_ipynb(nb, paths.ipynb, redact, notes)
         outcome.ipynb = paths.ipynb if outcome.sha256 else None
@@ -217,11 +229,18 @@ def _run_notebook(target: Target, values: dict[str, Any], run_id: str, timeout: 
     logging.getLogger("papermill").setLevel(logging.WARNING)
     kernel_dir = tempfile.mkdtemp(prefix="opsbook-kernel-")
     hooks = engine.Hooks(target.name, stream=progress, deadline=time.monotonic() + timeout if timeout else None)
-    env_before = {k: os.environ.get(k) for k in (RUN_ID_ENV, "PLOTLY_RENDERER")}
+    from opsbook.progress import PROGRESS_ENV, Relay
+
+    env_before = {k: os.environ.get(k) for k in (RUN_ID_ENV, "PLOTLY_RENDERER", PROGRESS_ENV)}
     os.environ[RUN_ID_ENV] = run_id
+    progress_file = Path(kernel_dir) / "progress.log"
+    os.environ[PROGRESS_ENV] = str(progress_file)
     # the default mimetype renderer leaves plotly figures blank in the HTML export
     os.environ["PLOTLY_RENDERER"] = "notebook"
+    relay = Relay(progress_file, progress, prefix=f"[{target.name}] ")
+    hooks.relay = relay
     try:
+        relay.start()
         nb = papermill.execute_notebook(
             str(target.notebook),
             None,
@@ -250,6 +269,7 @@ def _run_notebook(target: Target, values: dict[str, Any], run_id: str, timeout: 
             return nb, "RunTimeout", f"the run exceeded --timeout {timeout:g}s: {exc}", 5
         return nb, type(exc).__name__, f"{type(exc).__name__}: {exc}", 3
     finally:
+        relay.stop()
         shutil.rmtree(kernel_dir, ignore_errors=True)
         for key, value in env_before.items():
             if value is None:

@@ -16,6 +16,7 @@ from opsbook.errors import UsageError
 # name -> module; listed here so that ``--list`` and "did you mean" need no import
 PROCEDURES: dict[str, str] = {
     "aggregate": "opsbook.procedures.aggregate",
+    "backfill": "opsbook.procedures.backfill",
     "load": "opsbook.procedures.load",
     "validate": "opsbook.procedures.validate",
 }

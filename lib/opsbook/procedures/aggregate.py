@@ -67,15 +67,17 @@ class Params(ProcedureParams):
     cameras: str = Field("demo", description='folder with the camera charges CSVs; "demo" builds them; "" skips')
     force: bool = Field(False, description="rebuild years whose inputs are unchanged")
 
-    @field_validator("cameras")
-    @classmethod
-    def _cameras_folder(cls, value: str) -> str:
-        if value in ("", "demo"):
-            return value
-        path = Path(value).expanduser()
-        if not path.is_dir():
-            raise ValueError(f"folder {value!r} does not exist (give a folder, 'demo', or '' to skip cameras)")
-        return str(path.resolve())
+    _cameras = field_validator("cameras")(lambda v: resolve_cameras(v))
+
+
+def resolve_cameras(value: str) -> str:
+    """'demo', '' (no cameras), or an existing folder (made absolute)."""
+    if value in ("", "demo"):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"folder {value!r} does not exist (give a folder, 'demo', or '' to skip cameras)")
+    return str(path.resolve())
 
 
 @dataclass
@@ -109,8 +111,15 @@ class Result:
 
             rerun = format_years(y.year for y in failed)
             summary = f"{len(failed)} year(s) failed ({rerun}): {failed[0].error}. Rerun with -p years={rerun}"
-            return Verdict("fail", summary, figures, rows_out=rows, anchor="aggregate-years", error=summary,
-                           error_type="ProcedureFailed")  # fmt: skip
+            return Verdict(
+                "fail",
+                summary,
+                figures,
+                rows_out=rows,
+                anchor="aggregate-years",
+                error=summary,
+                error_type="ProcedureFailed",
+            )
         return Verdict("pass", summary, figures, rows_out=rows)
 
 
@@ -134,9 +143,14 @@ def ensure_address_points(conn) -> int:
         return have
     with conn.transaction():
         conn.execute(sql.SQL("TRUNCATE {}").format(ident(ADDRESS_TABLE)))
-        with conn.cursor() as cur, cur.copy(sql.SQL(
-            "COPY {} (address, latitude, longitude) FROM STDIN (FORMAT csv, HEADER true)").format(
-                ident(ADDRESS_TABLE))) as copy:  # fmt: skip
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                sql.SQL("COPY {} (address, latitude, longitude) FROM STDIN (FORMAT csv, HEADER true)").format(
+                    ident(ADDRESS_TABLE)
+                )
+            ) as copy,
+        ):
             copy.write(path.read_bytes())
     return lines
 
@@ -182,8 +196,12 @@ def load_camera_charges(conn, folder: Path | None, fingerprint: dict) -> None:
                 ident(c) for c in ("site_code", "location", "latitude", "longitude", "year", "charges", "fines")
             )
             try:
-                with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
-                        ident(table), columns)) as copy:  # fmt: skip
+                with (
+                    conn.cursor() as cur,
+                    cur.copy(
+                        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true)").format(ident(table), columns)
+                    ) as copy,
+                ):
                     copy.write(path.read_bytes())
             except Exception as exc:  # PostgreSQL names the line and column
                 raise OpsbookError(f"{path}: {str(exc).strip()}") from None
@@ -209,9 +227,11 @@ def build_year(control, dataset: str, year: int, cameras: dict, run_id: str, for
     """Replace one year of the yearly tables in one transaction (or skip it when unchanged)."""
     t0 = time.monotonic()
     result = YearResult(year, "failed")
-    fingerprint = year_fingerprint(control, dataset, year, cameras)
-    phash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    lock_key = runlog.partition_lock(STEP, dataset, str(year))
+    runlog.try_lock(control, lock_key, f"run {run_id}")
     try:
+        fingerprint = year_fingerprint(control, dataset, year, cameras)
+        phash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
         previous = runlog.ledger_get(control, dataset, str(year), STEP)
         same_inputs = not force and previous and previous.status == "success" and previous.params_hash == phash
         if same_inputs and _table_rows(control, year, bool(cameras)) == previous.rows:
@@ -238,6 +258,7 @@ def build_year(control, dataset: str, year: int, cameras: dict, run_id: str, for
             raise
     finally:
         result.seconds = time.monotonic() - t0
+        runlog.unlock(control, lock_key)
     return result
 
 
@@ -260,7 +281,7 @@ def _replace_parking_year(conn, year: int) -> None:
             out=ident(PARKING_TABLE), points=ident(ADDRESS_TABLE)
         ),
         {"year": year},
-    )  # fmt: skip
+    )
 
 
 def _replace_camera_year(conn, program: str, year: int) -> None:
@@ -290,8 +311,12 @@ def _year_totals(conn, year: int, cameras: bool) -> dict[str, dict]:
     totals = {}
     for table in _tables(cameras):
         rows, tickets, revenue = conn.execute(
-            sql.SQL("SELECT count(*), coalesce(sum(ticket_count), 0), coalesce(sum(total_revenue), 0) FROM {} "
-                    "WHERE year = %s").format(ident(table)), (year,)).fetchone()  # fmt: skip
+            sql.SQL(
+                "SELECT count(*), coalesce(sum(ticket_count), 0), coalesce(sum(total_revenue), 0) FROM {} "
+                "WHERE year = %s"
+            ).format(ident(table)),
+            (year,),
+        ).fetchone()
         totals[table] = {"rows": rows, "tickets": int(tickets), "revenue": revenue}
     return totals
 
@@ -321,8 +346,10 @@ def run(params: Params, run_id: str, progress: Callable[..., None] | None = None
         for index, year in enumerate(years, 1):
             notify(f"{year}: building ({index}/{len(years)})...", transient=True)
             result = build_year(control, params.dataset, year, cameras, run_id, params.force)
-            notify(f"{year} ({index}/{len(years)}): {result.status}, {result.rows:,} rows, {result.seconds:.1f}s"
-                   + (f" ({result.error})" if result.error else ""))  # fmt: skip
+            notify(
+                f"{year} ({index}/{len(years)}): {result.status}, {result.rows:,} rows, {result.seconds:.1f}s"
+                + (f" ({result.error})" if result.error else "")
+            )
             results.append(result)
     folder = camera_folder(params)
     return Result(params, results, str(folder) if folder else None)
@@ -360,6 +387,11 @@ def show_totals_chart(result: Result):
     fig = go.Figure()
     for table in built[0].tables:
         fig.add_bar(x=[str(y.year) for y in built], y=[y.tables[table]["tickets"] for y in built], name=table)
-    fig.update_layout(title="Tickets per year in the yearly tables", barmode="group", height=340,
-                      margin={"l": 60, "r": 20, "t": 50, "b": 40}, xaxis={"type": "category"})  # fmt: skip
+    fig.update_layout(
+        title="Tickets per year in the yearly tables",
+        barmode="group",
+        height=340,
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        xaxis={"type": "category"},
+    )
     return report.chart(fig, element_id="aggregate-chart")

@@ -41,7 +41,6 @@ SUMMARY = "Load City files for a window of years into PostgreSQL (per-year repla
 STEP = "load"
 # bump when the loader's output for the same input changes: it invalidates "unchanged" skips
 LOADER_VERSION = "1"
-HEARTBEAT_SECONDS = 10
 REJECT_SAMPLE = 20
 
 
@@ -56,15 +55,17 @@ class Params(ProcedureParams):
         0.01, ge=0, le=1, description="a year with a larger share of rejected rows is not swapped in"
     )
 
-    @field_validator("source")
-    @classmethod
-    def _source_exists(cls, value: str) -> str:
-        if value == "demo" or value.startswith("gs://"):
-            return value
-        path = Path(value).expanduser()
-        if not path.is_dir():
-            raise ValueError(f"folder {value!r} does not exist (give a folder, a gs:// prefix or 'demo')")
-        return str(path.resolve())
+    _source = field_validator("source")(lambda v: resolve_source(v))
+
+
+def resolve_source(value: str) -> str:
+    """'demo', a gs:// prefix, or an existing folder (made absolute: the kernel runs elsewhere)."""
+    if value == "demo" or value.startswith("gs://"):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"folder {value!r} does not exist (give a folder, a gs:// prefix or 'demo')")
+    return str(path.resolve())
 
 
 # --- plan ------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def run(plan: Plan, run_id: str, progress: Callable[..., None] | None = None) ->
         for index, year in enumerate(plan.years, 1):
             year_files = plan.found.by_year[year]
             notify(f"{year}: loading ({index}/{len(plan.years)}, {len(year_files)} file(s))...", transient=True)
-            result = _load_year(control, plan, year, year_files, run_id)
+            result = load_year(control, plan, year, year_files, run_id)
             notify(
                 f"{year} ({index}/{len(plan.years)}): {result.status}, {result.rows:,} rows, "
                 f"{result.rejected:,} quarantined, "
@@ -221,11 +222,11 @@ def run(plan: Plan, run_id: str, progress: Callable[..., None] | None = None) ->
     return Result(plan, results, run_id, time.monotonic() - started)
 
 
-def _load_year(control, plan: Plan, year: int, year_files: list[files.SourceFile], run_id: str) -> YearResult:
+def load_year(control, plan: Plan, year: int, year_files: list[files.SourceFile], run_id: str) -> YearResult:
     spec = plan.spec
     t0 = time.monotonic()
     result = YearResult(year, "failed", files=[f.name for f in year_files])
-    lock_key = f"opsbook.load:{spec.name}:{year}"
+    lock_key = runlog.partition_lock(STEP, spec.name, str(year))
     try:
         runlog.try_lock(control, lock_key, f"run {run_id}")
     except LockHeld as exc:
@@ -372,7 +373,7 @@ def _replace_year(
     target = postgres.partition_table(spec, year)
     staging = f"{target}_load"[:63]
     spool = _RejectSpool(year, run_id)
-    heartbeat = _Heartbeat(control, spec.name, str(year))
+    heartbeat = runlog.Heartbeat(control, spec.name, str(year), STEP)
 
     def batches():
         for source_file in year_files:
@@ -433,23 +434,6 @@ def _replace_year(
         if result.status != "loaded":
             with contextlib.suppress(Exception):
                 control.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging)))
-
-
-class _Heartbeat:
-    """Marks the ledger entry alive every HEARTBEAT_SECONDS while a year loads."""
-
-    def __init__(self, control, dataset: str, partition: str):
-        self.control, self.dataset, self.partition = control, dataset, partition
-        self.last = time.monotonic()
-
-    def __call__(self) -> None:
-        if time.monotonic() - self.last < HEARTBEAT_SECONDS:
-            return
-        self.control.execute(
-            "UPDATE opsbook.partitions SET heartbeat_at = now() WHERE dataset = %s AND partition = %s AND step = %s",
-            (self.dataset, self.partition, STEP),
-        )
-        self.last = time.monotonic()
 
 
 def _top(reasons: Counter) -> str:

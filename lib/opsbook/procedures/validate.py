@@ -43,10 +43,17 @@ class Result:
     def records(self) -> list[dict]:
         """Each check's outcome, for ``--json`` readers and the run history."""
         return [
-            {"name": r.name, "type": r.type, "severity": r.severity, "status": r.status,
-             "observed": r.observed, "expected": r.expected, "message": r.message}
+            {
+                "name": r.name,
+                "type": r.type,
+                "severity": r.severity,
+                "status": r.status,
+                "observed": r.observed,
+                "expected": r.expected,
+                "message": r.message,
+            }
             for r in self.suite.results
-        ]  # fmt: skip
+        ]
 
     def verdict(self) -> Verdict:
         results = self.suite.results
@@ -61,8 +68,15 @@ class Result:
             summary = f"{len(errors)} of {len(results)} checks failed: " + "; ".join(
                 f"{r.name}: {r.message or r.observed}" for r in errors[:3]
             )
-            return Verdict("fail", _shorten(summary), figures, rows_in=rows, anchor=first.anchor,
-                           error=summary, error_type="CheckFailed")  # fmt: skip
+            return Verdict(
+                "fail",
+                _shorten(summary),
+                figures,
+                rows_in=rows,
+                anchor=first.anchor,
+                error=summary,
+                error_type="CheckFailed",
+            )
         if warnings:
             summary = f"all error checks passed; {len(warnings)} warning(s): " + "; ".join(
                 f"{r.name}: {r.message or r.observed}" for r in warnings[:3]
@@ -111,8 +125,13 @@ def show_checks(result: Result):
     caption = f"{len(rows)} checks from {result.suite_path}; window {result.params.window}; {result.suite.seconds:.2f}s"
     if result.suite.reference:
         caption += f"; reference {result.suite.reference!r}"
-    return report.table(rows, caption=caption, status_column="status", element_id="checks",
-                        row_ids=[r.anchor for r in result.suite.results])  # fmt: skip
+    return report.table(
+        rows,
+        caption=caption,
+        status_column="status",
+        element_id="checks",
+        row_ids=[r.anchor for r in result.suite.results],
+    )
 
 
 def show_failures(result: Result):
@@ -153,8 +172,14 @@ def show_coverage(result: Result):
     fig = go.Figure()
     fig.add_bar(x=labels, y=[p.rows for p in partitions], marker_color=colours, name="rows loaded")
     if any(p.expected is not None for p in partitions):
-        fig.add_scatter(x=labels, y=[p.expected for p in partitions], mode="lines+markers", name="expected",
-                        line={"color": "#57606a", "width": 1}, marker={"size": 4})  # fmt: skip
+        fig.add_scatter(
+            x=labels,
+            y=[p.expected for p in partitions],
+            mode="lines+markers",
+            name="expected",
+            line={"color": "#57606a", "width": 1},
+            marker={"size": 4},
+        )
     missing = [(label, p) for label, p in zip(labels, partitions, strict=True) if p.rows == 0]
     if missing:
         fig.add_scatter(
@@ -169,8 +194,11 @@ def show_coverage(result: Result):
         )
     fig.update_layout(
         title="Rows per month (green: as expected, amber: differs, red: missing)",
-        height=360, margin={"l": 50, "r": 20, "t": 50, "b": 60}, bargap=0.1,
+        height=360,
+        margin={"l": 50, "r": 20, "t": 50, "b": 60},
+        bargap=0.1,
         legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
-        xaxis={"type": "category", "tickangle": -60}, yaxis={"title": "rows"},
-    )  # fmt: skip
+        xaxis={"type": "category", "tickangle": -60},
+        yaxis={"title": "rows"},
+    )
     return report.chart(fig, element_id="coverage-chart")
