@@ -37,6 +37,16 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> Comple
     return Completed(out.returncode, out.stdout, out.stderr)
 
 
+def load_and_aggregate(db, source, years: str) -> None:
+    """A fresh database holding ``years`` loaded from ``source`` and their yearly tables built."""
+    from opsbook.procedures import aggregate, load
+
+    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
+    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
+    load.run(load.plan(load.Params(source=str(source), years=years)), "test-load")
+    aggregate.run(aggregate.Params(years="2011-2023"), "test-aggregate")
+
+
 def kernel_processes() -> list[int]:
     import psutil
 
@@ -46,3 +56,17 @@ def kernel_processes() -> list[int]:
         if "ipykernel_launcher" in cmd and "opsbook-kernel-" in cmd:
             found.append(proc.info["pid"])
     return found
+
+
+def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """``python run_notebook.py ARGS`` started in the background (for tests that kill it)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run_notebook.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+    )

@@ -13,8 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli
-from opsbook.procedures import load
+from helpers import ROOT, load_and_aggregate, run_cli
 
 pytestmark = pytest.mark.notebook
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -73,9 +72,7 @@ def rendered_bars(dom: str, plot_id: str) -> int:
 
 @pytest.fixture
 def reports(db, demo_dir, reports_dir):
-    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
-    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
-    load.run(load.plan(load.Params(source=str(demo_dir), years="2017")), "test-browser")
+    load_and_aggregate(db, demo_dir, "2017")
     passing = run_cli("validate", "-p", "window=2017", "--json").json()
     db.execute(
         "DELETE FROM parking_tickets WHERE date_of_infraction >= '2017-05-01' AND date_of_infraction < '2017-06-01'"
@@ -93,7 +90,7 @@ def test_reports_and_index_render_offline(reports):
     assert banner_status(dom) == "pass"
     assert rendered_bars(dom, "coverage-chart-plot") >= 12
     assert re.search(r'<table class="opsbook" id="checks">', dom)
-    assert dom.count('class="opsbook-status"') >= 10  # a status badge per check
+    assert dom.count('class="opsbook-status"') >= 14  # a status badge per check
     assert 'href="../index.html"' in dom
     assert '<p class="opsbook-chart-missing" hidden="">' in dom
 

@@ -3,18 +3,15 @@
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import load_and_aggregate, run_cli
 from opsbook import demodata
-from opsbook.procedures import load
 
 pytestmark = pytest.mark.notebook
 
 
 @pytest.fixture
 def loaded(db, demo_dir):
-    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
-    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
-    load.run(load.plan(load.Params(source=str(demo_dir), years="2016-2018")), "test-validate")
+    load_and_aggregate(db, demo_dir, "2016-2018")
     return db
 
 

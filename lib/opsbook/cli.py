@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from opsbook.errors import EXIT_CODES, OpsbookError, UsageError
+from opsbook.errors import EXIT_CODES, OpsbookError
 
 EXAMPLES = """\
 examples:
@@ -137,24 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = runner.execute(
             args.procedure, args.files, args.params, timeout=args.timeout, progress=None if args.quiet else sys.stderr
         )
-    except UsageError as exc:
-        return _usage_error(args, exc)
-    except OpsbookError as exc:  # e.g. the embedded database could not start
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "status": "fail",
-                        "exit_code": exc.exit_code,
-                        "run_id": None,
-                        "reports": None,
-                        "results": {},
-                        "error": str(exc),
-                    }
-                )
-            )
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except OpsbookError as exc:  # bad parameters, a lock held, no database: refused before a kernel started
+        return _refused(args, exc)
 
     if args.json:
         print(json.dumps(outcome.as_json(), default=str))
@@ -166,11 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     return outcome.exit_code
 
 
-def _usage_error(args, exc: UsageError) -> int:
+def _refused(args, exc: OpsbookError) -> int:
+    """A run refused before it started: no kernel, no report; the error and its exit code."""
     if args.json:
         print(
             json.dumps(
-                {"status": "fail", "exit_code": 2, "run_id": None, "reports": None, "results": {}, "error": str(exc)}
+                {
+                    "status": "fail",
+                    "exit_code": exc.exit_code,
+                    "run_id": None,
+                    "reports": None,
+                    "results": {},
+                    "error": str(exc),
+                }
             )
         )
     print(f"error: {exc}", file=sys.stderr)

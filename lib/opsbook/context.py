@@ -60,6 +60,10 @@ def start(procedure: str, **values: Any) -> RunContext:
     params = validate(module.Params, values)
     run_id = os.environ.get(RUN_ID_ENV)
     interactive = not run_id
+    if not interactive:
+        from opsbook.runlog import die_with_parent
+
+        die_with_parent()  # the runner gone (killed, timed out), the run stops with it
     ctx = RunContext(run_id or new_run_id(procedure), procedure, params, interactive)
     if interactive:
         _log_interactive_start(ctx)

@@ -15,6 +15,7 @@ from opsbook import config
 # the demo runbook: (procedure, params file, extra -p overrides)
 RUNBOOK: list[tuple[str, str, list[str]]] = [
     ("load", "params/toronto/load.yaml", []),
+    ("aggregate", "params/toronto/aggregate.yaml", []),
     ("validate", "params/toronto/validate.yaml", []),
 ]
 

@@ -329,9 +329,33 @@ _coordinator_pid: int | None = None
 
 
 def watch_coordinator(pid: int) -> None:
-    """In a pool worker: give up the partition when the process that started it is gone."""
+    """In a pool worker: die with the process that started it, and never commit for a dead one."""
     global _coordinator_pid
     _coordinator_pid = pid
+    die_with_parent()
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (prctl PR_SET_PDEATHSIG).
+
+    A headless run's kernel calls it, so that killing the runner (cron's timeout, kill -9)
+    stops the work at once instead of letting it run on unseen. Elsewhere it does nothing.
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 class Heartbeat:
@@ -366,9 +390,7 @@ def try_lock(conn: psycopg.Connection, key: str, holder: str) -> None:
     """
     got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0]
     if not got:
-        row = conn.execute("SELECT holder, host, pid, acquired_at FROM opsbook.locks WHERE key = %s", (key,)).fetchone()
-        who = f"{row[0]} on {row[1]} (pid {row[2]}) since {row[3]:%Y-%m-%d %H:%M:%S %Z}" if row else "a session"
-        raise LockHeld(f"{key} is held by {who}")
+        raise LockHeld(f"{key} is held by {holder_of(conn, key)}")
     where = origin()
     conn.execute(
         """INSERT INTO opsbook.locks (key, holder, host, pid, acquired_at) VALUES (%s, %s, %s, %s, now())
@@ -376,6 +398,12 @@ def try_lock(conn: psycopg.Connection, key: str, holder: str) -> None:
                pid = excluded.pid, acquired_at = excluded.acquired_at""",
         (key, holder, where.host, os.getpid()),
     )
+
+
+def holder_of(conn: psycopg.Connection, key: str) -> str:
+    """Who took the lock ``key`` last: run, host, pid and time (from opsbook.locks)."""
+    row = conn.execute("SELECT holder, host, pid, acquired_at FROM opsbook.locks WHERE key = %s", (key,)).fetchone()
+    return f"{row[0]} on {row[1]} (pid {row[2]}) since {row[3]:%Y-%m-%d %H:%M:%S %Z}" if row else "a session"
 
 
 def partition_lock(step: str, dataset: str, partition: str) -> str:

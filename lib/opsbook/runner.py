@@ -145,6 +145,7 @@ def execute(
 ) -> Outcome:
     """Run one procedure end to end and return its outcome (never raises for a failed run)."""
     target, values = prepare(name, list(files or []), list(overrides or []))
+    _probe_locks(target, values)
     run_id = new_run_id(target.name)
     redact = Redactor()
     started_at = datetime.now(UTC)
@@ -208,6 +209,29 @@ def execute(
     _append_history(outcome, redact)
     log.finish(outcome, redact)
     return outcome
+
+
+def _probe_locks(target: Target, values: dict[str, Any]) -> None:
+    """Refuse at once (LockHeld, exit 4) when a lock the procedure takes is already held.
+
+    The notebook takes the lock for real; probing first saves starting a kernel for a run
+    that cannot go on (cron overlapping itself, a second backfill of a dataset).
+    """
+    if target.model is None:
+        return
+    module = procedures.get(target.name)
+    keys = module.locks(target.model(**values)) if hasattr(module, "locks") else []
+    if not keys:
+        return
+    from opsbook import runlog
+    from opsbook.errors import LockHeld
+    from opsbook.stores import postgres
+
+    with postgres.connection(autocommit=True, purpose="lock probe") as conn:
+        runlog.ensure_schema(conn)
+        for key in keys:
+            if not runlog.lock_is_free(conn, key):
+                raise LockHeld(f"{key} is held by {runlog.holder_of(conn, key)}")
 
 
 def _report_paths(run_id: str):

@@ -98,13 +98,28 @@ class Tolerance(BaseModel):
 
 
 class ExpectedTotals(_Check):
-    """Count and sums per partition equal to reference values, within a tolerance."""
+    """Count and sums per partition equal to reference values, within a tolerance.
+
+    With ``grain: all`` the totals are the whole table's (the window does not apply) and the
+    expected values are given inline, e.g. the runbook's sanity totals.
+    """
 
     type: Literal["expected_totals"]
-    grain: Literal["year", "month"] = "month"
+    grain: Literal["all", "year", "month"] = "month"
     column: str | None = None
     measures: list[Measure]
     tolerance: Tolerance = Field(default_factory=Tolerance)
+    expected: dict[str, float] | None = None  # reference_column -> value, for grain "all"
+
+    @model_validator(mode="after")
+    def _inline_for_all(self) -> ExpectedTotals:
+        if (self.grain == "all") != (self.expected is not None):
+            raise ValueError("grain 'all' takes inline expected values (and only it does)")
+        if self.expected is not None:
+            missing = [m.reference_column for m in self.measures if m.reference_column not in self.expected]
+            if missing:
+                raise ValueError(f"no expected value for {', '.join(missing)}")
+        return self
 
 
 class NotNull(_Check):

@@ -63,7 +63,7 @@ class Params(ProcedureParams):
     """Parameters of ``aggregate``."""
 
     dataset: DatasetName = Field("toronto_parking_tickets", description="the tickets dataset aggregated")
-    years: Years = Field("2016-2018", description="years to (re)build: 2017, 2016-2018 or 2011,2015-2016")
+    years: Years = Field("2011-2023", description="years to (re)build: 2017, 2016-2018 or 2011,2015-2016")
     cameras: str = Field("demo", description='folder with the camera charges CSVs; "demo" builds them; "" skips')
     force: bool = Field(False, description="rebuild years whose inputs are unchanged")
 

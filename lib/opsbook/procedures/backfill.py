@@ -83,6 +83,15 @@ class Params(ProcedureParams):
         return self.steps.split(",")
 
 
+def locks(params: Params) -> list[str]:
+    """Locks the runner probes before it starts a kernel, so a second backfill exits 4 at once."""
+    return [lock_key(params.dataset)]
+
+
+def lock_key(dataset: str) -> str:
+    return f"opsbook.backfill:{dataset}"
+
+
 # --- tasks (run here, in a pool worker, or on a Dask worker) ----------------------------------
 
 
@@ -186,10 +195,10 @@ def start(params: Params, run_id: str) -> Backfill:
     from opsbook.stores import postgres
 
     control = postgres.connect(autocommit=True, purpose=f"backfill {run_id}")
-    lock_key = f"opsbook.backfill:{params.dataset}"
+    key = lock_key(params.dataset)
     try:
         runlog.ensure_schema(control)
-        runlog.try_lock(control, lock_key, f"run {run_id}")
+        runlog.try_lock(control, key, f"run {run_id}")
         interrupted = runlog.recover_interrupted(control, params.dataset)
         years = year_list(params.window)
         load_plan = None
@@ -203,6 +212,7 @@ def start(params: Params, run_id: str) -> Backfill:
                     max_rejected_ratio=params.max_rejected_ratio,
                 )
             )
+            load.prepare(control, load_plan.spec)
         cameras: dict = {}
         if "aggregate" in params.step_list:
             cameras = aggregate.prepare(
@@ -216,7 +226,7 @@ def start(params: Params, run_id: str) -> Backfill:
                 tasks.append(
                     PartitionTask(params.dataset, year, params.step_list, run_id, load_plan, cameras, params.force)
                 )
-        return Backfill(params, run_id, control, plans, interrupted, tasks, lock_key)
+        return Backfill(params, run_id, control, plans, interrupted, tasks, key)
     except BaseException:
         control.close()  # releases the lock
         raise

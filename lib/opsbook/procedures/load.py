@@ -206,8 +206,7 @@ def run(plan: Plan, run_id: str, progress: Callable[..., None] | None = None) ->
     notify = progress or (lambda message, transient=False: None)
     spec = plan.spec
     with postgres.connection(autocommit=True, purpose=f"load {run_id}") as control:
-        runlog.ensure_schema(control)
-        postgres.ensure_dataset_tables(control, spec)
+        prepare(control, spec)
         results = []
         for index, year in enumerate(plan.years, 1):
             year_files = plan.found.by_year[year]
@@ -220,6 +219,12 @@ def run(plan: Plan, run_id: str, progress: Callable[..., None] | None = None) ->
             )
             results.append(result)
     return Result(plan, results, run_id, time.monotonic() - started)
+
+
+def prepare(control, spec: DatasetSpec) -> None:
+    """The run history and the dataset's tables exist (idempotent)."""
+    runlog.ensure_schema(control)
+    postgres.ensure_dataset_tables(control, spec)
 
 
 def load_year(control, plan: Plan, year: int, year_files: list[files.SourceFile], run_id: str) -> YearResult:
