@@ -20,6 +20,12 @@ STATUS_COLOURS = {
     "unchanged": ("#57606a", "#f6f8fa"),
     "failed": ("#cf222e", "#ffebe9"),
     "rejected-too-many": ("#cf222e", "#ffebe9"),
+    "success": ("#1a7f37", "#dafbe1"),
+    "built": ("#1a7f37", "#dafbe1"),
+    "skipped": ("#57606a", "#f6f8fa"),
+    "not started": ("#9a6700", "#fff8c5"),
+    "interrupted": ("#9a6700", "#fff8c5"),
+    "error": ("#cf222e", "#ffebe9"),
 }
 
 STYLE = """
