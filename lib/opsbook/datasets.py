@@ -20,7 +20,7 @@ from opsbook.errors import UsageError
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-ColumnType = Literal["text", "integer", "bigint", "numeric", "date", "time"]
+ColumnType = Literal["text", "integer", "bigint", "numeric", "double", "date", "time", "timestamptz"]
 
 
 def check_identifier(name: str, what: str = "identifier") -> str:
@@ -54,10 +54,16 @@ class Column(BaseModel):
             raise ValueError(f"numeric column {self.name!r} needs a scale between 0 and its precision")
         return self
 
+    # reconcile: how far a float may drift before it counts as a difference
+    abs_tolerance: float = 0.0
+    rel_tolerance: float = 0.0
+
     @property
     def sql_type(self) -> str:
         if self.type == "numeric":
             return f"numeric({self.precision},{self.scale})"
+        if self.type == "double":
+            return "double precision"
         return self.type
 
 
@@ -74,7 +80,7 @@ class Source(BaseModel):
 class Partition(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    by: Literal["year"] = "year"
+    by: Literal["year", "day"] = "year"
     column: str
 
 
@@ -87,13 +93,23 @@ class DatasetSpec(BaseModel):
     title: str = ""
     description: str = ""
     table: str
-    rejected_table: str
+    rejected_table: str | None = None  # where malformed input rows are quarantined (loaded datasets)
     partition: Partition
+    key: list[str] = Field(default_factory=list)  # the natural key (primary key, upsert target)
     source: Source = Field(default_factory=Source)
     columns: list[Column]
     path: Path | None = None
 
-    _check_table = field_validator("table", "rejected_table")(lambda v: check_identifier(v, "table"))
+    _check_table = field_validator("table", "rejected_table")(
+        lambda v: v if v is None else check_identifier(v, "table")
+    )
+
+    @model_validator(mode="after")
+    def _key_columns_exist(self) -> DatasetSpec:
+        unknown = [k for k in self.key if k not in self.column_names]
+        if unknown:
+            raise ValueError(f"key column(s) {', '.join(unknown)} are not columns")
+        return self
 
     def column(self, name: str) -> Column:
         for col in self.columns:
@@ -116,7 +132,8 @@ def datasets_dir() -> Path:
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in datasets_dir().glob("*.yaml"))
+    # <name>.yaml; <name>.checks.yaml beside it is the dataset's check suite
+    return sorted(p.stem for p in datasets_dir().glob("*.yaml") if "." not in p.stem)
 
 
 @cache

@@ -17,7 +17,9 @@ from opsbook.errors import UsageError
 PROCEDURES: dict[str, str] = {
     "aggregate": "opsbook.procedures.aggregate",
     "backfill": "opsbook.procedures.backfill",
+    "dual_write": "opsbook.procedures.dual_write",
     "load": "opsbook.procedures.load",
+    "reconcile_dual_write": "opsbook.procedures.reconcile_dual_write",
     "validate": "opsbook.procedures.validate",
 }
 

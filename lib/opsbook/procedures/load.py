@@ -86,6 +86,10 @@ class Plan:
 def plan(params: Params) -> Plan:
     """Resolve the source and list the files of each year; refuse when a year has none."""
     spec = datasets.get(params.dataset)
+    if spec.rejected_table is None or spec.partition.by != "year":
+        raise SourceError(
+            f"dataset {spec.name!r} is not loaded from City files (no quarantine table or yearly partitions)"
+        )
     source = params.source
     if source == "demo":
         from opsbook import demodata

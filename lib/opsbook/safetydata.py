@@ -1,0 +1,105 @@
+"""Seeded traffic-safety demo data: intersections and 15-minute safety indices, in batches.
+
+Readings follow a daily traffic profile (morning and evening peaks, Toronto time), larger
+intersections see more traffic, indices rise with volume and speed. Sensors miss intervals
+(2 % of single slots, and a few outages of hours); collection runs hourly, and 3 % of the
+readings arrive late, in a batch one to six hours after their own hour.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+
+from opsbook import config
+
+DEFAULT_SEED = 20251101
+SLOT = np.timedelta64(15, "m")
+TORONTO_UTC_OFFSET_HOURS = -5  # EST; a demo does not need daylight saving
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    hour: dt.datetime  # the collection hour (UTC)
+    table: object  # pyarrow.Table with the safety_indices columns
+
+
+def intersections(count: int = 8, seed: int = DEFAULT_SEED):
+    """``count`` intersections at real geocoded Toronto addresses, as a pandas DataFrame."""
+    import pandas as pd
+
+    rng = np.random.default_rng([seed, count])
+    frame = pd.read_csv(config.package_data("toronto", "addresses_geocoded.csv"))
+    picked = frame.iloc[rng.choice(len(frame), count, replace=False)].reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "id": np.arange(1001, 1001 + count, dtype=np.int32),
+            "name": picked["address"],
+            "latitude": picked["latitude"].round(6),
+            "longitude": picked["longitude"].round(6),
+            "installed_on": [dt.date(2024, 1, 1) + dt.timedelta(days=int(d)) for d in rng.integers(0, 300, count)],
+        }
+    )
+
+
+def readings(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED):
+    """Every reading of ``count`` intersections over ``days`` days from ``start`` (UTC), with the
+    missing intervals left out. Returns (pyarrow.Table, arrival times as numpy datetime64[m])."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng([seed, count, days])
+    slots = days * 96
+    base = np.datetime64(start.isoformat(), "m")
+    times = base + np.arange(slots) * SLOT
+    ids = np.arange(1001, 1001 + count, dtype=np.int32)
+    size = rng.gamma(2.0, 1.0, count) + 0.5  # busy and quiet intersections
+    hour_local = ((np.arange(slots) % 96) / 4 + TORONTO_UTC_OFFSET_HOURS) % 24
+    profile = 0.15 + np.exp(-((hour_local - 8.0) ** 2) / 3) + 0.9 * np.exp(-((hour_local - 17.0) ** 2) / 4)
+    volume = rng.poisson(np.outer(size, profile) * 40).astype(np.int32)  # intersections x slots
+    speed = np.clip(rng.normal(52 - 8 * profile, 5, (count, slots)), 20, 95)
+    vehicle = np.clip(0.6 * (speed / 50) ** 2 + 0.002 * volume + rng.normal(0, 0.05, (count, slots)), 0, None)
+    vru = np.clip(0.4 * profile + 0.3 * (speed / 50) + rng.normal(0, 0.05, (count, slots)), 0, None)
+    combined = 0.5 * vehicle + 0.5 * vru
+    mean = combined.mean(axis=1, keepdims=True)
+    weight = volume / (volume + 30.0)  # empirical Bayes: little traffic, more shrinkage
+    combined_eb = weight * combined + (1 - weight) * mean
+    present = rng.random((count, slots)) >= 0.02
+    for _ in range(max(1, days // 3)):  # outages of a few hours
+        sensor, first = rng.integers(0, count), rng.integers(0, slots - 24)
+        present[sensor, first : first + rng.integers(4, 24)] = False
+    delay = rng.integers(1, 10, (count, slots)).astype("timedelta64[m]")
+    late = rng.random((count, slots)) < 0.03
+    delay[late] += (rng.integers(1, 7, int(late.sum())) * 60).astype("timedelta64[m]")
+    arrival = (times + SLOT)[None, :] + delay
+    keep = present.ravel()
+    table = pa.table(
+        {
+            "intersection_id": pa.array(np.repeat(ids, slots)[keep]),
+            "timestamp": pa.array(np.tile(times, count)[keep].astype("datetime64[us]"), pa.timestamp("us", tz="UTC")),
+            "combined_index": pa.array(combined.ravel()[keep].round(6)),
+            "combined_index_eb": pa.array(combined_eb.ravel()[keep].round(6)),
+            "vru_index": pa.array(vru.ravel()[keep].round(6)),
+            "vehicle_index": pa.array(vehicle.ravel()[keep].round(6)),
+            "traffic_volume": pa.array(volume.ravel()[keep]),
+            "speed_p85": pa.array(speed.ravel()[keep].round(2)),
+        }
+    )
+    return table, arrival.ravel()[keep]
+
+
+def batches(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED) -> list[Batch]:
+    """The readings as hourly collection batches, late arrivals in later batches."""
+    table, arrival = readings(start, days, count, seed)
+    hours = arrival.astype("datetime64[h]")
+    order = np.argsort(hours, kind="stable")
+    table, hours = table.take(order), hours[order]
+    unique, first = np.unique(hours, return_index=True)
+    bounds = [*first.tolist(), len(hours)]
+    out = []
+    for i, hour in enumerate(unique):
+        moment = hour.astype("datetime64[s]").astype(dt.datetime).replace(tzinfo=dt.UTC)
+        out.append(Batch(f"safety-{moment:%Y%m%dT%H}", moment, table.slice(bounds[i], bounds[i + 1] - bounds[i])))
+    return out
