@@ -10,18 +10,20 @@ from opsbook import procedures
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.notebook
 
-# the Toronto runbook's order: each notebook's defaults work on what the ones before it made
-RUNBOOK_ORDER = ["load", "aggregate", "validate", "backfill"]
+# the runbooks' order: each notebook's defaults work on what the ones before it made
+RUNBOOK_ORDER = ["load", "aggregate", "validate", "backfill", "dual_write", "reconcile_dual_write"]
 
 
 def test_every_procedure_is_in_the_runbook_order():
     assert sorted(RUNBOOK_ORDER) == procedures.names()
 
 
-def test_run_all_with_the_defaults_are_interactive_runs(database_url, db, monkeypatch):
+def test_run_all_with_the_defaults_are_interactive_runs(database_url, db, monkeypatch, tmp_path):
     monkeypatch.delenv("OPSBOOK_RUN_ID", raising=False)
-    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
+    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected, safety_indices CASCADE")
     db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
+    monkeypatch.setenv("LAKE_URL", str(tmp_path / "lake"))
+    monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
     for name in RUNBOOK_ORDER:
         nb = nbformat.read(ROOT / "notebooks" / procedures.get(name).NOTEBOOK, as_version=4)
         # as JupyterLab does: the kernel starts in notebooks/ and inherits the environment

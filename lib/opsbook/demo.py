@@ -17,6 +17,8 @@ RUNBOOK: list[tuple[str, str, list[str]]] = [
     ("load", "params/toronto/load.yaml", []),
     ("aggregate", "params/toronto/aggregate.yaml", []),
     ("validate", "params/toronto/validate.yaml", []),
+    ("dual_write", "params/trafficsafety/dual_write.yaml", []),
+    ("reconcile_dual_write", "params/trafficsafety/reconcile.yaml", []),
 ]
 
 

@@ -225,8 +225,14 @@ def staging_path(spec: DatasetSpec, batch_id: str) -> Path:
     return config.state_dir() / "staging" / spec.name / f"{batch_id}.parquet"
 
 
-def write_batch(control, spec: DatasetSpec, batch_id: str, batch, targets=TARGETS) -> BatchResult:
-    """Stage the batch, then write it to each target; record every outcome in the ledger."""
+def write_batch(
+    control, spec: DatasetSpec, batch_id: str, batch, targets=TARGETS, skip: dict[str, str] | None = None
+) -> BatchResult:
+    """Stage the batch, then write it to each target; record every outcome in the ledger.
+
+    ``skip`` names targets not to try now (one that just failed: no point waiting on it again
+    for every batch); they stay pending, with the reason as their last error.
+    """
     table = conform(spec, batch)
     staged = staging_path(spec, batch_id)
     put(str(staged), _parquet_bytes(table))
@@ -241,28 +247,33 @@ def write_batch(control, spec: DatasetSpec, batch_id: str, batch, targets=TARGET
                    staged_path = excluded.staged_path, updated_at = now()""",
             (spec.name, batch_id, target, table.num_rows, first, last, str(staged)),
         )
-    return _write_targets(control, spec, batch_id, table, targets)
+    return _write_targets(control, spec, batch_id, table, targets, skip or {})
 
 
-def _write_targets(control, spec: DatasetSpec, batch_id: str, table: pa.Table, targets) -> BatchResult:
+def _write_targets(control, spec: DatasetSpec, batch_id: str, table: pa.Table, targets, skip=None) -> BatchResult:
     result = BatchResult(batch_id, table.num_rows)
     writers = {
         "lake": lambda: write_lake(spec, batch_id, table),
         "postgres": lambda: write_postgres(spec, table),
         "archive": lambda: write_archive(spec, batch_id, table),
     }
+    skip = skip or {}
     for target in targets:
         t0 = time.monotonic()
-        try:
-            rows = writers[target]()
-            status, error = "success", None
-        except Exception as exc:  # recorded in the ledger, never only logged
-            rows, status = 0, "pending"
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:1000]
+        tried = target not in skip
+        if not tried:
+            rows, status, error = 0, "pending", f"not tried: {skip[target]}"[:1000]
+        else:
+            try:
+                rows = writers[target]()
+                status, error = "success", None
+            except Exception as exc:  # recorded in the ledger, never only logged
+                rows, status = 0, "pending"
+                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:1000]
         attempts = control.execute(
-            """UPDATE opsbook.writes SET status = %s, attempts = attempts + 1, last_error = %s, updated_at = now()
+            """UPDATE opsbook.writes SET status = %s, attempts = attempts + %s, last_error = %s, updated_at = now()
                WHERE dataset = %s AND batch_id = %s AND target = %s RETURNING attempts""",
-            (status, error, spec.name, batch_id, target),
+            (status, 1 if tried else 0, error, spec.name, batch_id, target),
         ).fetchone()[0]
         result.targets[target] = TargetResult(target, status, rows, attempts, error, time.monotonic() - t0)
     pending = control.execute(

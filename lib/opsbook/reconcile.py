@@ -465,7 +465,19 @@ def archive_findings(control, spec: DatasetSpec, window: Window) -> list[dict[st
         if prefix.startswith("gs://"):
             from opsbook.stores import objects
 
-            present.update(o.uri for o in objects.list_objects(prefix))
+            try:
+                present.update(o.uri for o in objects.list_objects(prefix))
+            except Exception as exc:  # the archive cannot be read: that is a finding, not a crash
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                return [
+                    {
+                        "batch": "",
+                        "finding": "archive unreachable",
+                        "attempts": None,
+                        "last error": f"{type(exc).__name__}: {first}"[:300],
+                        "object": prefix,
+                    }
+                ]
         else:
             from pathlib import Path
 

@@ -60,6 +60,7 @@ def readings(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED
     profile = 0.15 + np.exp(-((hour_local - 8.0) ** 2) / 3) + 0.9 * np.exp(-((hour_local - 17.0) ** 2) / 4)
     volume = rng.poisson(np.outer(size, profile) * 40).astype(np.int32)  # intersections x slots
     speed = np.clip(rng.normal(52 - 8 * profile, 5, (count, slots)), 20, 95)
+    no_speed = rng.random((count, slots)) < 0.01  # a radar that did not report
     vehicle = np.clip(0.6 * (speed / 50) ** 2 + 0.002 * volume + rng.normal(0, 0.05, (count, slots)), 0, None)
     vru = np.clip(0.4 * profile + 0.3 * (speed / 50) + rng.normal(0, 0.05, (count, slots)), 0, None)
     combined = 0.5 * vehicle + 0.5 * vru
@@ -84,7 +85,7 @@ def readings(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED
             "vru_index": pa.array(vru.ravel()[keep].round(6)),
             "vehicle_index": pa.array(vehicle.ravel()[keep].round(6)),
             "traffic_volume": pa.array(volume.ravel()[keep]),
-            "speed_p85": pa.array(speed.ravel()[keep].round(2)),
+            "speed_p85": pa.array(speed.ravel()[keep].round(2), mask=no_speed.ravel()[keep]),
         }
     )
     return table, arrival.ravel()[keep]
@@ -93,7 +94,10 @@ def readings(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED
 def batches(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED) -> list[Batch]:
     """The readings as hourly collection batches, late arrivals in later batches."""
     table, arrival = readings(start, days, count, seed)
-    hours = arrival.astype("datetime64[h]")
+    # a reading arriving after the window is collected by the window's last batch, so that
+    # consecutive windows (one day, then the next) never write the same batch twice
+    last_hour = np.datetime64((start + dt.timedelta(days=days)).isoformat(), "h") - np.timedelta64(1, "h")
+    hours = np.minimum(arrival.astype("datetime64[h]"), last_hour)
     order = np.argsort(hours, kind="stable")
     table, hours = table.take(order), hours[order]
     unique, first = np.unique(hours, return_index=True)
@@ -103,3 +107,62 @@ def batches(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED)
         moment = hour.astype("datetime64[s]").astype(dt.datetime).replace(tzinfo=dt.UTC)
         out.append(Batch(f"safety-{moment:%Y%m%dT%H}", moment, table.slice(bounds[i], bounds[i + 1] - bounds[i])))
     return out
+
+
+def plant_differences(
+    conn, table: str, seed: int = 7, deletes: int = 50, inserts: int = 50, changes: int = 100
+) -> dict:
+    """Change PostgreSQL against the lake and return the keys reconcile must report, by class.
+
+    ``changes`` are split four ways: NULL <-> value, a float beyond its tolerance, a float below
+    it (not a difference), and a timestamp shifted by five hours into a slot with no reading.
+    """
+    from psycopg import sql
+
+    rng = np.random.default_rng(seed)
+    t = sql.Identifier(table)
+    quarter = changes // 4
+    keys = conn.execute(sql.SQL("SELECT intersection_id, timestamp FROM {} ORDER BY 1, 2").format(t)).fetchall()
+    first, last = keys[0][1], keys[-1][1]
+    # rows whose slot five hours later is empty (and inside the data), for the time-zone mistakes
+    empty_after = conn.execute(
+        sql.SQL(
+            "SELECT a.intersection_id, a.timestamp FROM {} a WHERE a.timestamp + interval '5 hours' <= %s "
+            "AND NOT EXISTS (SELECT 1 FROM {} b WHERE b.intersection_id = a.intersection_id "
+            "AND b.timestamp = a.timestamp + interval '5 hours') ORDER BY 1, 2"
+        ).format(t, t),
+        (last,),
+    ).fetchall()
+    shifted = [empty_after[i] for i in rng.choice(len(empty_after), min(quarter, len(empty_after)), replace=False)]
+    landing = {(k[0], k[1] + dt.timedelta(hours=5)) for k in shifted}
+    rest = [k for k in keys if k not in set(shifted) and k not in landing]
+    picked = [rest[i] for i in rng.choice(len(rest), deletes + 3 * quarter, replace=False)]
+    expected: dict[str, set] = {
+        "missing in postgres": set(),
+        "missing in lake": set(),
+        "value drift": set(),
+        "timestamp shifted": set(),
+    }
+    where = sql.SQL(" WHERE intersection_id = %s AND timestamp = %s")
+    for key in picked[:deletes]:
+        conn.execute(sql.SQL("DELETE FROM {}").format(t) + where, key)
+        expected["missing in postgres"].add(key)
+    for i in range(inserts):  # sensors the lake never heard of
+        key = (90_001 + i, first + dt.timedelta(minutes=15 * int(rng.integers(0, 96))))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, 0.5, 0.5, 0.5, 0.5, 10, 50)").format(t), key)
+        expected["missing in lake"].add(key)
+    changed = picked[deletes:]
+    for key in changed[:quarter]:  # NULL <-> value
+        conn.execute(
+            sql.SQL("UPDATE {} SET speed_p85 = CASE WHEN speed_p85 IS NULL THEN 42 END").format(t) + where, key
+        )
+        expected["value drift"].add(key)
+    for key in changed[quarter : 2 * quarter]:  # beyond the tolerance
+        conn.execute(sql.SQL("UPDATE {} SET vru_index = vru_index + 0.5").format(t) + where, key)
+        expected["value drift"].add(key)
+    for key in changed[2 * quarter : 3 * quarter]:  # within it: not a difference
+        conn.execute(sql.SQL("UPDATE {} SET combined_index = combined_index + 0.00001").format(t) + where, key)
+    for key in shifted:  # written as if local time were UTC
+        conn.execute(sql.SQL("UPDATE {} SET timestamp = timestamp + interval '5 hours'").format(t) + where, key)
+        expected["timestamp shifted"].add(key)
+    return expected

@@ -149,11 +149,17 @@ def run(params: Params, progress: Callable[..., None] | None = None) -> Result:
         else:
             ensure_intersections(control, params.intersections)
             batches = safetydata.batches(dt.date.fromisoformat(params.start), params.days, params.intersections)
-            results = []
+            results, down = [], {}
             for index, batch in enumerate(batches, 1):
-                results.append(
-                    dualwrite.write_batch(control, spec, batch.batch_id, batch.table, params.targets.split(","))
+                result = dualwrite.write_batch(
+                    control, spec, batch.batch_id, batch.table, params.targets.split(","), down
                 )
+                results.append(result)
+                for target, outcome in result.targets.items():
+                    if outcome.status == "pending" and target not in down:
+                        # a target that failed is not tried again for every batch of this run
+                        down[target] = f"{target} failed at batch {batch.batch_id}: {outcome.error}"
+                        notify(f"{target} is failing ({outcome.error}); its writes stay pending for this run")
                 if index % 24 == 0 or index == len(batches):
                     line = f"{index}/{len(batches)} batches, {sum(r.rows for r in results):,} rows"
                     lines.emit(line)

@@ -27,9 +27,10 @@ class _ThreadedAPI(emulator.APIThread):
         self._httpd.serve_forever()
 
 
-def create(host: str = "127.0.0.1", port: int = 0, buckets: tuple[str, ...] = ()) -> emulator.Server:
-    """An in-memory emulator (not started); ``port=0`` picks a free port, see :func:`address`."""
-    srv = emulator.create_server(host, port, in_memory=True)
+def create(host: str = "127.0.0.1", port: int = 0, buckets: tuple[str, ...] = (), data_dir: str | None = None):
+    """An emulator (not started), in memory or kept in ``data_dir``; ``port=0`` picks a free
+    port, see :func:`address`."""
+    srv = emulator.create_server(host, port, in_memory=data_dir is None, data_dir=data_dir)
     srv._api = _ThreadedAPI(host, port, srv._storage, daemon=True)
     for bucket in buckets:
         from gcp_storage_emulator.handlers import buckets as bucket_handlers
@@ -52,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9023)
     parser.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
+    parser.add_argument("--data-dir", default=None, help="keep objects here across restarts (default: in memory)")
     args = parser.parse_args(argv)
-    srv = create(args.host, args.port, tuple(args.bucket))
+    srv = create(args.host, args.port, tuple(args.bucket), args.data_dir)
     srv.start()
     print(f"STORAGE_EMULATOR_HOST={address(srv)}", flush=True)
     try:

@@ -50,8 +50,14 @@ def list_objects(prefix_uri: str) -> list[ObjectInfo]:
     bucket, prefix = split_uri(prefix_uri)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
     found = []
-    for blob in client().list_blobs(bucket, prefix=prefix or None):
+    deadline = retry_seconds()
+    blobs = client().list_blobs(
+        bucket, prefix=prefix or None, retry=DEFAULT_RETRY.with_timeout(deadline), timeout=min(deadline, 60)
+    )
+    for blob in blobs:
         if blob.name.endswith("/"):
             continue
         found.append(
@@ -72,6 +78,16 @@ def open_read(uri: str) -> IO[bytes]:
     return blob.open("rb", chunk_size=8 << 20)
 
 
+def retry_seconds() -> float:
+    """How long a GCS call retries before it gives up (OPSBOOK_GCS_RETRY_SECONDS, default 60)."""
+    return float(os.environ.get("OPSBOOK_GCS_RETRY_SECONDS", "60"))
+
+
 def upload_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
     bucket, name = split_uri(uri)
-    client().bucket(bucket).blob(name).upload_from_string(data, content_type=content_type)
+    deadline = retry_seconds()
+    client().bucket(bucket).blob(name).upload_from_string(
+        data, content_type=content_type, retry=DEFAULT_RETRY.with_timeout(deadline), timeout=min(deadline, 60)
+    )
