@@ -168,98 +168,122 @@ def _differs(spec: DatasetSpec, column: str) -> str:
     return f"({a} IS DISTINCT FROM {b})"
 
 
-def compare_tables(spec: DatasetSpec, lake: pa.Table, pg: pa.Table) -> list[dict[str, Any]]:
-    """Every difference between the two Arrow tables, classified (see the module docstring)."""
+def _lake_relation(lake) -> str:
+    """DuckDB SQL for the lake side: an Arrow table registered as ``lake_raw``, or the Parquet
+    files read in place (in parallel, without a copy in Python)."""
+    if isinstance(lake, pa.Table):
+        return "lake_raw"
+    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in lake)
+    return f"(SELECT *, parse_filename(filename) AS _file FROM read_parquet([{listed}], filename = true))"
+
+
+def compare_tables(spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool = False) -> list[dict[str, Any]]:
+    """Every difference between the lake (an Arrow table, or local Parquet files) and the
+    PostgreSQL rows (Arrow), classified (see the module docstring). ``pg_unique``: PostgreSQL
+    enforces the key (a primary key), so its side needs no duplicate search."""
+    return _compare(spec, lake, pg, pg_unique)[0]
+
+
+def _compare(spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool) -> tuple[list[dict[str, Any]], dict]:
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    con.register("lake_raw", lake)
+    if isinstance(lake, pa.Table):
+        con.register("lake_raw", lake)
     con.register("pg_raw", pg)
+    sources = {"lake": _lake_relation(lake), "postgres": "pg_raw"}
     key = ", ".join(f'"{k}"' for k in spec.key)
     values = [c for c in spec.column_names if c not in spec.key]
+    columns = ", ".join(f'"{c}"' for c in spec.column_names)
     day_col = spec.partition.column
     differences: list[dict[str, Any]] = []
 
-    for side, name in (("lake", "lake_raw"), ("postgres", "pg_raw")):
-        for row in _rows(
-            con, f"SELECT {key}, count(*) AS n FROM {name} GROUP BY {key} HAVING count(*) > 1 ORDER BY {key}"
-        ):
+    # the lake side once into DuckDB's own memory (columnar, compressed): scanned three times below
+    con.execute(f"CREATE TEMP TABLE lake_rows AS SELECT {columns}, _file FROM {sources['lake']}")
+    lake_days = dict(_rows(con, f'SELECT "{day_col}"::DATE, count(*) FROM lake_rows GROUP BY 1'))
+    sides = {"lake": "lake_rows", "postgres": "pg_raw"}
+    for side, name in list(sides.items()):
+        if side == "postgres" and pg_unique:
+            continue
+        duplicated = _rows(con, f"SELECT {key}, count(*) FROM {name} GROUP BY {key} HAVING count(*) > 1 ORDER BY {key}")
+        for row in duplicated:
             k = tuple(row[: len(spec.key)])
             differences.append(_difference(spec, "duplicate key", k, side=side, detail=f"{row[-1]} rows in {side}"))
+        if duplicated:  # compare one row per key (the last written file's, on the lake)
+            order = "ORDER BY _file DESC" if side == "lake" else ""
+            con.execute(
+                f"CREATE TEMP TABLE {name}_one AS SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER "
+                f"(PARTITION BY {key} {order}) AS _rn FROM {name}) WHERE _rn = 1"
+            )
+            sides[side] = f"{name}_one"
 
-    # one row per key on each side (duplicates are reported above), with a hash of the values
     hashed = ", ".join(f'"{c}"' for c in values)
-    for name in ("lake", "pg"):
-        con.execute(
-            f"CREATE TEMP TABLE {name} AS SELECT * EXCLUDE (_rn), hash({hashed}) AS _h FROM "
-            f"(SELECT *, row_number() OVER (PARTITION BY {key}) AS _rn FROM {name}_raw) WHERE _rn = 1"
-        )
     on = " AND ".join(f'l."{k}" = p."{k}"' for k in spec.key)
     drift_cols = " , ".join(f"CASE WHEN {_differs(spec, c)} THEN '{c}' END" for c in values)
-    l_keys = ", ".join(f'l."{k}"' for k in spec.key)
+    keys_out = ", ".join(f'coalesce(l."{k}", p."{k}") AS "{k}"' for k in spec.key)
     l_vals = ", ".join(f'l."{c}"' for c in values)
     p_vals = ", ".join(f'p."{c}"' for c in values)
-    drift = _rows(
+    # one pass: a full join on the key; rows whose value hashes agree never leave DuckDB
+    found = _rows(
         con,
-        f"SELECT {l_keys}, list_filter([{drift_cols}], lambda x: x IS NOT NULL) AS cols, {l_vals}, {p_vals} "
-        f"FROM lake l JOIN pg p ON {on} WHERE l._h <> p._h",
+        f"SELECT {keys_out}, l._present, p._present, list_filter([{drift_cols}], lambda x: x IS NOT NULL), "
+        f"{l_vals}, {p_vals} FROM (SELECT *, hash({hashed}) AS _h, TRUE AS _present FROM {sides['lake']}) l "
+        f"FULL JOIN (SELECT *, hash({hashed}) AS _h, TRUE AS _present FROM {sides['postgres']}) p ON {on} "
+        f"WHERE l._h IS DISTINCT FROM p._h",
     )
     n_key, n_val = len(spec.key), len(values)
-    for row in drift:
-        cols = row[n_key]
-        if not cols:
-            continue  # different bits, within every tolerance
+    only_lake, only_pg = {}, {}
+    for row in found:
         k = tuple(row[:n_key])
-        lake_vals = dict(zip(values, row[n_key + 1 : n_key + 1 + n_val], strict=True))
-        pg_vals = dict(zip(values, row[n_key + 1 + n_val :], strict=True))
-        differences.append(_difference(spec, "value drift", k, columns=list(cols), lake=lake_vals, postgres=pg_vals))
-
-    only_lake = con.sql(f"SELECT l.* EXCLUDE (_h, _file) FROM lake l ANTI JOIN pg p ON {on}").to_arrow_table()
-    only_pg = con.sql(f"SELECT p.* EXCLUDE (_h) FROM pg p ANTI JOIN lake l ON {on}").to_arrow_table()
-    paired_lake, paired_pg = set(), set()
-    if only_lake.num_rows and only_pg.num_rows and day_col in spec.key:
-        con.register("only_lake", only_lake)
-        con.register("only_pg", only_pg)
-        others = [k for k in spec.key if k != day_col]
-        same = " AND ".join(
-            [*(f'l."{k}" = p."{k}"' for k in others), *(f'l."{c}" IS NOT DISTINCT FROM p."{c}"' for c in values)]
-        )
-        lt, pt = f'l."{day_col}"', f'p."{day_col}"'
-        shifts = _rows(
-            con,
-            f"SELECT {l_keys}, {pt} FROM only_lake l JOIN only_pg p ON {same} "
-            f"WHERE {lt} <> {pt} AND (epoch({pt}) - epoch({lt})) % 3600 = 0 "
-            f"AND abs(epoch({pt}) - epoch({lt})) <= 14 * 3600",
-        )
-        for row in shifts:
-            k = tuple(row[: len(spec.key)])
-            moved = tuple(row[len(spec.key)] if c == day_col else v for c, v in zip(spec.key, k, strict=True))
-            if k in paired_lake or moved in paired_pg:
-                continue
-            paired_lake.add(k)
-            paired_pg.add(moved)
-            hours = (row[len(spec.key)] - k[spec.key.index(day_col)]).total_seconds() / 3600
-            differences.append(
-                _difference(
-                    spec,
-                    "timestamp shifted",
-                    k,
-                    detail=f"postgres has it {hours:+g} h off, at {row[len(spec.key)].isoformat()}",
-                    shifted_to=moved,
+        in_lake, in_pg, cols = row[n_key], row[n_key + 1], row[n_key + 2]
+        lake_vals = dict(zip(values, row[n_key + 3 : n_key + 3 + n_val], strict=True))
+        pg_vals = dict(zip(values, row[n_key + 3 + n_val :], strict=True))
+        if in_lake and in_pg:
+            if cols:  # else: different bits, within every tolerance
+                differences.append(
+                    _difference(spec, "value drift", k, columns=list(cols), lake=lake_vals, postgres=pg_vals)
                 )
-            )
-    for table, klass, paired, side in (
-        (only_lake, "missing in postgres", paired_lake, "lake"),
-        (only_pg, "missing in lake", paired_pg, "postgres"),
-    ):
-        for row in table.to_pylist():
-            k = tuple(row[c] for c in spec.key)
-            if k not in paired:
-                differences.append(_difference(spec, klass, k, **{side: {c: row[c] for c in values}}))
+        elif in_lake:
+            only_lake[k] = lake_vals
+        else:
+            only_pg[k] = pg_vals
     con.close()
+
+    # a row missing on each side, same values, whole hours apart: written in the wrong time zone
+    if day_col in spec.key and only_lake and only_pg:
+        at = spec.key.index(day_col)
+        waiting: dict[tuple, list[tuple]] = {}
+        for k, vals in only_pg.items():
+            rest = tuple(v for i, v in enumerate(k) if i != at)
+            waiting.setdefault((rest, _frozen(vals)), []).append(k)
+        for k, vals in sorted(only_lake.items()):
+            rest = tuple(v for i, v in enumerate(k) if i != at)
+            for moved in waiting.get((rest, _frozen(vals)), []):
+                gap = (moved[at] - k[at]).total_seconds()
+                if moved in only_pg and gap and gap % 3600 == 0 and abs(gap) <= 14 * 3600:
+                    del only_pg[moved]
+                    del only_lake[k]
+                    differences.append(
+                        _difference(
+                            spec,
+                            "timestamp shifted",
+                            k,
+                            shifted_to=moved,
+                            detail=f"postgres has it {gap / 3600:+g} h off, at {moved[at].isoformat()}",
+                        )
+                    )
+                    break
+    for k, vals in only_lake.items():
+        differences.append(_difference(spec, "missing in postgres", k, lake=vals))
+    for k, vals in only_pg.items():
+        differences.append(_difference(spec, "missing in lake", k, postgres=vals))
     order = {c: i for i, c in enumerate(CLASSES)}
-    return sorted(differences, key=lambda d: (d["day"], order[d["class"]], d["key"]))
+    return sorted(differences, key=lambda d: (d["day"], order[d["class"]], d["key"])), lake_days
+
+
+def _frozen(values: dict) -> tuple:
+    return tuple(sorted(values.items()))
 
 
 def _rows(con, query: str) -> list[tuple]:
@@ -277,21 +301,78 @@ def _difference(spec: DatasetSpec, klass: str, key: tuple, **extra) -> dict[str,
 def compare(spec: DatasetSpec, window: Window, row_limit: int = 5_000_000, buckets: int = BUCKETS) -> Comparison:
     """Compare lake and PostgreSQL over the window (the bucketed path above ``row_limit`` rows)."""
     files = lake_files(spec, window)
-    lake_counts, pg_counts = _day_counts(spec, window, files)
-    total = sum(lake_counts.values()) + sum(pg_counts.values())
-    if total <= row_limit or any(f.startswith("gs://") for f in files) or not _bucketable(spec):
-        lake = read_lake(spec, files)
-        pg = read_postgres(spec, window)
-        return Comparison(
-            window.days,
-            lake_counts,
-            pg_counts,
-            compare_tables(spec, lake, pg),
-            "hash join",
-            len(files),
-            lake.num_rows + pg.num_rows,
-        )
-    return _compare_bucketed(spec, window, files, lake_counts, pg_counts, buckets)
+    remote = any(f.startswith("gs://") for f in files)
+    total = _lake_rows_in_metadata(files) + _postgres_rows(spec, window) if not remote else 0
+    if total > row_limit and not remote and _bucketable(spec):
+        lake_counts, pg_counts = _day_counts(spec, window, files)
+        return _compare_bucketed(spec, window, files, lake_counts, pg_counts, buckets)
+    from concurrent.futures import ThreadPoolExecutor
+
+    halves = _split(window)
+    with ThreadPoolExecutor(len(halves)) as pool:  # PostgreSQL streams while DuckDB reads the files
+        parts = [pool.submit(read_postgres, spec, part) for part in halves]
+        lake = read_lake(spec, files) if remote else files
+        pg_unique = _key_is_enforced(spec)
+        pg = pa.concat_tables([p.result() for p in parts])
+    differences, lake_counts = _compare(spec, lake, pg, pg_unique)
+    pg_counts = _counts_by_day(spec, pg)
+    return Comparison(
+        window.days,
+        lake_counts,
+        pg_counts,
+        differences,
+        "hash join",
+        len(files),
+        sum(lake_counts.values()) + sum(pg_counts.values()),
+    )
+
+
+def _split(window: Window) -> list[Window]:
+    """Two halves of a window of several days (two PostgreSQL sessions read faster than one)."""
+    days = window.days
+    if len(days) < 2:
+        return [window]
+    middle = days[len(days) // 2]
+    return [Window(window.first, middle - dt.timedelta(days=1)), Window(middle, window.last)]
+
+
+def _lake_rows_in_metadata(files: list[str]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files if not f.startswith("gs://"))
+
+
+def _postgres_rows(spec: DatasetSpec, window: Window) -> int:
+    from opsbook.stores import postgres
+
+    start, end = window.bounds()
+    col = sql.Identifier(spec.partition.column)
+    with postgres.connection(autocommit=True, purpose="reconcile") as conn:
+        return conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s AND {} < %s").format(sql.Identifier(spec.table), col, col),
+            (start, end),
+        ).fetchone()[0]
+
+
+def _key_is_enforced(spec: DatasetSpec) -> bool:
+    """True when PostgreSQL has a unique index on exactly the dataset's key."""
+    from opsbook.stores import postgres
+
+    with postgres.connection(autocommit=True, purpose="reconcile") as conn:
+        indexes = conn.execute(
+            """SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+               WHERE i.indrelid = to_regclass(%s) AND i.indisunique GROUP BY i.indexrelid""",
+            (spec.table,),
+        ).fetchall()
+    return any(sorted(row[0]) == sorted(spec.key) for row in indexes)
+
+
+def _counts_by_day(spec: DatasetSpec, table: pa.Table) -> dict[dt.date, int]:
+    import pyarrow.compute as pc
+
+    days, counts = _value_counts(pc.cast(table.column(spec.partition.column), pa.date32()))
+    return dict(zip(days, counts, strict=True))
 
 
 def _day_counts(spec: DatasetSpec, window: Window, files: list[str]) -> tuple[dict, dict]:
@@ -360,34 +441,39 @@ def _bucket_sql(spec: DatasetSpec, dialect: str, buckets: int) -> str:
     return f"((({expr}) % {buckets}) + {buckets}) % {buckets}"
 
 
-def _row_text_sql(spec: DatasetSpec, dialect: str) -> str:
-    """A canonical text of a row that PostgreSQL and DuckDB write alike (integers only)."""
-    parts = []
-    for c in spec.columns:
-        name = f'"{c.name}"'
-        if c.type == "double":
-            value = (
-                f"floor({name} * {QUANTUM} + 0.5)::bigint::text"
-                if dialect == "pg"
-                else f"floor({name} * {QUANTUM} + 0.5)::BIGINT::VARCHAR"
-            )
-        elif c.type == "timestamptz":
-            value = (
-                f"(extract(epoch from {name}) * 1000000)::bigint::text"
-                if dialect == "pg"
-                else f"epoch_us({name})::VARCHAR"
-            )
-        else:
-            value = f"{name}::text" if dialect == "pg" else f"{name}::VARCHAR"
-        parts.append(f"coalesce({value}, 'N')")
-    return " || '|' || ".join(parts)
+# Row checksums both sides compute alike with integer arithmetic only: each value is made an
+# integer (floats at 1e-4, timestamps in microseconds, NULL a constant of its own), then folded
+# into a polynomial hash modulo the Mersenne prime 2^31 - 1. Sums per bucket then compare the
+# buckets; a changed row goes unseen only if its hash collides (odds about 1 in 2 billion), and
+# every bucket that differs is compared row by row.
+_PRIME = 2_147_483_647
+_BASE = 1_000_003
+_NULL = 1_234_567
+
+
+def _integer_sql(spec: DatasetSpec, column, dialect: str) -> str:
+    name = f'"{column.name}"'
+    if column.type == "double":
+        value = (
+            f"floor({name} * {QUANTUM} + 0.5)::bigint"
+            if dialect == "pg"
+            else f"floor({name} * {QUANTUM} + 0.5)::BIGINT"
+        )
+    elif column.type == "timestamptz":
+        value = f"(extract(epoch from {name}) * 1000000)::bigint" if dialect == "pg" else f"epoch_us({name})"
+    else:
+        value = f"{name}::bigint" if dialect == "pg" else f"{name}::BIGINT"
+    if dialect == "pg":
+        return f"coalesce(mod(mod({value}, {_PRIME}) + {_PRIME}, {_PRIME}), {_NULL})"
+    return f"coalesce((({value} % {_PRIME}) + {_PRIME}) % {_PRIME}, {_NULL})"
 
 
 def _checksum_sql(spec: DatasetSpec, dialect: str) -> str:
-    text = _row_text_sql(spec, dialect)
-    if dialect == "pg":
-        return f"('x' || substr(md5({text}), 1, 15))::bit(60)::bigint"
-    return f"('0x' || substr(md5({text}), 1, 15))::BIGINT"
+    h = "0"
+    for column in spec.columns:
+        term = _integer_sql(spec, column, dialect)
+        h = f"mod({h} * {_BASE} + {term}, {_PRIME})" if dialect == "pg" else f"(({h}) * {_BASE} + {term}) % {_PRIME}"
+    return h
 
 
 def _compare_bucketed(spec: DatasetSpec, window: Window, files, lake_counts, pg_counts, buckets: int) -> Comparison:
@@ -402,7 +488,7 @@ def _compare_bucketed(spec: DatasetSpec, window: Window, files, lake_counts, pg_
     lake_sums = {
         (b, n, s)
         for b, n, s in con.execute(
-            f"SELECT {_bucket_sql(spec, 'duck', buckets)} AS b, count(*), sum({_checksum_sql(spec, 'duck')}::HUGEINT) "
+            f"SELECT {_bucket_sql(spec, 'duck', buckets)} AS b, count(*), sum({_checksum_sql(spec, 'duck')}) "
             f"FROM read_parquet(?) GROUP BY 1",
             [files],
         ).fetchall()
@@ -438,7 +524,7 @@ def _compare_bucketed(spec: DatasetSpec, window: Window, files, lake_counts, pg_
     con.close()
     lake = lake.select([*spec.column_names, "_file"]).cast(arrow_schema(spec).append(pa.field("_file", pa.string())))
     pg = read_postgres(spec, window, where=f"{_bucket_sql(spec, 'pg', buckets)} IN ({', '.join(map(str, mismatched))})")
-    differences = compare_tables(spec, lake, pg)
+    differences = compare_tables(spec, lake, pg, _key_is_enforced(spec))
     return Comparison(
         window.days,
         lake_counts,

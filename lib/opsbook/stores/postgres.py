@@ -47,7 +47,7 @@ def connection(url: str | None = None, autocommit: bool = False, purpose: str = 
 
 
 def sqlalchemy_url(url: str | None = None) -> str:
-    return "postgresql+psycopg://" + normalize_url(url or services.database_url()).removeprefix("postgresql://")
+    return "postgresql+psycopg://" + as_url(url or services.database_url()).removeprefix("postgresql://")
 
 
 def _first_line(exc: Exception) -> str:
@@ -129,13 +129,39 @@ def year_bounds_check(spec: DatasetSpec, year: int) -> sql.Composed:
     )
 
 
+def as_url(dsn: str) -> str:
+    """A ``postgresql://`` URL for a URL or a libpq ``key=value`` string (SQLAlchemy needs URLs)."""
+    from urllib.parse import quote, urlencode
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    dsn = normalize_url(dsn)
+    if dsn.startswith("postgresql://"):
+        return dsn
+    params = conninfo_to_dict(dsn)
+    user = quote(params.pop("user", ""), safe="")
+    password = params.pop("password", None)
+    auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
+    host = params.pop("host", "")
+    port = params.pop("port", "")
+    database = quote(params.pop("dbname", ""), safe="")
+    if host.startswith("/"):  # a Unix socket folder goes in the query
+        params["host"] = host
+        host = ""
+    where = f"{host}:{port}" if host and port else host
+    if not host and port:
+        params["port"] = port
+    query = f"?{urlencode(params)}" if params else ""
+    return f"postgresql://{auth}{where}/{database}{query}"
+
+
 def with_database(url: str, database: str) -> str:
-    """The same server URL, pointing at another database."""
+    """The same server, another database (as a URL)."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     params = conninfo_to_dict(normalize_url(url))
     params["dbname"] = database
-    return make_conninfo(**params)
+    return as_url(make_conninfo(**params))
 
 
 def ensure_database(url: str, database: str, drop_first: bool = False) -> str:
