@@ -53,6 +53,14 @@ def ledger(db) -> list[tuple]:
     ).fetchall()
 
 
+BUILT_TABLES = (
+    "parking_tickets",
+    "parking_tickets_rejected",
+    "parking_ticket_yearly_locations",
+    "red_light_yearly_locations",
+)
+
+
 def digest(db, table: str) -> tuple:
     """Row count and an order-independent hash of the rows (of the quarantine: without run id and time)."""
     row = (
@@ -143,15 +151,7 @@ def test_resume_after_a_finished_backfill_does_nothing_and_force_is_identical(cl
     args = ["backfill", "-p", f"source={demo_dir}", "-p", "window=2015-2018", "--json"]
     first = run_cli(*args)
     assert first.code == 0, first.stderr
-    before = [
-        digest(db, t)
-        for t in (
-            "parking_tickets",
-            "parking_tickets_rejected",
-            "parking_ticket_yearly_locations",
-            "red_light_yearly_locations",
-        )
-    ]
+    before = [digest(db, t) for t in BUILT_TABLES]
     again = run_cli(*args, "-p", "resume=true")
     assert again.code == 0
     assert again.json()["summary"] == "nothing to do: all 4 partitions already done"
@@ -159,15 +159,7 @@ def test_resume_after_a_finished_backfill_does_nothing_and_force_is_identical(cl
     forced = run_cli(*args, "-p", "force=true")
     assert forced.code == 0
     assert forced.json()["results"]["verdict"]["figures"]["ran"] == 4
-    after = [
-        digest(db, t)
-        for t in (
-            "parking_tickets",
-            "parking_tickets_rejected",
-            "parking_ticket_yearly_locations",
-            "red_light_yearly_locations",
-        )
-    ]
+    after = [digest(db, t) for t in BUILT_TABLES]
     assert after == before
     runs = {r[0] for r in db.execute("SELECT DISTINCT run_id FROM opsbook.partitions").fetchall()}
     assert runs == {forced.json()["run_id"]}

@@ -23,6 +23,11 @@ class Verdict:
     error: str | None = None  # the exception to raise after recording (exit code by its type)
     error_type: str | None = None
 
+    @classmethod
+    def failed(cls, summary: str, figures: dict[str, Any], anchor: str, error_type: str, **counts) -> Verdict:
+        """A FAIL whose notebook ends by raising ``error_type`` (its exit code) with the summary."""
+        return cls("fail", summary, figures, anchor=anchor, error=summary, error_type=error_type, **counts)
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -111,15 +111,7 @@ class Result:
 
             rerun = format_years(y.year for y in failed)
             summary = f"{len(failed)} year(s) failed ({rerun}): {failed[0].error}. Rerun with -p years={rerun}"
-            return Verdict(
-                "fail",
-                summary,
-                figures,
-                rows_out=rows,
-                anchor="aggregate-years",
-                error=summary,
-                error_type="ProcedureFailed",
-            )
+            return Verdict.failed(summary, figures, "aggregate-years", "ProcedureFailed", rows_out=rows)
         return Verdict("pass", summary, figures, rows_out=rows)
 
 

@@ -320,15 +320,7 @@ class Result:
                 + (f"; {len(self.not_started)} not started (fail_fast)" if self.not_started else "")
                 + f". {summary}. Rerun only them: {self.rerun_command()}"
             )
-            return Verdict(
-                "fail",
-                summary,
-                figures,
-                rows_out=rows,
-                anchor="backfill-failures",
-                error=summary,
-                error_type="PartitionsFailed",
-            )
+            return Verdict.failed(summary, figures, "backfill-failures", "PartitionsFailed", rows_out=rows)
         return Verdict("pass", summary, figures, rows_out=rows)
 
 

@@ -91,15 +91,7 @@ class Result:
                 f"Once the target is back: python run_notebook.py dual_write -p dataset={self.params.dataset} "
                 f"-p retry_pending=true. {summary}"
             )
-            return Verdict(
-                "fail",
-                summary,
-                figures,
-                rows_out=self.rows,
-                anchor="pending-writes",
-                error=summary,
-                error_type="CheckFailed",
-            )
+            return Verdict.failed(summary, figures, "pending-writes", "CheckFailed", rows_out=self.rows)
         return Verdict("pass", summary, figures, rows_out=self.rows)
 
 

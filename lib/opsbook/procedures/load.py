@@ -184,9 +184,7 @@ class Result:
                 f"Otherwise {summary}. Rerun only them with -p years={rerun}"
             )
             error_type = "CheckFailed" if len(too_many) == len(failed) else "ProcedureFailed"
-            return Verdict(
-                "fail", summary, figures, anchor="load-years", error=summary, error_type=error_type, **counts
-            )
+            return Verdict.failed(summary, figures, "load-years", error_type, **counts)
         return Verdict("pass", summary, figures, **counts)
 
 

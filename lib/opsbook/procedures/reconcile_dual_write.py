@@ -78,7 +78,7 @@ class Result:
             if self.archive:
                 parts.append(f"{len(self.archive)} archive finding(s)")
             summary = f"{repaired}the dual-write disagrees over {self.params.window}: {', '.join(parts)}"
-            return Verdict("fail", summary, figures, anchor="reconcile-days", error=summary, error_type="CheckFailed")
+            return Verdict.failed(summary, figures, "reconcile-days", "CheckFailed")
         rows = sum(self.final.lake_rows.values())
         return Verdict(
             "pass",

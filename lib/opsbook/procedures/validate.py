@@ -68,15 +68,7 @@ class Result:
             summary = f"{len(errors)} of {len(results)} checks failed: " + "; ".join(
                 f"{r.name}: {r.message or r.observed}" for r in errors[:3]
             )
-            return Verdict(
-                "fail",
-                _shorten(summary),
-                figures,
-                rows_in=rows,
-                anchor=first.anchor,
-                error=summary,
-                error_type="CheckFailed",
-            )
+            return Verdict.failed(_shorten(summary), figures, first.anchor, "CheckFailed", rows_in=rows)
         if warnings:
             summary = f"all error checks passed; {len(warnings)} warning(s): " + "; ".join(
                 f"{r.name}: {r.message or r.observed}" for r in warnings[:3]
