@@ -11,14 +11,14 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.notebook
 
 # the runbooks' order: each notebook's defaults work on what the ones before it made
-RUNBOOK_ORDER = ["load", "aggregate", "validate", "backfill", "dual_write", "reconcile_dual_write"]
+RUNBOOK_ORDER = ["load", "aggregate", "push_cache", "validate", "backfill", "dual_write", "reconcile_dual_write"]
 
 
 def test_every_procedure_is_in_the_runbook_order():
     assert sorted(RUNBOOK_ORDER) == procedures.names()
 
 
-def test_run_all_with_the_defaults_are_interactive_runs(database_url, db, monkeypatch, tmp_path):
+def test_run_all_with_the_defaults_are_interactive_runs(database_url, redis_url, db, monkeypatch, tmp_path):
     monkeypatch.delenv("OPSBOOK_RUN_ID", raising=False)
     db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected, safety_indices CASCADE")
     db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")

@@ -16,6 +16,7 @@ from opsbook import config
 RUNBOOK: list[tuple[str, str, list[str]]] = [
     ("load", "params/toronto/load.yaml", []),
     ("aggregate", "params/toronto/aggregate.yaml", []),
+    ("push_cache", "params/toronto/push_cache.yaml", []),
     ("validate", "params/toronto/validate.yaml", []),
     ("dual_write", "params/trafficsafety/dual_write.yaml", []),
     ("reconcile_dual_write", "params/trafficsafety/reconcile.yaml", []),

@@ -19,6 +19,7 @@ PROCEDURES: dict[str, str] = {
     "backfill": "opsbook.procedures.backfill",
     "dual_write": "opsbook.procedures.dual_write",
     "load": "opsbook.procedures.load",
+    "push_cache": "opsbook.procedures.push_cache",
     "reconcile_dual_write": "opsbook.procedures.reconcile_dual_write",
     "validate": "opsbook.procedures.validate",
 }
