@@ -6,9 +6,10 @@ import json
 import pytest
 from opsbook import checks
 from opsbook.checks import spec as s
-from opsbook.checks.geometry import has_postgis, run_geometry
+from opsbook.checks.geometry import run_geometry
 from opsbook.checks.table import Context
 from opsbook.datasets import Column, DatasetSpec, Partition
+from opsbook.stores.postgres import has_postgis
 
 pytestmark = pytest.mark.integration
 

@@ -190,8 +190,7 @@ def write_postgres(spec: DatasetSpec, table: pa.Table) -> int:
         old=sql.SQL(", ").join(sql.SQL("{}.{}").format(ident(spec.table), ident(c)) for c in others),
         new=sql.SQL(", ").join(sql.SQL("excluded.{}").format(ident(c)) for c in others),
     )
-    with postgres.connection(purpose="dual-write") as render:
-        statement = upsert.as_string(render)
+    statement = upsert.as_string()  # psycopg quotes identifiers without a connection
     with adbc.connect(postgres.normalize_url(services.database_url())) as conn:
         with conn.cursor() as cur:
             cur.adbc_ingest(staging, table, mode="create", temporary=True)

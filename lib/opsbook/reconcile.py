@@ -50,9 +50,6 @@ class Comparison:
             found[d["class"]] += 1
         return found
 
-    def keys(self, klass: str | None = None) -> set[tuple]:
-        return {d["key"] for d in self.differences if klass is None or d["class"] == klass}
-
 
 @dataclass
 class Window:
@@ -141,8 +138,7 @@ def read_postgres(spec: DatasetSpec, window: Window, where: str = "") -> pa.Tabl
         sql.Literal(end),
         sql.SQL(f" AND ({where})" if where else ""),
     )
-    with postgres.connection(purpose="reconcile") as render:
-        text = query.as_string(render)
+    text = query.as_string()  # psycopg renders identifiers and literals without a connection
     with adbc.connect(postgres.normalize_url(services.database_url())) as conn, conn.cursor() as cur:
         cur.execute(text)
         table = cur.fetch_arrow_table()
@@ -150,10 +146,6 @@ def read_postgres(spec: DatasetSpec, window: Window, where: str = "") -> pa.Tabl
 
 
 # --- comparing -------------------------------------------------------------------------------
-
-
-def _float_columns(spec: DatasetSpec) -> list[str]:
-    return [c.name for c in spec.columns if c.type == "double"]
 
 
 def _differs(spec: DatasetSpec, column: str) -> str:

@@ -34,8 +34,3 @@ class Verdict:
     @property
     def label(self) -> str:
         return self.status.upper()
-
-
-def worst(*statuses: Status) -> Status:
-    order = {"pass": 0, "warn": 1, "fail": 2}
-    return max(statuses, key=order.__getitem__) if statuses else "pass"

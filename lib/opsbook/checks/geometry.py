@@ -12,13 +12,9 @@ from psycopg import sql
 from opsbook.checks import SAMPLE_ROWS, CheckResult, outcome
 from opsbook.checks import spec as s
 from opsbook.checks.table import _where, table_ident
-from opsbook.stores.postgres import dicts
+from opsbook.stores.postgres import dicts, has_postgis
 
 CHUNK_ROWS = 50_000
-
-
-def has_postgis(conn) -> bool:
-    return bool(conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'postgis'").fetchone()[0])
 
 
 def run_geometry(ctx, check: s.Geometry, engine: str | None = None) -> CheckResult:

@@ -316,12 +316,11 @@ def _year_totals(conn, year: int, cameras: bool) -> dict[str, dict]:
 # --- the procedure ---------------------------------------------------------------------------
 
 
-def prepare(control, params: Params) -> dict:
+def prepare(control, folder: Path | None) -> dict:
     """Tables, address points and camera charges in place; returns the cameras' fingerprint."""
     runlog.ensure_schema(control)
     ensure_tables(control)
     ensure_address_points(control)
-    folder = camera_folder(params)
     fingerprint = camera_fingerprint(folder)
     if folder is not None and not fingerprint:
         raise OpsbookError(f"no camera charges file in {folder} (expected {', '.join(CAMERA_FILES.values())})")
@@ -332,8 +331,9 @@ def prepare(control, params: Params) -> dict:
 def run(params: Params, run_id: str, progress: Callable[..., None] | None = None) -> Result:
     notify = progress or (lambda message, transient=False: None)
     years = year_list(params.years)
+    folder = camera_folder(params)
     with postgres.connection(autocommit=True, purpose=f"aggregate {run_id}") as control:
-        cameras = prepare(control, params)
+        cameras = prepare(control, folder)
         results = []
         for index, year in enumerate(years, 1):
             notify(f"{year}: building ({index}/{len(years)})...", transient=True)
@@ -343,7 +343,6 @@ def run(params: Params, run_id: str, progress: Callable[..., None] | None = None
                 + (f" ({result.error})" if result.error else "")
             )
             results.append(result)
-    folder = camera_folder(params)
     return Result(params, results, str(folder) if folder else None)
 
 

@@ -215,9 +215,10 @@ def start(params: Params, run_id: str) -> Backfill:
             load.prepare(control, load_plan.spec)
         cameras: dict = {}
         if "aggregate" in params.step_list:
-            cameras = aggregate.prepare(
-                control, aggregate.Params(dataset=params.dataset, years=params.window, cameras=params.cameras)
+            folder = aggregate.camera_folder(
+                aggregate.Params(dataset=params.dataset, years=params.window, cameras=params.cameras)
             )
+            cameras = aggregate.prepare(control, folder)
         plans, tasks = [], []
         for year in years:
             action, reason = _decide(control, params, year, load_plan, cameras)

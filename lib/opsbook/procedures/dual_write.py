@@ -98,7 +98,7 @@ class Result:
 def ensure_intersections(conn, count: int) -> int:
     """The demo's intersections (with a PostGIS point where the database has PostGIS)."""
     from opsbook import safetydata
-    from opsbook.checks.geometry import has_postgis
+    from opsbook.stores.postgres import has_postgis
 
     frame = safetydata.intersections(count)
     postgis = has_postgis(conn)

@@ -71,11 +71,6 @@ def has_postgis(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def table_exists(conn: psycopg.Connection, name: str, schema: str = "public") -> bool:
-    row = conn.execute("SELECT to_regclass(%s)", (f"{schema}.{name}",)).fetchone()
-    return row is not None and row[0] is not None
-
-
 # --- dataset tables --------------------------------------------------------------------------
 
 
