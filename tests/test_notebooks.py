@@ -11,7 +11,20 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.notebook
 
 # the runbooks' order: each notebook's defaults work on what the ones before it made
-RUNBOOK_ORDER = ["load", "aggregate", "push_cache", "validate", "backfill", "dual_write", "reconcile_dual_write"]
+RUNBOOK_ORDER = [
+    "load",
+    "aggregate",
+    "camera_datasets",
+    "push_cache",
+    "validate",
+    "backfill",
+    "dual_write",
+    "rollups",
+    "reconcile_dual_write",
+    "refresh_marts",
+    "retention",
+    "health",
+]
 
 
 def test_every_procedure_is_in_the_runbook_order():

@@ -16,10 +16,15 @@ from opsbook import config
 RUNBOOK: list[tuple[str, str, list[str]]] = [
     ("load", "params/toronto/load.yaml", []),
     ("aggregate", "params/toronto/aggregate.yaml", []),
+    ("camera_datasets", "params/toronto/camera_datasets.yaml", []),
     ("push_cache", "params/toronto/push_cache.yaml", []),
     ("validate", "params/toronto/validate.yaml", []),
     ("dual_write", "params/trafficsafety/dual_write.yaml", []),
+    ("rollups", "params/trafficsafety/rollups.yaml", []),
     ("reconcile_dual_write", "params/trafficsafety/reconcile.yaml", []),
+    ("refresh_marts", "params/warehouse/refresh_marts.yaml", []),
+    ("retention", "params/trafficsafety/retention.yaml", []),
+    ("health", "params/ops/health.yaml", []),
 ]
 
 

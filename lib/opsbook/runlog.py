@@ -25,7 +25,7 @@ import psycopg
 from opsbook import __version__, config
 from opsbook.errors import LockHeld
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS opsbook;
@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS opsbook.runs (
     opsbook_version text,
     interactive     boolean NOT NULL DEFAULT false
 );
+-- the process that keeps the row: the runner (headless) or the kernel (interactive); with host,
+-- it tells a run still going from one whose process died (see opsbook.procedures.health)
+ALTER TABLE opsbook.runs ADD COLUMN IF NOT EXISTS pid integer;
 CREATE INDEX IF NOT EXISTS runs_started_idx ON opsbook.runs (started_at DESC);
 CREATE INDEX IF NOT EXISTS runs_procedure_idx ON opsbook.runs (procedure, dataset, started_at DESC);
 CREATE TABLE IF NOT EXISTS opsbook.partitions (
@@ -156,8 +159,8 @@ def start_run(
     where = origin()
     conn.execute(
         """INSERT INTO opsbook.runs (run_id, procedure, dataset, "window", params, status, started_at,
-               heartbeat_at, host, os_user, git_revision, opsbook_version, interactive)
-           VALUES (%s, %s, %s, %s, %s, 'running', now(), now(), %s, %s, %s, %s, %s)
+               heartbeat_at, host, pid, os_user, git_revision, opsbook_version, interactive)
+           VALUES (%s, %s, %s, %s, %s, 'running', now(), now(), %s, %s, %s, %s, %s, %s)
            ON CONFLICT (run_id) DO NOTHING""",
         (
             run_id,
@@ -166,6 +169,7 @@ def start_run(
             window,
             json.dumps(params),
             where.host,
+            os.getpid(),
             where.os_user,
             where.git_revision,
             where.opsbook_version,

@@ -17,10 +17,15 @@ from opsbook.errors import UsageError
 PROCEDURES: dict[str, str] = {
     "aggregate": "opsbook.procedures.aggregate",
     "backfill": "opsbook.procedures.backfill",
+    "camera_datasets": "opsbook.procedures.camera_datasets",
     "dual_write": "opsbook.procedures.dual_write",
+    "health": "opsbook.procedures.health",
     "load": "opsbook.procedures.load",
     "push_cache": "opsbook.procedures.push_cache",
     "reconcile_dual_write": "opsbook.procedures.reconcile_dual_write",
+    "refresh_marts": "opsbook.procedures.refresh_marts",
+    "retention": "opsbook.procedures.retention",
+    "rollups": "opsbook.procedures.rollups",
     "validate": "opsbook.procedures.validate",
 }
 
