@@ -104,3 +104,35 @@ def test_a_secret_inside_an_exception_message_is_redacted(database_url, db, repo
     assert "connection refused for secret ***" in outcome["error"]
     assert secret not in artifacts_text(reports_dir, db, outcome["run_id"])
     assert secret not in done.stdout + done.stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("db_password=" + PASSWORD, "db_password"),
+        ("api_token=" + PASSWORD, "api_token"),
+        ("client_secret=" + PASSWORD, "client_secret"),
+        ("source=postgresql://etl:" + PASSWORD + "@db.example.org/city", "source"),
+        ("source=host=db.example.org password=" + PASSWORD, "source"),
+        ("source=opsbook-configured-secret", "source"),
+    ],
+)
+def test_a_credential_given_as_a_parameter_is_refused_before_anything_is_written(
+    database_url, db, reports_dir, override, named
+):
+    done = run_cli("load", "-p", override, "--json", env={"OPSBOOK_SECRET_TEST": "opsbook-configured-secret"})
+    assert done.code == 2
+    outcome = done.json()
+    assert f"parameter {named!r} (from -p)" in outcome["error"] and "environment" in outcome["error"]
+    assert outcome["run_id"] is None and not any(reports_dir.rglob("*.ipynb"))
+    assert PASSWORD not in done.stdout + done.stderr and "opsbook-configured-secret" not in done.stdout + done.stderr
+
+
+@pytest.mark.unit
+def test_a_credential_in_a_params_file_names_the_file(tmp_path):
+    params_file = tmp_path / "nightly.yaml"
+    params_file.write_text(f"years: 2017\nsource: postgresql://etl:{PASSWORD}@db/city\n")
+    done = run_cli("load", "-f", str(params_file))
+    assert done.code == 2
+    assert f"parameter 'source' (from {params_file})" in done.stderr and PASSWORD not in done.stderr

@@ -83,6 +83,8 @@ class Partition(BaseModel):
     by: Literal["year", "day"] = "year"
     column: str
 
+    _check_column = field_validator("column")(lambda v: check_identifier(v, "partition column"))
+
 
 class DatasetSpec(BaseModel):
     """One dataset: its table, the quarantine table, partitioning, columns and source."""

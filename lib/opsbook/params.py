@@ -19,6 +19,16 @@ from opsbook.errors import UsageError
 
 MIN_YEAR, MAX_YEAR = 1900, 2100
 _YEAR_PART = re.compile(r"^\s*(\d{4})\s*(?:-\s*(\d{4})\s*)?$")
+# names a credential goes by: password, db_password, api_token, client_secret, private_key, ...
+_CREDENTIAL_NAME = re.compile(
+    r"(^|_)(password|passwd|pwd|token|secret|key|apikey|api_key|credentials?|private_key)$", re.IGNORECASE
+)
+# scheme://user:password@..., also when the password was pasted without percent-encoding
+_URL_WITH_PASSWORD = re.compile(r"://[^\s/@:]+:[^\s@]+@")
+CREDENTIAL_HINT = (
+    "a credential is never a parameter: parameters are recorded in the notebook, the report and the run log. "
+    "Put it in the environment or .env (DATABASE_URL, REDIS_URL, GOOGLE_APPLICATION_CREDENTIALS, OPSBOOK_SECRET_*)"
+)
 
 
 def year_list(spec: str) -> list[int]:
@@ -139,6 +149,23 @@ def read_params_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def refuse_credentials(values: dict[str, Any], origin: dict[str, str]) -> None:
+    """Refuse (exit 2) a parameter whose name or value looks like a credential, before it is
+    recorded anywhere; the message names the parameter and where it came from, never the value."""
+    from opsbook.config import secret_values, url_password
+
+    secrets = set(secret_values())
+    problems = []
+    for name, value in values.items():
+        where = f" (from {origin[name]})" if origin.get(name) else ""
+        if _CREDENTIAL_NAME.search(str(name)):
+            problems.append(f"parameter {name!r}{where} looks like a credential by its name")
+        elif isinstance(value, str) and (url_password(value) or _URL_WITH_PASSWORD.search(value) or value in secrets):
+            problems.append(f"parameter {name!r}{where} holds a password or a configured secret value")
+    if problems:
+        raise UsageError("\n".join([*problems, CREDENTIAL_HINT]))
+
+
 def resolve(
     model: type[ProcedureParams],
     files: Sequence[Path] = (),
@@ -154,6 +181,7 @@ def resolve(
     for name, value in parse_overrides(overrides).items():
         values[name] = value
         origin[name] = "-p"
+    refuse_credentials(values, origin)
     return validate(model, values, origin)
 
 

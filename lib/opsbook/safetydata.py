@@ -18,6 +18,9 @@ from opsbook import config
 DEFAULT_SEED = 20251101
 SLOT = np.timedelta64(15, "m")
 TORONTO_UTC_OFFSET_HOURS = -5  # EST; a demo does not need daylight saving
+# the indices are on the runbook's 0-100 scale, where above 75 is high risk: the busiest
+# intersections cross it at the rush-hour peaks
+INDEX_SCALE = 80.0
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,9 @@ def readings(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED
     volume = rng.poisson(np.outer(size, profile) * 40).astype(np.int32)  # intersections x slots
     speed = np.clip(rng.normal(52 - 8 * profile, 5, (count, slots)), 20, 95)
     no_speed = rng.random((count, slots)) < 0.01  # a radar that did not report
-    vehicle = np.clip(0.6 * (speed / 50) ** 2 + 0.002 * volume + rng.normal(0, 0.05, (count, slots)), 0, None)
-    vru = np.clip(0.4 * profile + 0.3 * (speed / 50) + rng.normal(0, 0.05, (count, slots)), 0, None)
+    vehicle = INDEX_SCALE * (0.6 * (speed / 50) ** 2 + 0.002 * volume + rng.normal(0, 0.05, (count, slots)))
+    vru = INDEX_SCALE * (0.4 * profile + 0.3 * (speed / 50) + rng.normal(0, 0.05, (count, slots)))
+    vehicle, vru = np.clip(vehicle, 0, 100), np.clip(vru, 0, 100)
     combined = 0.5 * vehicle + 0.5 * vru
     mean = combined.mean(axis=1, keepdims=True)
     weight = volume / (volume + 30.0)  # empirical Bayes: little traffic, more shrinkage

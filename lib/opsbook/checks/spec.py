@@ -57,6 +57,8 @@ class RowCount(_Check):
     per: Grain | None = None
     column: str | None = None  # the date column partitions are counted by (default: the dataset's)
 
+    _column = field_validator("column")(lambda v: v if v is None else check_identifier(v, "column"))
+
 
 class Coverage(_Check):
     """Every partition of the window present (each year, month or day), the missing ones listed."""
@@ -64,6 +66,8 @@ class Coverage(_Check):
     type: Literal["coverage"]
     grain: Grain = "month"
     column: str | None = None
+
+    _column = field_validator("column")(lambda v: v if v is None else check_identifier(v, "column"))
 
 
 class Measure(BaseModel):
@@ -107,6 +111,8 @@ class ExpectedTotals(_Check):
     type: Literal["expected_totals"]
     grain: Literal["all", "year", "month"] = "month"
     column: str | None = None
+
+    _column = field_validator("column")(lambda v: v if v is None else check_identifier(v, "column"))
     measures: list[Measure]
     tolerance: Tolerance = Field(default_factory=Tolerance)
     expected: dict[str, float] | None = None  # reference_column -> value, for grain "all"
