@@ -178,6 +178,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { border-bottom: 1px solid #d0d7de; padding: 5px 8px; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.window { white-space: nowrap; }
 .status { border-radius: 10px; padding: 1px 8px; font-weight: 600; font-size: 12px; }
 .status.pass { color: #1a7f37; background: #dafbe1; } .status.warn { color: #9a6700; background: #fff8c5; }
 .status.fail { color: #cf222e; background: #ffebe9; } .status.unknown { color: #57606a; background: #f6f8fa; }
@@ -232,7 +233,7 @@ def write_index(reports: Path | None = None) -> Path:
             f'<td class="num">{esc(str(r.get("started_at", ""))[:19].replace("T", " "))}</td>'
             f"<td>{esc(str(r.get('procedure', '')))}</td>"
             f"<td>{esc(str(r.get('dataset') or ''))}</td>"
-            f"<td>{esc(str(r.get('window') or ''))}</td>"
+            f'<td class="window">{esc(str(r.get("window") or ""))}</td>'
             f'<td><span class="status {esc(status)}">{esc(status.upper())}</span></td>'
             f'<td class="num">{esc(_fmt_duration(r.get("duration_s")))}</td>'
             f'<td><div class="summary">{esc(str(r.get("summary") or ""))}</div>'
