@@ -91,6 +91,10 @@ def table(
     """A table of dicts (one per row); ``status_column`` values are shown as coloured badges,
     ``raw_columns`` as preformatted text, and ``row_ids`` give each row an anchor."""
     raw_columns = set(raw_columns)
+    if not rows:  # a caption as wide as an empty table would wrap word by word
+        ident = f' id="{html.escape(element_id)}"' if element_id else ""
+        title = f"<strong>{html.escape(caption)}</strong><br>" if caption else ""
+        return Html(f'<div class="opsbook-empty"{ident}>{title}<em>none</em></div>', f"{caption}\n(none)".lstrip())
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
@@ -117,9 +121,6 @@ def table(
         row_id = f' id="{html.escape(row_ids[index])}"' if row_ids else ""
         parts.append(f"<tr{row_id}>" + "".join(cells) + "</tr>")
         text_lines.append(" | ".join(texts))
-    if not rows:
-        parts.append(f'<tr><td colspan="{max(1, len(columns))}"><em>none</em></td></tr>')
-        text_lines.append("(none)")
     parts.append("</table>")
     return Html("".join(parts), "\n".join(text_lines))
 
