@@ -182,7 +182,7 @@ def test_window_rerun_rebuilds_the_window_and_touches_no_other_day(fresh, source
 def test_bad_window_is_refused():
     from opsbook.params import validate
 
-    with pytest.raises(UsageError, match="not a date window"):
+    with pytest.raises(UsageError, match="not a day window"):
         validate(refresh_marts.Params, {"window": "2024-11-01..soon"})
     with pytest.raises(UsageError, match="ends before it starts"):
         validate(refresh_marts.Params, {"window": "2024-11-07..2024-11-01"})

@@ -76,6 +76,16 @@ Years = Annotated[str, BeforeValidator(_year_as_text), AfterValidator(_normalize
 """A window of years, written ``2017``, ``2016-2018`` or ``2011,2015-2016``."""
 
 
+def known_subset(value: str, known: Sequence[str], what: str) -> str:
+    """``"ase, red_light"`` -> ``"red_light,ase"``: a comma list of ``known`` names, in ``known``'s
+    order (for steps, their dependency order); an unknown or empty list raises, naming the known ones."""
+    asked = [item.strip() for item in value.split(",") if item.strip()]
+    unknown = [item for item in asked if item not in known]
+    if unknown or not asked:
+        raise ValueError(f"unknown {what}(s) {', '.join(unknown) or '(none)'}; {what}s: {', '.join(known)}")
+    return ",".join(item for item in known if item in asked)
+
+
 def _known_dataset(name: str) -> str:
     from opsbook import datasets
 

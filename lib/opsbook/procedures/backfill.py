@@ -27,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from opsbook import runlog
 from opsbook.errors import LockHeld, OpsbookError
-from opsbook.params import DatasetName, ProcedureParams, Years, format_years, year_list
+from opsbook.params import DatasetName, ProcedureParams, Years, format_years, known_subset, year_list
 from opsbook.procedures import aggregate, load
 from opsbook.verdict import Verdict
 
@@ -55,11 +55,7 @@ class Params(ProcedureParams):
     @field_validator("steps")
     @classmethod
     def _known_steps(cls, value: str) -> str:
-        asked = [s.strip() for s in value.split(",") if s.strip()]
-        unknown = [s for s in asked if s not in STEPS]
-        if unknown or not asked:
-            raise ValueError(f"unknown step(s) {', '.join(unknown) or '(none)'}; steps are {', '.join(STEPS)}")
-        return ",".join(s for s in STEPS if s in asked)  # always in dependency order
+        return known_subset(value, STEPS, "step")  # always in dependency order
 
     _source = field_validator("source")(lambda v: load.resolve_source(v))
     _cameras = field_validator("cameras")(lambda v: aggregate.resolve_cameras(v))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 from pydantic import Field, field_validator
 
-from opsbook.params import DatasetName, ProcedureParams, Years, year_list
+from opsbook.params import DatasetName, ProcedureParams, Years, known_subset, year_list
 from opsbook.verdict import Verdict
 
 NOTEBOOK = "camera_datasets.ipynb"
@@ -43,11 +43,7 @@ class Params(ProcedureParams):
     @field_validator("programs")
     @classmethod
     def _known_programs(cls, value: str) -> str:
-        asked = [p.strip() for p in value.split(",") if p.strip()]
-        unknown = [p for p in asked if p not in PROGRAMS]
-        if unknown or not asked:
-            raise ValueError(f"unknown program(s) {', '.join(unknown) or '(none)'}; programs: {', '.join(PROGRAMS)}")
-        return ",".join(p for p in PROGRAMS if p in asked)
+        return known_subset(value, list(PROGRAMS), "program")
 
 
 @dataclass

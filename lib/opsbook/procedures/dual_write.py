@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pydantic import Field, field_validator
 
 from opsbook import dualwrite
-from opsbook.params import DatasetName, ProcedureParams
+from opsbook.params import DatasetName, ProcedureParams, known_subset
 from opsbook.verdict import Verdict
 
 NOTEBOOK = "dual_write.ipynb"
@@ -50,13 +50,7 @@ class Params(ProcedureParams):
     @field_validator("targets")
     @classmethod
     def _known_targets(cls, value: str) -> str:
-        asked = [t.strip() for t in value.split(",") if t.strip()]
-        unknown = [t for t in asked if t not in dualwrite.TARGETS]
-        if unknown or not asked:
-            raise ValueError(
-                f"unknown target(s) {', '.join(unknown) or '(none)'}; targets: {', '.join(dualwrite.TARGETS)}"
-            )
-        return ",".join(t for t in dualwrite.TARGETS if t in asked)
+        return known_subset(value, dualwrite.TARGETS, "target")
 
 
 @dataclass

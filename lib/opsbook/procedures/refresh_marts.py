@@ -37,18 +37,12 @@ LOCK = "opsbook.refresh_marts:weather"
 
 def parse_window(spec: str) -> tuple[dt.date, dt.date] | None:
     """``"2024-11-01..2024-11-07"`` -> (first, last); ``"2024-11-03"`` -> that day; ``""`` -> None."""
-    spec = spec.strip()
-    if not spec:
+    from opsbook import reconcile
+
+    if not spec.strip():
         return None
-    first_text, sep, last_text = spec.partition("..")
-    try:
-        first = dt.date.fromisoformat(first_text.strip())
-        last = dt.date.fromisoformat(last_text.strip()) if sep else first
-    except ValueError:
-        raise ValueError(f"{spec!r} is not a date window (expected YYYY-MM-DD..YYYY-MM-DD or one YYYY-MM-DD)") from None
-    if last < first:
-        raise ValueError(f"window {spec!r} ends before it starts")
-    return first, last
+    window = reconcile.parse_window(spec)
+    return window.first, window.last
 
 
 class Params(ProcedureParams):
