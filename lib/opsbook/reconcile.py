@@ -191,11 +191,10 @@ def _compare(spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool) -> tuple[li
     day_col = spec.partition.column
     differences: list[dict[str, Any]] = []
 
-    # the lake side once into DuckDB's own memory (columnar, compressed): scanned three times below
-    con.execute(f"CREATE TEMP TABLE lake_rows AS SELECT {columns}, _file FROM {sources['lake']}")
-    lake_days = dict(_rows(con, f'SELECT "{day_col}"::DATE, count(*) FROM lake_rows GROUP BY 1'))
-    sides = {"lake": "lake_rows", "postgres": "pg_raw"}
-    for side, name in list(sides.items()):
+    # the lake's day counts and duplicate keys, read from the files (only the columns needed)
+    lake_days = dict(_rows(con, f'SELECT "{day_col}"::DATE, count(*) FROM {sources["lake"]} GROUP BY 1'))
+    sides = dict(sources)
+    for side, name in sources.items():
         if side == "postgres" and pg_unique:
             continue
         duplicated = _rows(con, f"SELECT {key}, count(*) FROM {name} GROUP BY {key} HAVING count(*) > 1 ORDER BY {key}")
@@ -205,24 +204,37 @@ def _compare(spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool) -> tuple[li
         if duplicated:  # compare one row per key (the last written file's, on the lake)
             order = "ORDER BY _file DESC" if side == "lake" else ""
             con.execute(
-                f"CREATE TEMP TABLE {name}_one AS SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER "
-                f"(PARTITION BY {key} {order}) AS _rn FROM {name}) WHERE _rn = 1"
+                f"CREATE TEMP TABLE {side}_one AS SELECT {columns}{', _file' if side == 'lake' else ''} FROM "
+                f"(SELECT *, row_number() OVER (PARTITION BY {key} {order}) AS _rn FROM {name}) WHERE _rn = 1"
             )
-            sides[side] = f"{name}_one"
+            sides[side] = f"{side}_one"
 
     hashed = ", ".join(f'"{c}"' for c in values)
     on = " AND ".join(f'l."{k}" = p."{k}"' for k in spec.key)
+    # pass 1: the keys whose rows differ, joining on key and a hash of the values only
+    con.execute(
+        "CREATE TEMP TABLE differing AS SELECT "
+        + ", ".join(f'coalesce(l."{k}", p."{k}") AS "{k}"' for k in spec.key)
+        + f", l._present AS in_lake, p._present AS in_pg "
+        f"FROM (SELECT {key}, hash({hashed}) AS _h, TRUE AS _present FROM {sides['lake']}) l "
+        f"FULL JOIN (SELECT {key}, hash({hashed}) AS _h, TRUE AS _present FROM {sides['postgres']}) p ON {on} "
+        f"WHERE l._h IS DISTINCT FROM p._h"
+    )
+    # pass 2: both sides' values for those keys only, and the columns beyond their tolerance
     drift_cols = " , ".join(f"CASE WHEN {_differs(spec, c)} THEN '{c}' END" for c in values)
-    keys_out = ", ".join(f'coalesce(l."{k}", p."{k}") AS "{k}"' for k in spec.key)
+    keys_out = ", ".join(f'd."{k}"' for k in spec.key)
     l_vals = ", ".join(f'l."{c}"' for c in values)
     p_vals = ", ".join(f'p."{c}"' for c in values)
-    # one pass: a full join on the key; rows whose value hashes agree never leave DuckDB
     found = _rows(
         con,
-        f"SELECT {keys_out}, l._present, p._present, list_filter([{drift_cols}], lambda x: x IS NOT NULL), "
-        f"{l_vals}, {p_vals} FROM (SELECT *, hash({hashed}) AS _h, TRUE AS _present FROM {sides['lake']}) l "
-        f"FULL JOIN (SELECT *, hash({hashed}) AS _h, TRUE AS _present FROM {sides['postgres']}) p ON {on} "
-        f"WHERE l._h IS DISTINCT FROM p._h",
+        f"SELECT {keys_out}, d.in_lake, d.in_pg, list_filter([{drift_cols}], lambda x: x IS NOT NULL), "
+        f"{l_vals}, {p_vals} FROM differing d "
+        f"LEFT JOIN {sides['lake']} l "
+        + "ON "
+        + " AND ".join(f'd."{k}" = l."{k}"' for k in spec.key)
+        + f" LEFT JOIN {sides['postgres']} p "
+        + "ON "
+        + " AND ".join(f'd."{k}" = p."{k}"' for k in spec.key),
     )
     n_key, n_val = len(spec.key), len(values)
     only_lake, only_pg = {}, {}
@@ -335,15 +347,19 @@ def _lake_rows_in_metadata(files: list[str]) -> int:
 
 
 def _postgres_rows(spec: DatasetSpec, window: Window) -> int:
+    """The planner's estimate of the window's rows: enough to choose a path, without a scan."""
     from opsbook.stores import postgres
 
     start, end = window.bounds()
     col = sql.Identifier(spec.partition.column)
     with postgres.connection(autocommit=True, purpose="reconcile") as conn:
-        return conn.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s AND {} < %s").format(sql.Identifier(spec.table), col, col),
+        plan = conn.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {} >= %s AND {} < %s").format(
+                sql.Identifier(spec.table), col, col
+            ),
             (start, end),
         ).fetchone()[0]
+    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 def _key_is_enforced(spec: DatasetSpec) -> bool:
