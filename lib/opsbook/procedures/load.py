@@ -40,7 +40,7 @@ NOTEBOOK = "load.ipynb"
 SUMMARY = "Load City files for a window of years into PostgreSQL (per-year replace, bad rows quarantined)"
 STEP = "load"
 # bump when the loader's output for the same input changes: it invalidates "unchanged" skips
-LOADER_VERSION = "1"
+LOADER_VERSION = "2"  # 2: mojibake and NUL values quarantined by field; a stray quote swallows no line
 REJECT_SAMPLE = 20
 
 
@@ -408,7 +408,14 @@ def _replace_year(
         if loaded != result.rows:
             raise OpsbookError(f"{year}: COPY stored {loaded:,} rows but {result.rows:,} were read")
         total = result.rows + result.rejected
-        ratio = result.rejected / total if total else 0.0
+        if total == 0:
+            # an empty file is an error, so a header-only one is too: swapping in an empty year
+            # would replace its previous contents with nothing, almost always after a bad export
+            raise SourceError(
+                f"{_some(p.label for p in result.parts)}:1: a header and no data rows: {year} has nothing "
+                "to load, and an empty year is refused rather than swapped in"
+            )
+        ratio = result.rejected / total
         if ratio > plan.params.max_rejected_ratio:
             raise CheckFailed(
                 f"{year}: {result.rejected:,} of {total:,} rows rejected ({ratio:.1%}, limit "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from opsbook.errors import SourceError
 
 BLOCK_BYTES = 8 << 20
 MAX_RAW_CHARS = 10_000  # a quarantined line keeps at most this much of its raw text
+MAX_REASON_VALUE = 60  # a reason quotes at most this much of the value that failed
 
 _DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
@@ -100,13 +102,24 @@ def read_header(stream: IO[bytes], label: str, spec: DatasetSpec) -> tuple[list[
     """
     first = stream.readline(1 << 20)
     if not first:
-        raise SourceError(f"{label}: the file is empty (expected a header line naming the columns)")
+        raise SourceError(f"{label}:1: the file is empty (expected a header line naming the columns)")
+    kind = _binary_kind(first)
+    if kind:
+        raise SourceError(
+            f"{label}:1: the header is not text in {' or '.join(spec.source.encodings)}: the file looks like "
+            f"{kind}; export it as a CSV in one of those encodings"
+        )
     if not first.endswith(b"\n") and len(first) >= 1 << 20:
         raise SourceError(f"{label}:1: the first line is over 1 MiB: not a CSV header")
     text, _ = _decode_line(first.removeprefix(codecs.BOM_UTF8), spec.source.encodings)
     if text is None or "\x00" in text:
         raise SourceError(f"{label}:1: the header is not text in {' or '.join(spec.source.encodings)}")
-    names = [n.strip().lower() for n in next(csv.reader([text.rstrip("\r\n")], delimiter=spec.source.delimiter))]
+    text = text.rstrip("\r\n")
+    if "\r" in text:
+        raise SourceError(
+            f"{label}:1: the header line holds a carriage return: lines must end in LF or CRLF, not CR alone"
+        )
+    names = [n.strip().lower() for n in next(csv.reader([text], delimiter=spec.source.delimiter), [])]
     expected = spec.column_names
     missing = [c for c in expected if c not in names]
     unknown = [n for n in names if n not in expected]
@@ -124,6 +137,33 @@ def read_header(stream: IO[bytes], label: str, spec: DatasetSpec) -> tuple[list[
             f"(expected {', '.join(expected)})"
         )
     return names, len(first)
+
+
+# Leading bytes of files that are not CSV text in any accepted encoding (UTF-32 before
+# UTF-16: its byte order mark starts with UTF-16's).
+_SIGNATURES = [
+    (codecs.BOM_UTF32_LE, "UTF-32 (its byte order mark)"),
+    (codecs.BOM_UTF32_BE, "UTF-32 (its byte order mark)"),
+    (codecs.BOM_UTF16_LE, "UTF-16 (its byte order mark)"),
+    (codecs.BOM_UTF16_BE, "UTF-16 (its byte order mark)"),
+    (b"PK\x03\x04", "a ZIP archive (an .xlsx workbook, or a .zip renamed .csv)"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"%PDF", "a PDF document"),
+]
+
+
+def _binary_kind(first: bytes) -> str | None:
+    """What a first line that is not CSV text looks like, for the error message; None if unknown."""
+    for signature, kind in _SIGNATURES:
+        if first.startswith(signature):
+            return kind
+    head = first[:200]
+    # ASCII text in UTF-16 without a byte order mark: every other byte is NUL
+    if len(head) >= 8 and head[1::2].count(0) >= len(head) // 2 - 1 and head[::2].count(0) == 0:
+        return "UTF-16 little-endian without a byte order mark (a NUL byte after every character)"
+    if len(head) >= 8 and head[::2].count(0) >= len(head) // 2 - 1 and head[1::2].count(0) == 0:
+        return "UTF-16 big-endian without a byte order mark (a NUL byte before every character)"
+    return None
 
 
 # --- blocks ----------------------------------------------------------------------------------
@@ -177,7 +217,11 @@ def read_part(
         When the part cannot be read at all (empty, bad header, corrupt archive).
     """
     stats = stats or PartStats(label)
-    names, _ = read_header(stream, label, spec)
+    try:
+        names, _ = read_header(stream, label, spec)
+    except (EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+        # a ZIP member corrupt in its first bytes fails while the header is read
+        raise SourceError(f"{label}:1: unreadable: {exc}") from exc
     checker = _Checker(spec, names, label, partition_year)
     try:
         for first_line, block, lines in iter_blocks(stream, 2, block_bytes):
@@ -212,7 +256,10 @@ class _Checker:
         if b"\x00" in block:
             return None
         ascii_only = block.isascii()
-        batch = self._parse(block, first_line, lines)
+        # Arrow's parser would meet the bytes that are not UTF-8 anyway; checking first (fast)
+        # keeps it from handing undecodable rows to the invalid-row handler, which pyarrow
+        # reports as an ignored exception on stderr
+        batch = self._parse(block, first_line, lines) if ascii_only or _is_utf8(block) else None
         # UTF-8 lines are not counted (it would cost a pass); other encodings are
         encodings = {} if ascii_only or batch is None else {"utf-8": 0}
         if batch is None and not ascii_only:
@@ -293,10 +340,8 @@ class _Checker:
         for i, raw in enumerate(raw_lines):
             raw = raw.removesuffix(b"\r")
             text, encoding = _decode_line(raw, self.encodings)
-            if text is None or "\x00" in text:
-                reason = (
-                    "contains NUL bytes" if text is not None else (f"bytes not valid in {' or '.join(self.encodings)}")
-                )
+            if text is None:
+                reason = f"bytes not valid in {' or '.join(self.encodings)}"
                 rejects.append(Reject(self.label, first_line + i, "", reason, raw.decode("latin-1")[:MAX_RAW_CHARS]))
                 continue
             if not raw.isascii():
@@ -305,39 +350,25 @@ class _Checker:
             usable.append(i)
         stats.lines += len(raw_lines)
 
-        # csv.reader over the decoded lines: a quoted field may span lines; line_num tracks them
         columns: list[list[str]] = [[] for _ in range(self.width)]
         numbers: list[int] = []
         raws: dict[int, str] = {}
-        reader = csv.reader(_LineFeed(decoded), delimiter=self.spec.source.delimiter, strict=True)
-        while True:
-            start = reader.line_num
-            try:
-                fields = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                line = first_line + usable[min(start, len(usable) - 1)]
-                rejects.append(
-                    Reject(
-                        self.label,
-                        line,
-                        "",
-                        f"malformed CSV: {exc}",
-                        decoded[min(start, len(decoded) - 1)][:MAX_RAW_CHARS],
-                    )
-                )
-                continue
+        for start, end, fields, problem in self._records(decoded):
             line = first_line + usable[start]
-            if not fields:
+            raw_text = "\n".join(decoded[start:end])
+            if problem:
+                rejects.append(Reject(self.label, line, "", problem, raw_text[:MAX_RAW_CHARS]))
+                continue
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
                 stats.blank_lines += 1
                 continue
-            raw_text = "\n".join(decoded[start : reader.line_num])
             if len(fields) != self.width:
-                if len(fields) == 1 and not fields[0].strip():
-                    stats.blank_lines += 1
-                    continue
                 rejects.append(Reject(self.label, line, "", self._width_reason(raw_text), raw_text[:MAX_RAW_CHARS]))
+                continue
+            nul = next((n for n, v in zip(self.source_names, fields, strict=True) if "\x00" in v), None)
+            if nul is not None:
+                reason = "contains a NUL byte (0x00), which a PostgreSQL text value cannot hold"
+                rejects.append(Reject(self.label, line, nul, f"{nul}: {reason}", raw_text[:MAX_RAW_CHARS]))
                 continue
             for target, value in zip(columns, fields, strict=True):
                 target.append(value)
@@ -355,6 +386,45 @@ class _Checker:
         rejects.sort(key=lambda r: r.line_number)
         last = first_line + len(raw_lines) - 1
         return Batch(good, rejects, first_line, last)
+
+    def _records(self, decoded: list[str]) -> Iterator[tuple[int, int, list[str] | None, str | None]]:
+        """CSV records of the decoded lines: ``(first index, end index, fields, problem)``.
+
+        A quoted field may span lines. A record that spans lines and still does not parse
+        into a row of the right width (a stray quote, most often) must not swallow the lines
+        after it: its first line is reported with a problem, and parsing starts again on the
+        next line, so every line is either in a row or reported.
+        """
+        pos = 0
+        while pos < len(decoded):
+            reader = csv.reader(_LineFeed(decoded, pos), delimiter=self.spec.source.delimiter, strict=True)
+            while True:
+                start = pos + reader.line_num
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    if str(exc) == "unexpected end of data":
+                        problem = "malformed CSV: a quoted field opened on this line is never closed"
+                    else:
+                        problem = f"malformed CSV: {exc}"
+                    yield start, start + 1, None, problem
+                    pos = start + 1
+                    break
+                end = pos + reader.line_num
+                if end - start > 1 and len(fields) != self.width:
+                    got = len(next(csv.reader([decoded[start]], delimiter=self.spec.source.delimiter), []))
+                    yield (
+                        start,
+                        start + 1,
+                        None,
+                        f"malformed CSV: a quoted field opened on this line runs on over {end - start - 1} more "
+                        f"line(s) without making a row of {self.width} fields (this line alone has {got})",
+                    )
+                    pos = start + 1
+                    break
+                yield start, end, fields, None
 
     # -- typed checks, shared by both paths ---------------------------------------------------
 
@@ -386,7 +456,7 @@ class _Checker:
         for mask, name, reason in reasons:
             for i in np.flatnonzero(mask):
                 value = table.column(name)[int(i)].as_py()
-                text = reason.format(value=value, year=self.partition_year)
+                text = reason.format(value=_Shown(value), year=self.partition_year)
                 entry = first_reason.setdefault(int(i), (name, []))
                 entry[1].append(f"{name}: {text}")
         for k, i in enumerate(bad_idx):
@@ -396,17 +466,43 @@ class _Checker:
         return good_table.filter(keep), rejects
 
 
-class _LineFeed:
-    """Feeds lines to csv.reader; line_num then counts physical lines."""
+class _Shown:
+    """A value as a reason quotes it: its repr, cut short when long (a 100,000-character field
+    must not make a 100,000-character reason; the raw line keeps the text)."""
 
-    def __init__(self, lines: list[str]):
-        self._lines = iter(lines)
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        value = self.value
+        if isinstance(value, str) and len(value) > MAX_REASON_VALUE:
+            return f"{value[: MAX_REASON_VALUE - 20]!r}... ({len(value):,} characters)"
+        return repr(value)
+
+
+class _LineFeed:
+    """Feeds lines to csv.reader from ``start`` on; line_num then counts physical lines."""
+
+    def __init__(self, lines: list[str], start: int = 0):
+        self._lines = lines
+        self._next = start
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        return next(self._lines) + "\n"
+        if self._next >= len(self._lines):
+            raise StopIteration
+        self._next += 1
+        return self._lines[self._next - 1] + "\n"
+
+
+def _is_utf8(block: bytes) -> bool:
+    try:
+        pa.array([block], pa.large_binary()).cast(pa.large_string())  # Arrow's validator: ~5 GB/s
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _non_ascii_lines(block: bytes) -> list[tuple[int, int]]:
@@ -416,6 +512,8 @@ def _non_ascii_lines(block: bytes) -> list[tuple[int, int]]:
     if not len(high):
         return []
     newlines = np.flatnonzero(data == 0x0A)
+    if not len(newlines):
+        return [(0, len(block))]  # one line, without a newline
     lines = np.unique(np.searchsorted(newlines, high))
     starts = np.where(lines > 0, newlines[np.maximum(lines - 1, 0)] + 1, 0)
     ends = np.where(lines < len(newlines), newlines[np.minimum(lines, len(newlines) - 1)], len(block))
@@ -478,6 +576,7 @@ def _convert(col: Column, values: pa.ChunkedArray, partition_year: int | None, i
     if col.required:
         problems.append((empty, "missing (the column is required)"))
     if col.type == "text":
+        problems.append((_mojibake(values), "{value!r} reads as UTF-8 text decoded as Windows-1252 (mojibake)"))
         return values, problems
     if col.type == "date" and col.format in ("yyyymmdd", None, "iso"):
         if col.format == "yyyymmdd":
@@ -526,6 +625,40 @@ def _convert(col: Column, values: pa.ChunkedArray, partition_year: int | None, i
         typed = pc.cast(pc.replace_substring_regex(safe, r"^\+", ""), arrow_type(col))
         return pc.if_else(pa.array(fits), typed, pa.scalar(None, arrow_type(col))), problems
     raise SourceError(f"column {col.name}: type {col.type} with format {col.format} is not supported")
+
+
+# A Windows-1252 character for a UTF-8 lead byte (C2-F4), then one for a continuation byte
+# (80-BF): how "’" (E2 80 99) reads when UTF-8 is decoded as Windows-1252 ("â€™")
+_MOJIBAKE = re.compile("[\u00c2-\u00f4][\u00a0-\u00bf" + bytes(range(0x80, 0xA0)).decode("cp1252", "ignore") + "]")
+
+
+def _mojibake(values: pa.ChunkedArray) -> np.ndarray:
+    """Mask of the values that are UTF-8 text decoded as Windows-1252 (and stored as UTF-8).
+
+    A value counts when encoding it back to Windows-1252 gives valid UTF-8 that differs and is
+    itself Windows-1252 text: "Oâ€™CONNOR DR" (really "O’CONNOR DR"). Plain accented text
+    ("CÔTÉ CRT", "O’CONNOR DR") does not: for its Windows-1252 bytes to be valid UTF-8, an
+    accented letter must sit right before a symbol such as ’, © or «, and the UTF-8 reading
+    must be Windows-1252 text as well.
+    Only non-ASCII values are looked at, so ASCII columns cost one vectorized pass.
+    """
+    mask = np.zeros(len(values), dtype=bool)
+    if not len(values):
+        return mask
+    ascii_only = _np(pc.string_is_ascii(values)) | _np(pc.is_null(values))
+    if ascii_only.all():
+        return mask
+    for i in np.flatnonzero(~ascii_only):
+        text = values[int(i)].as_py()
+        if not _MOJIBAKE.search(text):
+            continue
+        try:
+            fixed = text.encode("cp1252").decode("utf-8")
+            fixed.encode("cp1252")
+        except UnicodeError:
+            continue
+        mask[i] = fixed != text
+    return mask
 
 
 def _typed(values: np.ndarray, type_: pa.DataType, valid: np.ndarray) -> pa.Array:
