@@ -146,13 +146,16 @@ def run(params: Params, run_id: str) -> Result:
 
     from opsbook import services
     from opsbook.checks.system import decode_payload
+    from opsbook.errors import ServiceError
+    from opsbook.redaction import redact_url
     from opsbook.stores import postgres
 
     t0 = time.monotonic()
     years = year_list(params.years)
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     result = Result(params, published_at=stamp)
-    client = redis.Redis.from_url(services.redis_url(), socket_timeout=30)
+    url = services.redis_url()
+    client = redis.Redis.from_url(url, socket_timeout=30)
     with postgres.connection(autocommit=True, purpose="push cache") as conn:
         built = {name: build_payload(conn, name, years, params.min_tickets) for name in PAYLOADS}
     ttl = int(params.ttl_hours * 3600) or None
@@ -175,7 +178,14 @@ def run(params: Params, run_id: str) -> Result:
                         revenue=summary["revenue"],
                     )
                 )
-    pipe.execute()
+    try:
+        pipe.execute()
+    except redis.RedisError as exc:
+        raise ServiceError(
+            f"Redis at {redact_url(url)} failed while publishing the payloads ({type(exc).__name__}: {exc}); "
+            "the keys switch in one MULTI/EXEC transaction, so they hold either all the previous payloads or "
+            "all the new ones"
+        ) from exc
     # read back: decode each payload and compare its totals with PostgreSQL
     with postgres.connection(autocommit=True, purpose="push cache") as conn:
         for item, name in zip(result.published, PAYLOADS, strict=True):

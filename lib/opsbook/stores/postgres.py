@@ -50,6 +50,14 @@ def sqlalchemy_url(url: str | None = None) -> str:
     return "postgresql+psycopg://" + as_url(url or services.database_url()).removeprefix("postgresql://")
 
 
+# libpq's messages for a connection the server ended: backend terminated, restart, crash
+_LOST_CONNECTION = ("server closed the connection", "terminating connection", "connection to server", "no connection")
+
+
+def _connection_lost(exc: Exception) -> bool:
+    return any(marker in str(exc) for marker in _LOST_CONNECTION)
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
@@ -266,6 +274,15 @@ def copy_arrow(url: str | None, setup: list[str], table: str, schema, tables) ->
             xid = int(cur.fetchone()[0]) % 2**32
             conn.commit()
             return rows, str(xid)
+        except adbc.Error as exc:
+            if _connection_lost(exc):
+                # libpq's own words ("server closed the connection unexpectedly... terminated
+                # abnormally") hide what matters to whoever reads the report
+                raise ServiceError(
+                    f"the PostgreSQL connection was terminated during the COPY into {table} "
+                    f"({_first_line(exc)}); its transaction was rolled back"
+                ) from exc
+            raise
         finally:
             stop.set()
             cur.close()
