@@ -48,12 +48,19 @@ def load_and_aggregate(db, source, years: str) -> None:
 
 
 def kernel_processes() -> list[int]:
+    """Kernels of runs against this test session's database (a run's kernel inherits the run id
+    and DATABASE_URL from its runner; other suites may run on the machine)."""
     import psutil
 
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "ipykernel_launcher" in cmd and "opsbook-kernel-" in cmd:
+        if "ipykernel_launcher" not in " ".join(proc.info["cmdline"] or []):
+            continue
+        try:
+            env = proc.environ()
+        except psutil.Error:  # gone, or not ours to read
+            continue
+        if env.get("OPSBOOK_RUN_ID") and env.get("DATABASE_URL") == os.environ.get("DATABASE_URL"):
             found.append(proc.info["pid"])
     return found
 

@@ -331,3 +331,22 @@ def test_two_identical_rollups_started_together_one_runs_one_exits_4(readings, s
     assert db.execute("SELECT count(*) FROM safety_indices_daily").fetchone()[0] == 4 * 7
     assert advisory_locks(db) == []
     assert kernels_of_this_session() == []
+
+
+def test_the_holder_named_is_the_session_holding_the_lock(db):
+    from opsbook.errors import LockHeld
+
+    key = "opsbook.test:holder"
+    with postgres.connection(autocommit=True, purpose="run first") as first:
+        runlog.ensure_schema(first)
+        runlog.try_lock(first, key, "run first")
+        assert runlog.holder_of(db, key).startswith("run first on ")
+        runlog.unlock(first, key)
+    # a newer holder that has taken the lock but not yet recorded itself: the old row is not named
+    with postgres.connection(autocommit=True, purpose="run second") as second:
+        second.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+        named = runlog.holder_of(db, key)
+        assert named.startswith("a session 'opsbook run second' (PostgreSQL pid ") and "run first" not in named
+        with pytest.raises(LockHeld, match="held by a session 'opsbook run second'"):
+            runlog.try_lock(db, key, "run third")
+        runlog.unlock(second, key)

@@ -82,6 +82,8 @@ CREATE TABLE IF NOT EXISTS opsbook.locks (
     pid         integer,
     acquired_at timestamptz NOT NULL DEFAULT now()
 );
+-- the PostgreSQL session that took the lock: tells the recorded holder from a newer one
+ALTER TABLE opsbook.locks ADD COLUMN IF NOT EXISTS backend_pid integer;
 CREATE TABLE IF NOT EXISTS opsbook.meta (key text PRIMARY KEY, value text NOT NULL);
 """
 
@@ -397,17 +399,34 @@ def try_lock(conn: psycopg.Connection, key: str, holder: str) -> None:
         raise LockHeld(f"{key} is held by {holder_of(conn, key)}")
     where = origin()
     conn.execute(
-        """INSERT INTO opsbook.locks (key, holder, host, pid, acquired_at) VALUES (%s, %s, %s, %s, now())
+        """INSERT INTO opsbook.locks (key, holder, host, pid, backend_pid, acquired_at)
+           VALUES (%s, %s, %s, %s, pg_backend_pid(), now())
            ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, host = excluded.host,
-               pid = excluded.pid, acquired_at = excluded.acquired_at""",
+               pid = excluded.pid, backend_pid = excluded.backend_pid, acquired_at = excluded.acquired_at""",
         (key, holder, where.host, os.getpid()),
     )
 
 
 def holder_of(conn: psycopg.Connection, key: str) -> str:
-    """Who took the lock ``key`` last: run, host, pid and time (from opsbook.locks)."""
-    row = conn.execute("SELECT holder, host, pid, acquired_at FROM opsbook.locks WHERE key = %s", (key,)).fetchone()
-    return f"{row[0]} on {row[1]} (pid {row[2]}) since {row[3]:%Y-%m-%d %H:%M:%S %Z}" if row else "a session"
+    """Who holds the lock ``key``: the run recorded in opsbook.locks (run, host, pid, time) when
+    the session holding it in pg_locks is the one that recorded it, else that session itself (a
+    holder that has just taken the lock may not have recorded itself yet: pg_locks is the truth)."""
+    session = conn.execute(
+        """SELECT a.application_name, a.pid, a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(%s, 0)
+           LIMIT 1""",
+        (key,),
+    ).fetchone()
+    row = conn.execute(
+        "SELECT holder, host, pid, acquired_at, backend_pid FROM opsbook.locks WHERE key = %s", (key,)
+    ).fetchone()
+    recorded = f"{row[0]} on {row[1]} (pid {row[2]}) since {row[3]:%Y-%m-%d %H:%M:%S %Z}" if row else None
+    if session is None or (row and row[4] == session[1]):
+        return recorded or "a session"
+    name = f"'{session[0]}'" if session[0] else "without a name"
+    return f"a session {name} (PostgreSQL pid {session[1]}, connected {session[2]:%Y-%m-%d %H:%M:%S %Z})"
 
 
 def partition_lock(step: str, dataset: str, partition: str) -> str:
