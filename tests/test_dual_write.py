@@ -171,3 +171,45 @@ def test_a_lake_on_gcs(lake, db, gcs_emulator, monkeypatch):
     db.execute("DELETE FROM safety_indices WHERE ctid = (SELECT ctid FROM safety_indices LIMIT 1)")
     comparison = reconcile.compare(lake, reconcile.parse_window("2025-11-01"))
     assert [d["class"] for d in comparison.differences] == ["missing in postgres"]
+
+
+def test_lake_day_counts_come_from_footers_only_when_they_prove_one_day(tmp_path):
+    import pyarrow.parquet as pq
+
+    spec = datasets.get(SPEC_NAME)
+    table, _ = safetydata.readings(START, 2, count=2)
+    days = dualwrite.days_of(spec, table)
+    one_day = tmp_path / "one.parquet"
+    pq.write_table(table.slice(0, 10), one_day)
+    assert reconcile._day_counts_in_metadata(spec, [str(one_day)]) == {days[0]: 10}
+    both_days = tmp_path / "both.parquet"  # a file holding two days: counted by a scan instead
+    pq.write_table(table, both_days)
+    assert reconcile._day_counts_in_metadata(spec, [str(one_day), str(both_days)]) is None
+
+
+def test_duplicate_keys_are_found_when_postgres_enforces_its_key():
+    """With a unique key in PostgreSQL the lake is searched for duplicates only when the join's
+    counts show one: a copy equal to PostgreSQL's row, and a lake-only key twice, are both found."""
+    import pyarrow as pa
+
+    spec = datasets.get(SPEC_NAME)
+    table = dualwrite.conform(spec, safetydata.readings(START, 1, count=2)[0])
+    pg, extra = table.slice(0, table.num_rows - 1), table.slice(table.num_rows - 1, 1)  # extra: lake only
+
+    def found(*parts) -> dict[str, set]:
+        lake = pa.concat_tables(parts)
+        lake = lake.append_column("_file", pa.array(["a.parquet"] * lake.num_rows))
+        classes: dict[str, set] = {}
+        for d in reconcile.compare_tables(spec, lake, pg, pg_unique=True):
+            classes.setdefault(d["class"], set()).add(d["key"])
+        return classes
+
+    def keys(t) -> set:
+        return {(r["intersection_id"], r["timestamp"]) for r in t.select(spec.key).to_pylist()}
+
+    assert found(table) == {"missing in postgres": keys(extra)}
+    assert found(table, table.slice(3, 1)) == {
+        "duplicate key": keys(table.slice(3, 1)),
+        "missing in postgres": keys(extra),
+    }
+    assert found(table, extra) == {"duplicate key": keys(extra), "missing in postgres": keys(extra)}

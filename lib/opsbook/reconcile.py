@@ -187,39 +187,47 @@ def _compare(spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool) -> tuple[li
     sources = {"lake": _lake_relation(lake), "postgres": "pg_raw"}
     key = ", ".join(f'"{k}"' for k in spec.key)
     values = [c for c in spec.column_names if c not in spec.key]
-    columns = ", ".join(f'"{c}"' for c in spec.column_names)
     day_col = spec.partition.column
     differences: list[dict[str, Any]] = []
 
-    # the lake's day counts and duplicate keys, read from the files (only the columns needed)
-    lake_days = dict(_rows(con, f'SELECT "{day_col}"::DATE, count(*) FROM {sources["lake"]} GROUP BY 1'))
-    sides = dict(sources)
-    for side, name in sources.items():
-        if side == "postgres" and pg_unique:
-            continue
-        duplicated = _rows(con, f"SELECT {key}, count(*) FROM {name} GROUP BY {key} HAVING count(*) > 1 ORDER BY {key}")
-        for row in duplicated:
-            k = tuple(row[: len(spec.key)])
-            differences.append(_difference(spec, "duplicate key", k, side=side, detail=f"{row[-1]} rows in {side}"))
-        if duplicated:  # compare one row per key (the last written file's, on the lake)
-            order = "ORDER BY _file DESC" if side == "lake" else ""
-            con.execute(
-                f"CREATE TEMP TABLE {side}_one AS SELECT {columns}{', _file' if side == 'lake' else ''} FROM "
-                f"(SELECT *, row_number() OVER (PARTITION BY {key} {order}) AS _rn FROM {name}) WHERE _rn = 1"
-            )
-            sides[side] = f"{side}_one"
-
+    # the lake's rows per day: from the Parquet footers when they prove it, else counted
+    lake_days = None if isinstance(lake, pa.Table) else _day_counts_in_metadata(spec, lake)
+    if lake_days is None:
+        lake_days = dict(_rows(con, f'SELECT "{day_col}"::DATE, count(*) FROM {sources["lake"]} GROUP BY 1'))
     hashed = ", ".join(f'"{c}"' for c in values)
     on = " AND ".join(f'l."{k}" = p."{k}"' for k in spec.key)
-    # pass 1: the keys whose rows differ, joining on key and a hash of the values only
-    con.execute(
-        "CREATE TEMP TABLE differing AS SELECT "
-        + ", ".join(f'coalesce(l."{k}", p."{k}") AS "{k}"' for k in spec.key)
-        + f", l._present AS in_lake, p._present AS in_pg "
-        f"FROM (SELECT {key}, hash({hashed}) AS _h, TRUE AS _present FROM {sides['lake']}) l "
-        f"FULL JOIN (SELECT {key}, hash({hashed}) AS _h, TRUE AS _present FROM {sides['postgres']}) p ON {on} "
-        f"WHERE l._h IS DISTINCT FROM p._h"
-    )
+
+    def differing(sides: dict[str, str]) -> None:
+        """Pass 1: the keys whose rows differ, joining on key and a hash of the values only."""
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE differing AS SELECT "
+            + ", ".join(f'coalesce(l."{k}", p."{k}") AS "{k}"' for k in spec.key)
+            + f", l._present AS in_lake, p._present AS in_pg "
+            f"FROM (SELECT {key}, hash({hashed}) AS _h, TRUE AS _present FROM {sides['lake']}) l "
+            f"FULL JOIN (SELECT {key}, hash({hashed}) AS _h, TRUE AS _present FROM {sides['postgres']}) p ON {on} "
+            f"WHERE l._h IS DISTINCT FROM p._h"
+        )
+
+    sides = dict(sources)
+    if pg_unique:
+        differing(sides)
+        # PostgreSQL's key is unique, so every lake row of the join is matched or lake-only: when
+        # the matched lake rows are as many as the matched PostgreSQL rows and no lake-only key
+        # repeats, the lake has no duplicate key either, and is not searched for one
+        ((lake_only, pg_only, repeated),) = _rows(
+            con,
+            "SELECT count(*) FILTER (WHERE in_pg IS NULL), count(*) FILTER (WHERE in_lake IS NULL), "
+            f"(SELECT count(*) FROM (SELECT {key} FROM differing WHERE in_pg IS NULL GROUP BY {key} "
+            "HAVING count(*) > 1)) FROM differing",
+        )
+        if sum(lake_days.values()) - lake_only != pg.num_rows - pg_only or repeated:
+            sides["lake"] = _one_row_per_key(con, spec, "lake", sources["lake"], differences)
+            if sides["lake"] != sources["lake"]:
+                differing(sides)
+    else:
+        for side, name in sources.items():
+            sides[side] = _one_row_per_key(con, spec, side, name, differences)
+        differing(sides)
     # pass 2: both sides' values for those keys only, and the columns beyond their tolerance
     drift_cols = " , ".join(f"CASE WHEN {_differs(spec, c)} THEN '{c}' END" for c in values)
     keys_out = ", ".join(f'd."{k}"' for k in spec.key)
@@ -286,6 +294,25 @@ def _compare(spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool) -> tuple[li
     return sorted(differences, key=lambda d: (d["day"], order[d["class"]], d["key"])), lake_days
 
 
+def _one_row_per_key(con, spec: DatasetSpec, side: str, name: str, differences: list) -> str:
+    """Report each key ``name`` holds more than once, and return a relation with one row per key
+    (the last written file's, on the lake); ``name`` itself when no key repeats."""
+    key = ", ".join(f'"{k}"' for k in spec.key)
+    columns = ", ".join(f'"{c}"' for c in spec.column_names)
+    duplicated = _rows(con, f"SELECT {key}, count(*) FROM {name} GROUP BY {key} HAVING count(*) > 1 ORDER BY {key}")
+    for row in duplicated:
+        k = tuple(row[: len(spec.key)])
+        differences.append(_difference(spec, "duplicate key", k, side=side, detail=f"{row[-1]} rows in {side}"))
+    if not duplicated:
+        return name
+    order = "ORDER BY _file DESC" if side == "lake" else ""
+    con.execute(
+        f"CREATE TEMP TABLE {side}_one AS SELECT {columns}{', _file' if side == 'lake' else ''} FROM "
+        f"(SELECT *, row_number() OVER (PARTITION BY {key} {order}) AS _rn FROM {name}) WHERE _rn = 1"
+    )
+    return f"{side}_one"
+
+
 def _frozen(values: dict) -> tuple:
     return tuple(sorted(values.items()))
 
@@ -338,6 +365,38 @@ def _split(window: Window) -> list[Window]:
         return [window]
     middle = days[len(days) // 2]
     return [Window(window.first, middle - dt.timedelta(days=1)), Window(middle, window.last)]
+
+
+def _day_counts_in_metadata(spec: DatasetSpec, files: list[str]) -> dict[dt.date, int] | None:
+    """Rows per UTC day from the Parquet footers, when every row group's statistics prove it
+    holds a single day and no NULL; None (count by scanning) otherwise."""
+    import pyarrow.parquet as pq
+
+    counts: dict[dt.date, int] = {}
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        try:
+            at = meta.schema.names.index(spec.partition.column)
+        except ValueError:
+            return None
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            stats = group.column(at).statistics
+            if group.num_rows == 0:
+                continue
+            if stats is None or not stats.has_min_max or stats.null_count:
+                return None
+            first, last = (_utc_day(v) for v in (stats.min, stats.max))
+            if first is None or first != last:
+                return None
+            counts[first] = counts.get(first, 0) + group.num_rows
+    return counts
+
+
+def _utc_day(value) -> dt.date | None:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).date() if value.tzinfo else None
+    return value if isinstance(value, dt.date) else None
 
 
 def _lake_rows_in_metadata(files: list[str]) -> int:
