@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,3 +35,15 @@ def generated_year(rows: int, year: int) -> Path:
         demodata.write_year(folder, year, rows=rows)
         print(f"generated {rows:,} rows in {time.perf_counter() - t0:.1f}s: {folder}", file=sys.stderr)
     return folder
+
+
+def psql(url: str, command: str) -> float:
+    """Seconds ``psql -c command`` takes against ``url`` (the physical limit a benchmark compares with)."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [postgres.psql_executable(), url, "-v", "ON_ERROR_STOP=1", "-q", "-c", command],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return time.perf_counter() - t0

@@ -23,10 +23,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import PEAK_MB, ROOT, bench_database, generated_year
+from common import PEAK_MB, ROOT, bench_database, generated_year, psql
 from opsbook.stores import postgres
 
 CHILD = (
@@ -69,17 +68,6 @@ def child_load(url: str, source: Path, year: int, mode: str) -> dict:
 def checkpoint(url: str) -> None:
     with postgres.connection(url, autocommit=True) as conn:
         conn.execute("CHECKPOINT")
-
-
-def psql(url: str, command: str) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(
-        [postgres.psql_executable(), url, "-v", "ON_ERROR_STOP=1", "-q", "-c", command],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return time.perf_counter() - t0
 
 
 def main() -> int:
