@@ -27,24 +27,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opsbook import demodata
 from opsbook.procedures import load
 
 pytestmark = pytest.mark.integration
 
 YEAR = 2016
-COLUMNS = [
-    "tag_number_masked",
-    "date_of_infraction",
-    "infraction_code",
-    "infraction_description",
-    "set_fine_amount",
-    "time_of_infraction",
-    "location1",
-    "location2",
-    "location3",
-    "location4",
-    "province",
-]
+COLUMNS = demodata.CITY_COLUMNS
 HEADER = ",".join(COLUMNS)
 CSV_NAME = f"Parking_Tags_Data_{YEAR}.csv"
 ZIP_NAME = f"parking-tickets-{YEAR}.zip"
