@@ -63,6 +63,8 @@ def test_landing_twice_adds_nothing_and_rewrites_no_row(fresh, source):
     again = run(source)
     assert (again.landed.new, again.landed.already) == (0, files)
     assert (again.transformed.inserted, again.transformed.updated, again.transformed.unchanged) == (0, 0, files * 24)
+    # what the run log records (and health's trend compares): the rows core holds, not only those rewritten
+    assert again.verdict().rows_out == first.verdict().rows_out == files * 24
     assert fresh.execute(
         "SELECT count(*), count(DISTINCT payload_sha256) FROM raw.weather_observations"
     ).fetchone() == (

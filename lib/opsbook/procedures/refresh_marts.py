@@ -115,9 +115,16 @@ class Result:
             "inserted": t.inserted,
             "updated": t.updated,
         }
-        counts = {"rows_in": t.hours, "rows_out": t.inserted + t.updated, "rows_rejected": t.hours_rejected}
+        # rows out: the observations core holds for this run's files, rewritten or found unchanged
+        # (an idempotent rerun stands behind as many rows as the first run, as load's does)
+        counts = {
+            "rows_in": t.hours,
+            "rows_out": t.inserted + t.updated + t.unchanged,
+            "rows_rejected": t.hours_rejected,
+        }
         limit = self.params.max_rejected_ratio
         if self.stopped == "rejects":
+            counts["rows_out"] = 0  # nothing was written
             return Verdict.failed(
                 f"{t.files_rejected} of {t.files} files have rejections ({t.rejected_ratio:.1%}, limit {limit:.0%}): "
                 f"nothing was written to raw, core or the marts; the marts were left as they were "
