@@ -1,4 +1,4 @@
-"""Runs at the same time, as cron and people start them (issue 7, item 5).
+"""Runs at the same time, as cron and people start them.
 
 Loads of different years run side by side and give what sequential loads give; a second run
 of the same work is refused with exit 4, naming the run that holds it. Where a test needs two

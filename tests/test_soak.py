@@ -1,5 +1,5 @@
 """Soak: many load + validate rounds in one process leave the data, the run log and the
-process exactly as they were (issue 7, item 6).
+process exactly as they were.
 
 Each round runs the cells of load.ipynb and validate.ipynb in this process, as an
 interactive run does (``opsbook.context.start`` ... ``run.finish``), so every round writes its
