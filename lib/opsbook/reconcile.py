@@ -176,7 +176,9 @@ def compare_tables(spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool = Fals
     return _compare(spec, lake, pg, pg_unique)[0]
 
 
-def _compare(spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool) -> tuple[list[dict[str, Any]], dict]:
+def _compare(
+    spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool, lake_days: dict[dt.date, int] | None = None
+) -> tuple[list[dict[str, Any]], dict]:
     import duckdb
 
     con = duckdb.connect()
@@ -190,8 +192,7 @@ def _compare(spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool) -> tuple[li
     day_col = spec.partition.column
     differences: list[dict[str, Any]] = []
 
-    # the lake's rows per day: from the Parquet footers when they prove it, else counted
-    lake_days = None if isinstance(lake, pa.Table) else _day_counts_in_metadata(spec, lake)
+    # the lake's rows per day, when the Parquet footers did not prove them: counted
     if lake_days is None:
         lake_days = dict(_rows(con, f'SELECT "{day_col}"::DATE, count(*) FROM {sources["lake"]} GROUP BY 1'))
     hashed = ", ".join(f'"{c}"' for c in values)
@@ -233,16 +234,14 @@ def _compare(spec: DatasetSpec, lake, pg: pa.Table, pg_unique: bool) -> tuple[li
     keys_out = ", ".join(f'd."{k}"' for k in spec.key)
     l_vals = ", ".join(f'l."{c}"' for c in values)
     p_vals = ", ".join(f'p."{c}"' for c in values)
+    joins = " ".join(
+        f"LEFT JOIN {sides[side]} {alias} ON " + " AND ".join(f'd."{k}" = {alias}."{k}"' for k in spec.key)
+        for side, alias in (("lake", "l"), ("postgres", "p"))
+    )
     found = _rows(
         con,
         f"SELECT {keys_out}, d.in_lake, d.in_pg, list_filter([{drift_cols}], lambda x: x IS NOT NULL), "
-        f"{l_vals}, {p_vals} FROM differing d "
-        f"LEFT JOIN {sides['lake']} l "
-        + "ON "
-        + " AND ".join(f'd."{k}" = l."{k}"' for k in spec.key)
-        + f" LEFT JOIN {sides['postgres']} p "
-        + "ON "
-        + " AND ".join(f'd."{k}" = p."{k}"' for k in spec.key),
+        f"{l_vals}, {p_vals} FROM differing d {joins}",
     )
     n_key, n_val = len(spec.key), len(values)
     only_lake, only_pg = {}, {}
@@ -333,7 +332,11 @@ def compare(spec: DatasetSpec, window: Window, row_limit: int = 5_000_000, bucke
     """Compare lake and PostgreSQL over the window (the bucketed path above ``row_limit`` rows)."""
     files = lake_files(spec, window)
     remote = any(f.startswith("gs://") for f in files)
-    total = _lake_rows_in_metadata(files) + _postgres_rows(spec, window) if not remote else 0
+    lake_days, total = None, 0
+    if not remote:  # one read of the footers: rows per day when their statistics prove it, else rows
+        lake_days = _day_counts_in_metadata(spec, files)
+        lake_rows = sum(lake_days.values()) if lake_days is not None else _lake_rows_in_metadata(files)
+        total = lake_rows + _postgres_rows(spec, window)
     if total > row_limit and not remote and _bucketable(spec):
         lake_counts, pg_counts = _day_counts(spec, window, files)
         return _compare_bucketed(spec, window, files, lake_counts, pg_counts, buckets)
@@ -345,7 +348,7 @@ def compare(spec: DatasetSpec, window: Window, row_limit: int = 5_000_000, bucke
         lake = read_lake(spec, files) if remote else files
         pg_unique = _key_is_enforced(spec)
         pg = pa.concat_tables([p.result() for p in parts])
-    differences, lake_counts = _compare(spec, lake, pg, pg_unique)
+    differences, lake_counts = _compare(spec, lake, pg, pg_unique, lake_days)
     pg_counts = _counts_by_day(spec, pg)
     return Comparison(
         window.days,
