@@ -7,7 +7,7 @@ from pathlib import Path
 # the workbook runs from a checkout without installing the package too
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 
-from opsbook.cli import main
+from opsbook.run.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

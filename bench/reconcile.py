@@ -31,7 +31,8 @@ CHILD_OPSBOOK = (
     r"""
 import datetime as dt, json, sys, time
 sys.path.insert(0, sys.argv[1])
-from opsbook import datasets, reconcile
+from opsbook import datasets
+from opsbook.trafficsafety import reconcile
 # libraries imported before the clock starts, in both contenders
 import adbc_driver_postgresql.dbapi, duckdb, pyarrow.parquet  # noqa
 """
@@ -57,7 +58,8 @@ CHILD_DATACOMPY = (
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import datacompy
-from opsbook import datasets, reconcile
+from opsbook import datasets
+from opsbook.trafficsafety import reconcile
 import adbc_driver_postgresql.dbapi, pandas, pyarrow.parquet, sqlalchemy  # noqa
 """
     + PEAK_MB
@@ -111,7 +113,9 @@ def main() -> int:
     import datetime as dt
 
     import adbc_driver_postgresql.dbapi as adbc
-    from opsbook import datasets, dualwrite, safetydata
+    from opsbook import datasets
+    from opsbook.trafficsafety import dualwrite
+    from opsbook.demo import safety as safetydata
     from opsbook.stores import postgres
 
     url = bench_database()
@@ -182,7 +186,7 @@ def main() -> int:
         f"both paths agree: {ours['keys'] == bucketed['keys']}"
     )
     # repair=true at this scale: the lake's rows over the differing keys, then compare again
-    from opsbook import reconcile
+    from opsbook.trafficsafety import reconcile
 
     days = reconcile.parse_window(window)
     done = reconcile.repair(spec, days, reconcile.compare(spec, days), "lake")

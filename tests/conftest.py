@@ -123,7 +123,7 @@ def reports_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
     """City-format demo files for 2015-2018 (built once per session)."""
-    from opsbook import demodata
+    from opsbook.demo import tickets as demodata
 
     folder = _STATE / "demo-files"
     demodata.build(folder, years=range(2015, 2019))
@@ -133,17 +133,28 @@ def demo_dir() -> Path:
 @pytest.fixture(scope="session")
 def gcs_emulator():
     """A threaded GCS emulator with a bucket ``opsbook-test``; exports STORAGE_EMULATOR_HOST."""
-    from opsbook.stores import gcs_emulator, objects
+    from opsbook.stores import gcs, gcs_emulator
 
     srv = gcs_emulator.create(buckets=("opsbook-test",))
     srv.start()
     host = gcs_emulator.address(srv)
     os.environ["STORAGE_EMULATOR_HOST"] = host
-    objects.client.cache_clear()
+    gcs.client.cache_clear()
     yield host
     srv.stop()
     os.environ.pop("STORAGE_EMULATOR_HOST", None)
-    objects.client.cache_clear()
+    gcs.client.cache_clear()
+
+
+TIERS = ("unit", "integration", "procedures", "system")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test is marked with its tier, the folder it lives in (``pytest -m unit``)."""
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -167,6 +178,6 @@ def pytest_report_header(config):
 
 
 def _describe(url: str, source: str) -> str:
-    from opsbook.redaction import redact_url
+    from opsbook.run.redaction import redact_url
 
     return f"{source} ({redact_url(url)})"

@@ -7,6 +7,14 @@ import sys
 
 __version__ = "0.1.0"
 
+
+def start(procedure: str, **values):
+    """The first call of a procedure's notebook: validate its parameters and identify the run
+    (see :func:`opsbook.run.context.start`)."""
+    from opsbook.run import context
+
+    return context.start(procedure, **values)
+
 # jsonschema imports rfc3987_syntax (its optional "iri" format checker) at import time, and
 # that module builds a lark grammar taking ~2 s, paid by every process that imports nbformat
 # (the runner, papermill, scrapbook in the kernel). opsbook never validates "iri" formats.

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -85,8 +84,6 @@ def package_data(*parts: str) -> Path:
     return _PACKAGE_DIR.joinpath("data", *parts)
 
 
-def templates_dir() -> Path:
-    return _PACKAGE_DIR / "templates"
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -113,75 +110,3 @@ def read_yaml(path: Path, what: str = "file"):
 def validation_problems(exc) -> str:
     """A pydantic ValidationError as one line: ``field.path: message; ...``."""
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-
-
-# --- secrets -------------------------------------------------------------------------------
-
-SECRET_ENV_PREFIX = "OPSBOOK_SECRET_"
-URL_VARIABLES = ("DATABASE_URL", "REDIS_URL", "TEST_DATABASE_URL", "TEST_REDIS_URL", "LAKE_URL")
-
-
-def url_password(url: str) -> str | None:
-    """The password inside a URL (``postgresql://user:pw@host/db``) or a libpq connection
-    string (``host=h password=pw``), or None."""
-    if "://" in url:
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            return None
-        if parts.password:
-            return unquote(parts.password)
-        if "password=" not in parts.query:
-            return None
-    elif "password" not in url:
-        return None
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        return conninfo_to_dict(url).get("password") or None
-    except Exception:  # not a connection string at all
-        return None
-
-
-def secret_values(environ: dict[str, str] | None = None) -> list[str]:
-    """Every configured secret value, longest first, so redaction never leaves a tail.
-
-    Passwords inside any ``*_URL`` variable, every ``OPSBOOK_SECRET_*`` value, and the
-    private key of the service account file named by ``GOOGLE_APPLICATION_CREDENTIALS``.
-    """
-    env = os.environ if environ is None else environ
-    found: set[str] = set()
-    for name, value in env.items():
-        if not value:
-            continue
-        if name.startswith(SECRET_ENV_PREFIX):
-            found.add(value)
-        elif name.endswith(("_URL", "_DSN")) or name in URL_VARIABLES:
-            password = url_password(value)
-            if password:
-                found.add(password)
-                if "://" in value:
-                    # the percent-encoded form appears wherever the URL itself is printed
-                    found.add(urlsplit(value).password or password)
-    credentials = env.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if credentials:
-        found.update(_service_account_secrets(credentials))
-    # very short values would redact ordinary words; a real secret is longer
-    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
-
-
-def _service_account_secrets(path: str) -> set[str]:
-    import json
-
-    try:
-        info = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return set()
-    found = set()
-    for key in ("private_key", "private_key_id", "client_secret", "refresh_token"):
-        value = info.get(key)
-        if isinstance(value, str) and value:
-            found.add(value)
-            # a PEM key may be printed one line at a time
-            found.update(line for line in value.splitlines() if len(line) >= 16)
-    return found

@@ -150,7 +150,7 @@ def get(name: str) -> DatasetSpec:
     """The spec named ``name``; an unknown name is refused with the closest known one."""
     path = datasets_dir() / f"{name}.yaml"
     if not IDENTIFIER.match(name) or not path.is_file():
-        from opsbook.params import closest
+        from opsbook.run.params import closest
 
         known = available()
         hint = closest(name, known)

@@ -93,23 +93,3 @@ class KernelDied(OpsbookError):
     """The notebook's kernel died (killed, out of memory, crashed)."""
 
     exit_code = 6
-
-
-def exit_code_for(error_name: str | None) -> int:
-    """Exit code for an exception raised inside a notebook, known only by its class name."""
-    return error_class(error_name).exit_code
-
-
-def error_class(error_name: str | None) -> type[OpsbookError]:
-    """The OpsbookError subclass named ``error_name`` (OpsbookError itself when unknown)."""
-    for cls in _all_subclasses(OpsbookError):
-        if cls.__name__ == error_name:
-            return cls
-    return OpsbookError
-
-
-def _all_subclasses(cls: type) -> list[type]:
-    found = [cls]
-    for sub in cls.__subclasses__():
-        found.extend(_all_subclasses(sub))
-    return found

@@ -68,6 +68,24 @@ def database_is_embedded() -> bool:
     return not os.environ.get("DATABASE_URL")
 
 
+def database_label(url: str | None = None) -> str:
+    """Which database a URL names, for messages and run cards: ``host:port/database`` (never a
+    password), or the embedded server's folder."""
+    if url is None and database_is_embedded():
+        return f"embedded PostgreSQL ({_pg_dir()})"
+    from psycopg.conninfo import conninfo_to_dict
+
+    from opsbook.stores.postgres import normalize_url
+
+    try:
+        info = conninfo_to_dict(normalize_url(url or os.environ["DATABASE_URL"]))
+    except Exception:  # not a URL libpq reads: say so without repeating it
+        return "an unreadable DATABASE_URL"
+    host = info.get("host") or "localhost"
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"{host}{port}/{info.get('dbname') or info.get('user') or ''}"
+
+
 def _pg_dir() -> Path:
     return config.state_dir() / "pg"
 
@@ -255,7 +273,7 @@ def stop_embedded_redis() -> bool:
 
 def status() -> list[ServiceStatus]:
     """What each service is, without starting anything."""
-    from opsbook.redaction import redact_url
+    from opsbook.run.redaction import redact_url
 
     config.load_dotenv_once()
     rows = []

@@ -472,7 +472,7 @@ def _bounds(low, high, per: str | None = None) -> str:
 
 
 def _window_label(ctx: Context) -> str:
-    from opsbook.params import format_years
+    from opsbook.windows import format_years
 
     return format_years(ctx.years) if ctx.years else "all rows"
 

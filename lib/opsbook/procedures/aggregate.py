@@ -22,10 +22,11 @@ from pydantic import Field, field_validator
 
 from opsbook import runlog
 from opsbook.errors import OpsbookError
-from opsbook.params import DatasetName, ProcedureParams, Years, year_list
+from opsbook.run.params import DatasetName, ProcedureParams
+from opsbook.windows import Years, year_list
 from opsbook.stores import postgres
 from opsbook.stores.postgres import ident
-from opsbook.verdict import Verdict
+from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "aggregate.ipynb"
 SUMMARY = "Rebuild the yearly tables per location: parking tickets, red-light and ASE cameras"
@@ -107,11 +108,11 @@ class Result:
         figures = {"years built": built, "years unchanged": unchanged, "years failed": len(failed), "rows": rows}
         summary = f"built {built} year(s), {unchanged} unchanged: {rows:,} rows in the yearly tables"
         if failed:
-            from opsbook.params import format_years
+            from opsbook.windows import format_years
 
             rerun = format_years(y.year for y in failed)
             summary = f"{len(failed)} year(s) failed ({rerun}): {failed[0].error}. Rerun with -p years={rerun}"
-            return Verdict.failed(summary, figures, "aggregate-years", "ProcedureFailed", rows_out=rows)
+            return Verdict.failed(summary, figures, "aggregate-years", ProcedureFailed, rows_out=rows)
         return Verdict("pass", summary, figures, rows_out=rows)
 
 
@@ -151,7 +152,7 @@ def camera_folder(params: Params) -> Path | None:
     if params.cameras == "":
         return None
     if params.cameras == "demo":
-        from opsbook import demodata
+        from opsbook.demo import tickets as demodata
 
         demodata.build_cameras()
         return demodata.camera_dir()

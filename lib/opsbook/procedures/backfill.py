@@ -27,9 +27,10 @@ from pydantic import Field, field_validator, model_validator
 
 from opsbook import runlog
 from opsbook.errors import LockHeld, OpsbookError
-from opsbook.params import DatasetName, ProcedureParams, Years, format_years, known_subset, year_list
+from opsbook.run.params import DatasetName, ProcedureParams
+from opsbook.windows import Years, format_years, known_subset, year_list
 from opsbook.procedures import aggregate, load
-from opsbook.verdict import Verdict
+from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "backfill.ipynb"
 SUMMARY = "Load and aggregate a window of years: partition ledger, resume, lock, parallel workers or Dask"
@@ -317,13 +318,13 @@ class Result:
                 + (f"; {len(self.not_started)} not started (fail_fast)" if self.not_started else "")
                 + f". {summary}. Rerun only them: {self.rerun_command()}"
             )
-            return Verdict.failed(summary, figures, "backfill-failures", "PartitionsFailed", rows_out=rows)
+            return Verdict.failed(summary, figures, "backfill-failures", PartitionsFailed, rows_out=rows)
         return Verdict("pass", summary, figures, rows_out=rows)
 
 
 def run(backfill: Backfill, progress: Callable[..., None] | None = None) -> Result:
     """Run the planned partitions; release the dataset's lock at the end, however it ends."""
-    from opsbook import progress as progress_lines
+    from opsbook.run import progress as progress_lines
 
     notify = progress or (lambda message, transient=False: None)
     total = len(backfill.tasks)

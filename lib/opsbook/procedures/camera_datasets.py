@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from psycopg import sql
 from pydantic import Field, field_validator
 
-from opsbook.params import DatasetName, ProcedureParams, Years, known_subset, year_list
-from opsbook.verdict import Verdict
+from opsbook.run.params import DatasetName, ProcedureParams
+from opsbook.windows import Years, known_subset, year_list
+from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "camera_datasets.ipynb"
 SUMMARY = "Build the red-light and ASE camera GeoJSON and summaries (geopandas, EPSG:4326) on the lake"
@@ -87,7 +88,7 @@ class Result:
                 for p in wrong
             )
             return Verdict.failed(
-                f"the camera files disagree with PostgreSQL: {detail}", figures, "files", "CheckFailed"
+                f"the camera files disagree with PostgreSQL: {detail}", figures, "files", CheckFailed
             )
         empty = [p.name for p in self.programs if not p.sites]
         if empty:
@@ -95,7 +96,7 @@ class Result:
                 f"no camera sites for {', '.join(empty)} in {self.params.years}: run aggregate with cameras first",
                 figures,
                 "programs",
-                "CheckFailed",
+                CheckFailed,
             )
         excluded = [e for p in self.programs for e in p.excluded]
         written = ", ".join(f"{p.name} {p.features:,} sites" for p in self.programs)
@@ -118,7 +119,7 @@ class Result:
 
 
 def output_root(out: str) -> str:
-    from opsbook import dualwrite
+    from opsbook.trafficsafety import dualwrite
 
     return out.rstrip("/") if out else dualwrite.join(dualwrite.lake_root(), "cameras")
 
@@ -202,7 +203,7 @@ def summary_of(program: str, frame, geo, excluded: list[dict], built_at: str) ->
 def run(params: Params, run_id: str) -> Result:
     import geopandas as gpd
 
-    from opsbook import dualwrite
+    from opsbook.trafficsafety import dualwrite
     from opsbook.stores import postgres
 
     t0 = time.monotonic()

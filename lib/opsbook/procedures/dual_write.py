@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from pydantic import Field, field_validator
 
-from opsbook import dualwrite
-from opsbook.params import DatasetName, ProcedureParams, known_subset
-from opsbook.verdict import Verdict
+from opsbook.trafficsafety import dualwrite
+from opsbook.run.params import DatasetName, ProcedureParams
+from opsbook.windows import known_subset
+from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "dual_write.ipynb"
 SUMMARY = "Write traffic-safety batches to the Parquet lake, PostgreSQL and the GCS archive, with a write ledger"
@@ -85,13 +86,13 @@ class Result:
                 f"Once the target is back: python run_notebook.py dual_write -p dataset={self.params.dataset} "
                 f"-p retry_pending=true. {summary}"
             )
-            return Verdict.failed(summary, figures, "pending-writes", "CheckFailed", rows_out=self.rows)
+            return Verdict.failed(summary, figures, "pending-writes", CheckFailed, rows_out=self.rows)
         return Verdict("pass", summary, figures, rows_out=self.rows)
 
 
 def ensure_intersections(conn, count: int) -> int:
     """The demo's intersections (with a PostGIS point where the database has PostGIS)."""
-    from opsbook import safetydata
+    from opsbook.demo import safety as safetydata
     from opsbook.stores.postgres import has_postgis
 
     frame = safetydata.intersections(count)
@@ -120,8 +121,9 @@ def ensure_intersections(conn, count: int) -> int:
 
 
 def run(params: Params, progress: Callable[..., None] | None = None) -> Result:
-    from opsbook import datasets, safetydata
-    from opsbook import progress as lines
+    from opsbook import datasets
+    from opsbook.demo import safety as safetydata
+    from opsbook.run import progress as lines
     from opsbook.stores import postgres
 
     notify = progress or (lambda message, transient=False: None)

@@ -36,8 +36,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from opsbook.params import ProcedureParams
-from opsbook.verdict import Verdict
+from opsbook.run.params import ProcedureParams
+from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "health.ipynb"
 SUMMARY = "Morning check: lag and failures per procedure, stuck runs, locks and long queries, database, escalation zip"
@@ -61,7 +61,7 @@ def _join_mapping(value: Any) -> Any:
 
 def _known_procedure(name: str, what: str) -> None:
     from opsbook import procedures
-    from opsbook.params import closest
+    from opsbook.run.params import closest
 
     if name not in procedures.PROCEDURES:
         hint = closest(name, procedures.PROCEDURES)
@@ -304,7 +304,7 @@ class Result:
         figures = self.figures()
         if breaches:
             summary = f"{len(breaches)} threshold(s) breached: " + "; ".join(breaches)
-            return Verdict.failed(summary, figures, _anchor_of(self), "CheckFailed")
+            return Verdict.failed(summary, figures, _anchor_of(self), CheckFailed)
         monitored = [s for s in self.sync if s.monitored]
         alive = [r for r in self.running if r.state != "dead"]
         summary = (
@@ -655,7 +655,7 @@ def write_bundle(conn, result: Result) -> Bundle:
     from psycopg import sql
 
     from opsbook import config
-    from opsbook.redaction import Redactor
+    from opsbook.run.redaction import Redactor
     from opsbook.stores.postgres import dicts
 
     redact = Redactor()

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from psycopg import sql
 from pydantic import Field
 
-from opsbook.params import DatasetName, ProcedureParams, Years, year_list
-from opsbook.verdict import Verdict
+from opsbook.run.params import DatasetName, ProcedureParams
+from opsbook.windows import Years, year_list
+from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "push_cache.ipynb"
 SUMMARY = "Publish the map payloads (tickets, red-light, ASE per location and year) to Redis, switched atomically"
@@ -83,7 +84,7 @@ class Result:
                 for p in wrong
             )
             return Verdict.failed(
-                f"the published payloads disagree with PostgreSQL: {summary}", figures, "published", "CheckFailed"
+                f"the published payloads disagree with PostgreSQL: {summary}", figures, "published", CheckFailed
             )
         return Verdict(
             "pass",
@@ -147,7 +148,7 @@ def run(params: Params, run_id: str) -> Result:
     from opsbook import services
     from opsbook.checks.system import decode_payload
     from opsbook.errors import ServiceError
-    from opsbook.redaction import redact_url
+    from opsbook.run.redaction import redact_url
     from opsbook.stores import postgres
 
     t0 = time.monotonic()

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from opsbook import reconcile
-from opsbook.params import DatasetName, ProcedureParams
-from opsbook.verdict import Verdict
+from opsbook.trafficsafety import reconcile
+from opsbook.run.params import DatasetName, ProcedureParams
+from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "reconcile_dual_write.ipynb"
 SUMMARY = "Compare the Parquet lake with PostgreSQL and the GCS archive with the write ledger; repair on request"
@@ -78,7 +78,7 @@ class Result:
             if self.archive:
                 parts.append(f"{len(self.archive)} archive finding(s)")
             summary = f"{repaired}the dual-write disagrees over {self.params.window}: {', '.join(parts)}"
-            return Verdict.failed(summary, figures, "reconcile-days", "CheckFailed")
+            return Verdict.failed(summary, figures, "reconcile-days", CheckFailed)
         rows = sum(self.final.lake_rows.values())
         return Verdict(
             "pass",
@@ -89,7 +89,8 @@ class Result:
 
 
 def run(params: Params) -> Result:
-    from opsbook import datasets, dualwrite
+    from opsbook import datasets
+    from opsbook.trafficsafety import dualwrite
     from opsbook.stores import postgres
 
     t0 = time.monotonic()

@@ -1,6 +1,6 @@
 """Land weather observations, transform them to core, check them, and refresh the marts.
 
-The weather warehouse of the DW runbook, raw -> core -> mart (see ``opsbook.warehouse``):
+The weather warehouse of the DW runbook, raw -> core -> mart (see ``opsbook.warehouse.weather``):
 
 1. Land: every source file goes into ``raw.weather_observations`` exactly as it came, with
    its SHA-256, so landing the same file again adds nothing.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from opsbook.params import ProcedureParams
-from opsbook.verdict import Verdict
+from opsbook.run.params import ProcedureParams
+from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "refresh_marts.ipynb"
 SUMMARY = "Weather warehouse: land raw JSON, upsert core, data-quality checkpoint, refresh the mart views"
@@ -37,7 +37,7 @@ LOCK = "opsbook.refresh_marts:weather"
 
 def parse_window(spec: str) -> tuple[dt.date, dt.date] | None:
     """``"2024-11-01..2024-11-07"`` -> (first, last); ``"2024-11-03"`` -> that day; ``""`` -> None."""
-    from opsbook import reconcile
+    from opsbook.trafficsafety import reconcile
 
     if not spec.strip():
         return None
@@ -131,7 +131,7 @@ class Result:
                 f"({self._marts_left()})",
                 figures,
                 "rejected",
-                "CheckFailed",
+                CheckFailed,
                 **counts,
             )
         failed = self.checkpoint.failed
@@ -143,7 +143,7 @@ class Result:
                 f"and were left as they were ({self._marts_left()})",
                 figures,
                 "checkpoint",
-                "CheckFailed",
+                CheckFailed,
                 **counts,
             )
         refreshed = "; ".join(
@@ -163,7 +163,7 @@ class Result:
 
 
 def resolve_source(source: str) -> Path:
-    from opsbook import weatherdata
+    from opsbook.demo import weather as weatherdata
     from opsbook.errors import SourceError
 
     if source == "demo":
@@ -178,7 +178,9 @@ def run(params: Params, run_id: str) -> Result:
     """Land, transform, check and refresh; see the module docstring for each step."""
     import psycopg
 
-    from opsbook import progress, runlog, warehouse
+    from opsbook import runlog
+    from opsbook.run import progress
+    from opsbook.warehouse.weather import weather as warehouse
     from opsbook.errors import SourceError
     from opsbook.stores import postgres
 

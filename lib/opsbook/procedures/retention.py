@@ -30,8 +30,8 @@ from typing import Annotated, Any, Literal
 from psycopg import sql
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from opsbook.params import ProcedureParams
-from opsbook.verdict import Verdict
+from opsbook.run.params import ProcedureParams
+from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "retention.ipynb"
 SUMMARY = "Plan, then apply, a retention policy: drop old partitions, delete old rows, VACUUM ANALYZE"
@@ -494,10 +494,10 @@ class Result:
                 f"{where}: {len(p.errors)} rule(s) do not fit the database, nothing changed: {problems}",
                 figures,
                 "retention-plan",
-                "CheckFailed",
+                CheckFailed,
             )
         if self.refused:
-            return Verdict.failed(self.refused, figures, "retention-apply", "CheckFailed")
+            return Verdict.failed(self.refused, figures, "retention-apply", CheckFailed)
         absent = sum(r.status == "absent" for r in p.rules)
         absent_text = f"; {absent} table(s) absent" if absent else ""
         if not p.params.apply:

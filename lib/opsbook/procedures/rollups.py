@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from psycopg import sql
 from pydantic import Field, field_validator
 
-from opsbook.params import DatasetName, ProcedureParams
-from opsbook.verdict import Verdict
+from opsbook.run.params import DatasetName, ProcedureParams
+from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "rollups.ipynb"
 SUMMARY = "Build hourly and daily safety-index rollups with the peak hour per day, idempotent per window"
@@ -133,7 +133,7 @@ class Params(ProcedureParams):
     @field_validator("window")
     @classmethod
     def _day_window(cls, value: str) -> str:
-        from opsbook import reconcile
+        from opsbook.trafficsafety import reconcile
 
         reconcile.parse_window(value)
         return value
@@ -175,14 +175,14 @@ class Result:
         wrong = [c for c in self.checks if c["status"] == "fail"]
         if wrong:
             detail = "; ".join(f"{c['check']}: {c['disagreeing rows']} row(s) disagree" for c in wrong)
-            return Verdict.failed(f"the rollups disagree with the readings: {detail}", figures, "checks", "CheckFailed")
+            return Verdict.failed(f"the rollups disagree with the readings: {detail}", figures, "checks", CheckFailed)
         if not self.readings:
             return Verdict.failed(
                 f"no {self.params.dataset} readings in {self.params.window} ({self.params.timezone}): "
                 "run dual_write for those days first",
                 figures,
                 "coverage",
-                "CheckFailed",
+                CheckFailed,
             )
         low = [d for d in self.days if d["status"] == "warn"]
         built = (
@@ -208,7 +208,8 @@ def ensure_tables(conn) -> None:
 
 
 def run(params: Params, run_id: str) -> Result:
-    from opsbook import datasets, reconcile, runlog
+    from opsbook import datasets, runlog
+    from opsbook.trafficsafety import reconcile
     from opsbook.stores import postgres
 
     t0 = time.monotonic()

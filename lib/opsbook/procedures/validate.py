@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pydantic import Field, field_validator
 
 from opsbook import datasets
-from opsbook.params import DatasetName, ProcedureParams, Years, year_list
-from opsbook.verdict import Verdict
+from opsbook.run.params import DatasetName, ProcedureParams
+from opsbook.windows import Years, year_list
+from opsbook.run.verdict import Verdict, shorten
 
 NOTEBOOK = "validate.ipynb"
 SUMMARY = "Run a dataset's check suite in the database: coverage, expected totals, quality rules"
@@ -68,17 +69,13 @@ class Result:
             summary = f"{len(errors)} of {len(results)} checks failed: " + "; ".join(
                 f"{r.name}: {r.message or r.observed}" for r in errors[:3]
             )
-            return Verdict.failed(_shorten(summary), figures, first.anchor, "CheckFailed", rows_in=rows)
+            return Verdict.failed(shorten(summary), figures, first.anchor, CheckFailed, rows_in=rows)
         if warnings:
             summary = f"all error checks passed; {len(warnings)} warning(s): " + "; ".join(
                 f"{r.name}: {r.message or r.observed}" for r in warnings[:3]
             )
-            return Verdict("warn", _shorten(summary), figures, rows_in=rows, anchor=warnings[0].anchor)
+            return Verdict("warn", shorten(summary), figures, rows_in=rows, anchor=warnings[0].anchor)
         return Verdict("pass", f"all {len(results)} checks passed over {self.params.window}", figures, rows_in=rows)
-
-
-def _shorten(text: str, limit: int = 600) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run(params: Params) -> Result:

@@ -7,12 +7,10 @@ parts; a bare ``.csv`` is one part. A file belongs to the year its name carries
 
 from __future__ import annotations
 
-import contextlib
 import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO
 
 from opsbook.datasets import DatasetSpec
@@ -32,73 +30,56 @@ class SourceFile:
 
 @dataclass
 class SourcePlan:
-    """What a source folder holds for the years asked."""
+    """What a source folder holds: every file by the year its name carries, and the years asked."""
 
     source: str
-    by_year: dict[int, list[SourceFile]] = field(default_factory=dict)
-    missing_years: list[int] = field(default_factory=list)
+    years: list[int] = field(default_factory=list)  # asked for (``latest`` resolved)
+    found: dict[int, list[SourceFile]] = field(default_factory=dict)  # every year the source holds
     ignored: list[str] = field(default_factory=list)  # files that belong to no year or another format
 
+    @property
+    def by_year(self) -> dict[int, list[SourceFile]]:
+        return {y: self.found.get(y, []) for y in self.years}
 
-def _local_files(folder: Path) -> list[tuple[str, str, int, str]]:
-    if not folder.exists():
-        raise SourceError(f"source folder {folder} does not exist")
-    if not folder.is_dir():
-        raise SourceError(f"source {folder} is not a folder")
-    found = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        stat = path.stat()
-        found.append((str(path), path.name, stat.st_size, f"size:{stat.st_size}:mtime:{stat.st_mtime_ns}"))
-    return found
+    @property
+    def missing_years(self) -> list[int]:
+        return [y for y in self.years if not self.found.get(y)]
 
 
-def _gcs_files(prefix: str) -> list[tuple[str, str, int, str]]:
-    from opsbook.stores import objects
+def _entries(source: str) -> list[tuple[str, str, int, str]]:
+    from opsbook.stores import uri
 
+    uri.check_folder(source)
     try:
-        listing = objects.list_objects(prefix)
+        found = uri.listing(source)
     except Exception as exc:  # google.api_core errors; the message says what failed
-        raise SourceError(f"cannot list {prefix}: {exc}") from exc
-    return [(o.uri, o.name, o.size, o.fingerprint) for o in listing]
+        if not uri.is_remote(source):
+            raise
+        raise SourceError(f"cannot list {source}: {exc}") from exc
+    return [(o.uri, o.name, o.size, o.fingerprint) for o in found]
 
 
-def discover(source: str, spec: DatasetSpec, years: list[int]) -> SourcePlan:
-    """Group the source's files by year; years asked for with no file are listed as missing."""
-    entries = _gcs_files(source) if source.startswith("gs://") else _local_files(Path(source))
+def discover(source: str, spec: DatasetSpec, years) -> SourcePlan:
+    """Group the source's files by year; ``years`` (a :class:`~opsbook.windows.Years`) picks those
+    asked for, ``latest`` the newest the source holds."""
     pattern = re.compile(spec.source.file_pattern)
-    plan = SourcePlan(source, {y: [] for y in years})
-    for uri, name, size, fingerprint in entries:
-        if not name.lower().endswith(SUFFIXES) or name.startswith("."):
-            plan.ignored.append(name)
-            continue
+    plan = SourcePlan(source)
+    for uri, name, size, fingerprint in _entries(source):
         match = pattern.search(name)
-        if not match:
+        if not name.lower().endswith(SUFFIXES) or name.startswith(".") or not match:
             plan.ignored.append(name)
             continue
         year = int(match.group("year"))
-        if year in plan.by_year:
-            plan.by_year[year].append(SourceFile(uri, name, size, fingerprint, year))
-    plan.missing_years = [y for y, files in plan.by_year.items() if not files]
+        plan.found.setdefault(year, []).append(SourceFile(uri, name, size, fingerprint, year))
+    plan.years = list(years.resolve(plan.found))
     return plan
-
-
-@contextlib.contextmanager
-def _open(uri: str) -> Iterator[IO[bytes]]:
-    if uri.startswith("gs://"):
-        from opsbook.stores import objects
-
-        handle = objects.open_read(uri)
-    else:
-        handle = open(uri, "rb")  # noqa: SIM115 - closed below
-    try:
-        yield handle
-    finally:
-        handle.close()
 
 
 def iter_parts(file: SourceFile) -> Iterator[tuple[str, IO[bytes]]]:
     """Yield ``(label, binary stream)`` for each CSV part of a file, in name order."""
-    with _open(file.uri) as handle:
+    from opsbook.stores import uri
+
+    with uri.open_read(file.uri) as handle:
         if not file.name.lower().endswith(".zip"):
             yield file.name, handle
             return

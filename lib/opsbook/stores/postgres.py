@@ -15,7 +15,7 @@ from psycopg import sql
 from opsbook import services
 from opsbook.datasets import DatasetSpec
 from opsbook.errors import ServiceError
-from opsbook.redaction import redact_url
+from opsbook.run.redaction import redact_url
 
 
 def normalize_url(url: str) -> str:

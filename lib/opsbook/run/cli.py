@@ -1,0 +1,165 @@
+"""Command line: ``python run_notebook.py <procedure> [-f params.yaml ...] [-p name=value ...]``.
+
+A thin layer over :mod:`opsbook.run.runner`; it parses arguments, prints, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from opsbook.errors import EXIT_CODES, OpsbookError
+
+EXAMPLES = """\
+examples:
+  python run_notebook.py --list
+  python run_notebook.py load -p dataset=toronto_parking_tickets -p source=DIR -p years=2016-2018
+  python run_notebook.py load -f params/toronto/load.yaml -p years=2015
+  python run_notebook.py load -p years=2017 --json --timeout 3600
+  python run_notebook.py services status
+  python run_notebook.py services stop
+"""
+
+
+def _exit_codes_text() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_notebook.py",
+        description=(
+            "Run an opsbook procedure's notebook headless with papermill, and save the executed "
+            "notebook and its HTML report under reports/ (also when it fails). Parameters are "
+            "layered: the notebook's defaults < each -f file in order < each -p. They are "
+            "checked before any kernel starts. Credentials are never parameters: set "
+            "DATABASE_URL, REDIS_URL, LAKE_URL in the environment or .env."
+        ),
+        epilog=f"procedures: run with --list\n\n{_exit_codes_text()}\n\n{EXAMPLES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("procedure", nargs="?", help="procedure name (see --list), or a path to a .ipynb")
+    parser.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PARAMS.yaml",
+        help="YAML file of parameter values (repeatable)",
+    )
+    parser.add_argument(
+        "-p",
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one parameter value (repeatable); wins over -f",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print exactly one JSON object on stdout: status, exit_code, run_id, reports, results",
+    )
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", help="fail with exit 5 when the whole run takes longer than S seconds"
+    )
+    parser.add_argument("--list", action="store_true", help="list the procedures, one line each")
+    parser.add_argument("--quiet", action="store_true", help="no per-cell progress lines on stderr")
+    return parser
+
+
+def list_procedures() -> str:
+    from opsbook import procedures
+
+    return "\n".join(f"{name:<22} {procedures.PROCEDURES[name].summary}" for name in procedures.names())
+
+
+def services_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="run_notebook.py services",
+        description="Show, start or stop the embedded default services (used when DATABASE_URL / "
+        "REDIS_URL are unset). Configured services are shown, never started or stopped.",
+        epilog="examples:\n  python run_notebook.py services status\n  python run_notebook.py services stop",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("action", choices=["status", "start", "stop"])
+    args = parser.parse_args(argv)
+    from opsbook import services
+
+    if args.action == "status":
+        for row in services.status():
+            print(row.line())
+    elif args.action == "start":
+        if services.database_is_embedded():
+            services.database_url()
+        services.redis_url()
+        for row in services.status():
+            print(row.line())
+    else:
+        stopped = services.stop()
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "services":
+        try:
+            return services_command(argv[1:])
+        except OpsbookError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    if args.list:
+        print(list_procedures())
+        return 0
+    if not args.procedure:
+        parser.print_usage(sys.stderr)
+        print("error: name a procedure (see --list)", file=sys.stderr)
+        return 2
+
+    from opsbook.run import runner
+
+    try:
+        outcome = runner.execute(
+            args.procedure, args.files, args.params, timeout=args.timeout, progress=None if args.quiet else sys.stderr
+        )
+    except OpsbookError as exc:  # bad parameters, a lock held, no database: refused before a kernel started
+        return _refused(args, exc)
+
+    if args.json:
+        print(json.dumps(outcome.as_json(), default=str))
+    for note in outcome.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{outcome.status.upper()} {outcome.procedure} {outcome.run_id}: {outcome.summary}", file=sys.stderr)
+    if outcome.html:
+        print(f"report: {outcome.html}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _refused(args, exc: OpsbookError) -> int:
+    """A run refused before it started: no kernel, no report; the error and its exit code."""
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "status": "fail",
+                    "exit_code": exc.exit_code,
+                    "run_id": None,
+                    "reports": None,
+                    "results": {},
+                    "error": str(exc),
+                }
+            )
+        )
+    print(f"error: {exc}", file=sys.stderr)
+    return exc.exit_code

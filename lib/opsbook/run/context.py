@@ -1,0 +1,159 @@
+"""The first and last call of every notebook: :func:`start` and :meth:`RunContext.finish`.
+
+Under the runner, the run id comes from ``OPSBOOK_RUN_ID`` and the runner keeps the run log.
+Opened in JupyterLab, the notebook is an interactive run: it gets its own id and writes its
+own run-log row, so every run leaves a trace. Library code and tests build a context that
+records nothing with :func:`make`.
+
+Every procedure takes the same arguments: ``plan(ctx)`` where it plans, then
+``run(ctx, plan)``; ``ctx.params`` holds the typed, validated parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from opsbook.errors import OpsbookError
+from opsbook.run.params import ProcedureParams, validate
+from opsbook.run.verdict import RUN_STATUS, Verdict
+
+RUN_ID_ENV = "OPSBOOK_RUN_ID"
+FAILURE = "failure"  # the recorded name of an expected error that ended the run, with its exit code
+
+
+def new_run_id(procedure: str) -> str:
+    """Sortable and readable: ``20261122T003712Z-load-3fa9c1``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{procedure}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class RunContext:
+    """One run of a procedure: its id, its typed parameters, how it reports progress."""
+
+    run_id: str
+    procedure: str
+    params: ProcedureParams
+    interactive: bool = False
+    recorded: bool = False  # whether this context writes the run's row (interactive runs)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def progress(self, title: str, total: int | None = None):
+        """A progress display in the notebook whose lines also reach the runner's stderr."""
+        from opsbook.run.progress import Progress
+
+        return Progress(title, total, label=self.procedure)
+
+    def finish(self, outcome: Any, **figures: Any) -> None:
+        """Record the verdict (of a result, or a Verdict itself) and any extra figures, show it,
+        and raise the verdict's error when it failed (its class carries the exit code)."""
+        from IPython.display import display
+
+        from opsbook import report
+        from opsbook.run import results
+
+        verdict = outcome if isinstance(outcome, Verdict) else outcome.verdict()
+        for name, value in figures.items():
+            results.record(name, value)
+        results.record(results.VERDICT, verdict.as_dict())
+        display(report.verdict(verdict))
+        if self.recorded:
+            _log_interactive_finish(self, verdict)
+        verdict.raise_if_failed()
+
+
+def make(procedure: str, run_id: str | None = None, **values: Any) -> RunContext:
+    """A context for calling a procedure from Python (a test, a script): parameters validated,
+    nothing recorded."""
+    from opsbook import procedures
+
+    params = validate(procedures.get(procedure).Params, values)
+    return RunContext(run_id or new_run_id(procedure), procedure, params)
+
+
+def start(procedure: str, **values: Any) -> RunContext:
+    """Validate the notebook's parameters against the procedure's model and identify the run."""
+    from opsbook import procedures
+    from opsbook.run import process
+
+    params = validate(procedures.get(procedure).Params, values)
+    run_id = os.environ.get(RUN_ID_ENV)
+    interactive = not run_id
+    if not interactive:
+        process.die_with_parent()  # the runner gone (killed, timed out), the run stops with it
+    ctx = RunContext(run_id or new_run_id(procedure), procedure, params, interactive, recorded=interactive)
+    _record_expected_errors()
+    if interactive:
+        _log_interactive_start(ctx)
+    return ctx
+
+
+def _record_expected_errors() -> None:
+    """In a kernel: an OpsbookError a cell raises records its exit code (for the runner) before
+    the usual traceback is shown."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def handler(shell, etype, value, tb, tb_offset=None):
+        from opsbook.run import results
+
+        results.record(
+            FAILURE, {"error_type": etype.__name__, "exit_code": value.exit_code, "message": str(value)[:2000]}
+        )
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+    shell.set_custom_exc((OpsbookError,), handler)
+
+
+def _log_interactive_start(ctx: RunContext) -> None:
+    from opsbook.history import runs, schema
+    from opsbook.run.redaction import Redactor
+    from opsbook.stores import postgres
+
+    values = ctx.params.notebook_parameters()
+    with postgres.connection(autocommit=True, purpose=f"run {ctx.run_id}") as conn:
+        schema.ensure_schema(conn)
+        runs.start(
+            conn,
+            ctx.run_id,
+            ctx.procedure,
+            values.get("dataset"),
+            window_of(values),
+            Redactor().scrub(values),
+            interactive=True,
+        )
+
+
+def _log_interactive_finish(ctx: RunContext, verdict: Verdict) -> None:
+    from opsbook.history import runs
+    from opsbook.run.redaction import Redactor
+    from opsbook.stores import postgres
+
+    with postgres.connection(autocommit=True, purpose=f"run {ctx.run_id}") as conn:
+        runs.finish(
+            conn,
+            ctx.run_id,
+            RUN_STATUS[verdict.status],
+            verdict.exit_code,
+            verdict.rows_in,
+            verdict.rows_out,
+            verdict.rows_rejected,
+            Redactor()(verdict.summary) if verdict.status == "fail" else None,
+        )
+
+
+def window_of(values: dict[str, Any]) -> str | None:
+    """The partition window a run covers, from whichever parameter names it."""
+    for name in ("window", "years", "date_window"):
+        if values.get(name):
+            return str(values[name])
+    return None

@@ -1,0 +1,102 @@
+"""A papermill engine that reports each cell on stderr and enforces a whole-run deadline.
+
+It is papermill's own nbclient engine with two hooks: one progress line per code cell as it
+completes, and a per-cell timeout equal to the time left before the run's deadline (papermill's
+``execution_timeout`` is per cell; cron wants a limit on the whole run).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from papermill.engines import NBClientEngine, papermill_engines
+
+ENGINE_NAME = "opsbook"
+
+
+@dataclass
+class Hooks:
+    """Shared between the runner and the engine for one execution."""
+
+    label: str
+    stream: TextIO | None = sys.stderr
+    deadline: float | None = None  # time.monotonic() value
+    nb_man: Any = None  # papermill's NotebookExecutionManager, kept to read a failed notebook
+    relay: Any = None  # opsbook.run.progress.Relay: flushed before each cell's line, to keep the order
+    cell_seconds: dict[int, float] = field(default_factory=dict)
+    failed_cell: int | None = None
+
+    def time_left(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(1.0, self.deadline - time.monotonic())
+
+
+def _describe(cells, index: int) -> str:
+    """What a cell does, for a progress line: the heading above it, else its first line."""
+    cell = cells[index]
+    tags = cell.get("metadata", {}).get("tags", [])
+    if "injected-parameters" in tags:
+        return "parameters (injected)"
+    if "parameters" in tags:
+        return "parameters (defaults)"
+    for previous in reversed(cells[:index]):
+        if previous.cell_type == "markdown":
+            for line in previous.source.splitlines():
+                if line.strip():
+                    return line.strip().lstrip("#").strip()[:60]
+        elif previous.cell_type == "code":
+            break
+    first = next((line for line in cell.source.splitlines() if line.strip()), "")
+    return first.strip()[:60]
+
+
+class OpsbookEngine(NBClientEngine):
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name, opsbook_hooks: Hooks | None = None, **kwargs):
+        hooks = opsbook_hooks or Hooks("notebook", stream=None)
+        hooks.nb_man = nb_man
+        cells = nb_man.nb.cells
+        code_cells = [i for i, c in enumerate(cells) if c.cell_type == "code"]
+        position = {index: n for n, index in enumerate(code_cells, 1)}
+        started: dict[int, float] = {}
+        original_start, original_complete, original_exception = (
+            nb_man.cell_start,
+            nb_man.cell_complete,
+            nb_man.cell_exception,
+        )
+
+        def cell_start(cell, cell_index=None, **kw):
+            started[cell_index] = time.monotonic()
+            return original_start(cell, cell_index, **kw)
+
+        def cell_exception(cell, cell_index=None, **kw):
+            hooks.failed_cell = cell_index
+            return original_exception(cell, cell_index, **kw)
+
+        def cell_complete(cell, cell_index=None, **kw):
+            result = original_complete(cell, cell_index, **kw)
+            if cell_index in position:
+                seconds = time.monotonic() - started.get(cell_index, time.monotonic())
+                hooks.cell_seconds[cell_index] = seconds
+                if hooks.relay is not None:
+                    hooks.relay.copy()
+                if hooks.stream is not None:
+                    state = "FAILED" if hooks.failed_cell == cell_index else "ok"
+                    hooks.stream.write(
+                        f"[{hooks.label} {position[cell_index]:>2}/{len(code_cells)}] {state:<6} "
+                        f"{seconds:7.2f}s  {_describe(cells, cell_index)}\n"
+                    )
+                    hooks.stream.flush()
+            return result
+
+        nb_man.cell_start, nb_man.cell_complete, nb_man.cell_exception = cell_start, cell_complete, cell_exception
+        if hooks.deadline is not None:
+            kwargs["timeout_func"] = lambda cell: hooks.time_left()
+        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+
+papermill_engines.register(ENGINE_NAME, OpsbookEngine)

@@ -1,0 +1,384 @@
+"""Toronto parking tickets: load the City's files into PostgreSQL, one year partition at a time.
+
+For each year: stream every CSV part of the year's files through the checker, COPY the good
+rows into a fresh table, then swap it in for the year's partition and replace the year's
+quarantined rows, with its ledger entry, in one transaction. A failure anywhere rolls the
+transaction back: the year keeps its previous contents. A year whose files, spec and table are
+unchanged since its last load is verified and skipped (unless forced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from psycopg import sql
+
+from opsbook.datasets import DatasetSpec
+from opsbook.errors import CheckFailed, LockHeld, OpsbookError, SourceError
+from opsbook.history import ledger, locks, schema
+from opsbook.sources import files
+from opsbook.stores import postgres
+from opsbook.stores.postgres import ident
+
+if TYPE_CHECKING:
+    from opsbook.sources import city_csv
+
+STEP = "load"
+# bump when the loader's output for the same input changes: it invalidates "unchanged" skips
+LOADER_VERSION = "2"  # 2: mojibake and NUL values quarantined by field; a stray quote swallows no line
+REJECT_SAMPLE = 20
+
+
+def some(names, limit: int = 8) -> str:
+    """A few names, and how many more."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return (shown + f" and {len(names) - limit} more") if len(names) > limit else (shown or "none")
+
+
+@dataclass
+class YearResult:
+    year: int
+    status: str  # loaded | unchanged | failed | rejected-too-many
+    files: list[str] = field(default_factory=list)
+    parts: list[city_csv.PartStats] = field(default_factory=list)
+    rows: int = 0
+    rejected: int = 0
+    previous_rows: int | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    reject_reasons: Counter = field(default_factory=Counter)
+    reject_sample: list[city_csv.Reject] = field(default_factory=list)
+
+    @property
+    def lines(self) -> int:
+        return self.rows + self.rejected
+
+    @property
+    def encodings(self) -> str:
+        return ", ".join(sorted({p.encoding for p in self.parts})) or "-"
+
+
+def params_hash(spec: DatasetSpec) -> str:
+    return hashlib.sha256(f"{spec.fingerprint()}:{LOADER_VERSION}".encode()).hexdigest()[:16]
+
+
+def input_fingerprint(year_files: list[files.SourceFile]) -> list[dict]:
+    return [{"name": f.name, "size": f.size, "fingerprint": f.fingerprint} for f in year_files]
+
+
+@dataclass(frozen=True)
+class LoadJob:
+    """What loading years of a dataset needs (picklable: pool and Dask workers get one)."""
+
+    spec: DatasetSpec
+    found: files.SourcePlan
+    source: str  # what the ledger records as the input's origin: a folder, a gs:// prefix, a stand-in
+    force: bool = False
+    max_rejected_ratio: float = 0.01
+
+    @property
+    def years(self) -> list[int]:
+        return self.found.years
+
+
+def plan(spec: DatasetSpec, location: str, years, source: str, force: bool, max_rejected_ratio: float) -> LoadJob:
+    """Find the files of each year in ``location``; refuse (SourceError) when a year has none."""
+    from opsbook.windows import format_years
+
+    if spec.rejected_table is None or spec.partition.by != "year":
+        raise SourceError(
+            f"dataset {spec.name!r} is not loaded from City files (no quarantine table or yearly partitions)"
+        )
+    found = files.discover(location, spec, years)
+    if not found.years:
+        raise SourceError(f"no {spec.title or spec.name} file in {location}: nothing to load")
+    if found.missing_years:
+        held = format_years(found.found) or "none"
+        raise SourceError(
+            f"no {spec.title or spec.name} file for {format_years(found.missing_years)} in {location}: "
+            f"nothing was loaded. The folder holds {sum(len(f) for f in found.found.values())} file(s) for "
+            f"the years {held}: {some(f.name for fs in found.found.values() for f in fs)}"
+            f"{'; ignored: ' + some(found.ignored) if found.ignored else ''}"
+        )
+    return LoadJob(spec, found, source, force, max_rejected_ratio)
+
+
+def load_years(job: LoadJob, run_id: str, progress=None) -> list[YearResult]:
+    """Load every year of the job; one failing year does not stop the others.
+
+    ``progress(message, transient=False)`` is told when each year starts (transient) and ends.
+    """
+    notify = progress or (lambda message, transient=False: None)
+    with postgres.connection(autocommit=True, purpose=f"load {run_id}") as control:
+        prepare(control, job.spec)
+        results = []
+        for index, year in enumerate(job.years, 1):
+            count = len(job.found.found[year])
+            notify(f"{year}: loading ({index}/{len(job.years)}, {count} file(s))...", transient=True)
+            result = load_year(control, job, year, run_id)
+            notify(
+                f"{year} ({index}/{len(job.years)}): {result.status}, {result.rows:,} rows, "
+                f"{result.rejected:,} quarantined, "
+                f"{result.seconds:.1f}s" + (f" ({result.error})" if result.error else "")
+            )
+            results.append(result)
+    return results
+
+
+def prepare(control, spec: DatasetSpec) -> None:
+    """The run history and the dataset's tables exist (idempotent)."""
+    schema.ensure_schema(control)
+    postgres.ensure_dataset_tables(control, spec)
+
+
+def load_year(control, job: LoadJob, year: int, run_id: str) -> YearResult:
+    """Load one year (or verify it unchanged), holding the year's lock; a data or service
+    problem fails the year (its result says why), a bug raises."""
+    spec = job.spec
+    year_files = job.found.found[year]
+    t0 = time.monotonic()
+    result = YearResult(year, "failed", files=[f.name for f in year_files])
+    lock_key = locks.partition_lock(STEP, spec.name, str(year))
+    try:
+        locks.try_lock(control, lock_key, f"run {run_id}")
+    except LockHeld as exc:
+        result.error = str(exc)
+        raise
+    try:
+        fingerprint = input_fingerprint(year_files)
+        phash = params_hash(spec)
+        previous = ledger.get(control, spec.name, str(year), STEP)
+        result.previous_rows = previous.rows if previous else None
+        if not job.force and _unchanged(control, spec, year, previous, phash, fingerprint):
+            result.status = "unchanged"
+            result.rows, result.rejected = previous.rows or 0, previous.rejected or 0
+            result.reject_reasons, result.reject_sample = _stored_rejects(control, spec, year)
+            return result
+        ledger.running(control, spec.name, str(year), STEP, run_id, phash, fingerprint)
+        try:
+            _replace_year(control, job, year, year_files, run_id, phash, fingerprint, result)
+        except Exception as exc:
+            result.status = "rejected-too-many" if isinstance(exc, CheckFailed) else "failed"
+            result.error = _message(exc)
+            ledger.failed(control, spec.name, str(year), STEP, run_id, result.error)
+            if not isinstance(exc, OpsbookError | OSError) and not _is_database_error(exc):
+                raise  # a bug, not a data or service problem: let it surface with its traceback
+        return result
+    finally:
+        result.seconds = time.monotonic() - t0
+        locks.unlock(control, lock_key)
+
+
+def _is_database_error(exc: Exception) -> bool:
+    import psycopg
+    from adbc_driver_manager import dbapi as adbc_dbapi
+
+    return isinstance(exc, psycopg.Error | adbc_dbapi.Error)
+
+
+def _message(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0] if len(text) > 500 else text
+
+
+def _unchanged(control, spec, year, previous, phash, fingerprint) -> bool:
+    """True when the last load of ``year`` used the same files and spec, and nobody touched the
+    table since: same table (oid), same row count, and no row written by another transaction."""
+    if previous is None or previous.status != "success":
+        return False
+    if previous.params_hash != phash or previous.input_fingerprint != fingerprint:
+        return False
+    if previous.table_oid is None or previous.checksum is None:
+        return False
+    name = postgres.partition_table(spec, year)
+    row = control.execute("SELECT to_regclass(%s)::oid::bigint", (f"public.{name}",)).fetchone()
+    if row is None or row[0] != previous.table_oid:
+        return False
+    rows, foreign = control.execute(
+        sql.SQL("SELECT count(*), count(*) FILTER (WHERE xmin <> {}::xid) FROM {}").format(
+            sql.Literal(previous.checksum), ident(name)
+        )
+    ).fetchone()
+    if rows != previous.rows or foreign:
+        return False
+    rejected = control.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE year = %s").format(ident(spec.rejected_table)), (year,)
+    ).fetchone()[0]
+    return rejected == previous.rejected
+
+
+def _stored_rejects(control, spec, year) -> tuple[Counter, list[city_csv.Reject]]:
+    from opsbook.sources import city_csv
+
+    reasons = Counter()
+    for field_name, count in control.execute(
+        sql.SQL("SELECT coalesce(nullif(field, ''), 'row'), count(*) FROM {} WHERE year = %s GROUP BY 1").format(
+            ident(spec.rejected_table)
+        ),
+        (year,),
+    ):
+        reasons[field_name] = count
+    sample = [
+        city_csv.Reject(*row)
+        for row in control.execute(
+            sql.SQL(
+                "SELECT source_file, line_number, coalesce(field, ''), reason, raw_line FROM {} "
+                "WHERE year = %s ORDER BY source_file, line_number LIMIT %s"
+            ).format(ident(spec.rejected_table)),
+            (year, REJECT_SAMPLE),
+        )
+    ]
+    return reasons, sample
+
+
+class _RejectSpool:
+    """Quarantined rows of one year, spilled to a temporary file past 8 MiB."""
+
+    def __init__(self, year: int, run_id: str):
+        self.year = year
+        self.run_id = run_id
+        self.count = 0
+        self.reasons: Counter = Counter()
+        self.sample: list[city_csv.Reject] = []
+        self._file = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b")  # noqa: SIM115 - closed in close()
+        self._text = io.TextIOWrapper(self._file, encoding="utf-8", newline="")
+        self._writer = csv.writer(self._text)
+
+    def add(self, rejects: list[city_csv.Reject]) -> None:
+        for r in rejects:
+            self._writer.writerow(
+                [self.year, r.source_file, r.line_number, r.field, r.reason, r.raw.replace("\x00", "\\0"), self.run_id]
+            )
+            self.reasons[r.field or "row"] += 1
+            if len(self.sample) < REJECT_SAMPLE:
+                self.sample.append(r)
+        self.count += len(rejects)
+
+    def copy_into(self, cur, table: str) -> None:
+        self._text.flush()
+        self._file.seek(0)
+        columns = sql.SQL(", ").join(
+            ident(c) for c in ("year", "source_file", "line_number", "field", "reason", "raw_line", "run_id")
+        )
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(ident(table), columns)) as copy:
+            while chunk := self._file.read(1 << 20):
+                copy.write(chunk)
+
+    def close(self) -> None:
+        self._text.close()
+
+
+def _replace_year(
+    control, job: LoadJob, year: int, year_files, run_id: str, phash: str, fingerprint, result: YearResult
+) -> None:
+    """Fill a staging table (binary COPY, committed), then swap it in with the year's
+    quarantined rows and the ledger entry in one transaction. Until that commit the year's
+    previous contents stay as they were; a staging table left by a killed run is dropped by
+    the next load of the year (which holds the year's lock)."""
+    from opsbook.sources import city_csv
+
+    spec = job.spec
+    target = postgres.partition_table(spec, year)
+    staging = f"{target}_load"[:63]
+    spool = _RejectSpool(year, run_id)
+    heartbeat = ledger.Heartbeat(control, spec.name, str(year), STEP)
+
+    def batches():
+        for source_file in year_files:
+            for label, stream in files.iter_parts(source_file):
+                stats = city_csv.PartStats(label)
+                result.parts.append(stats)
+                for batch in city_csv.read_part(stream, label, spec, year, stats):
+                    if batch.rejects:
+                        spool.add(batch.rejects)
+                    heartbeat()
+                    if batch.rows.num_rows:
+                        yield batch.rows
+
+    try:
+        control.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging)))
+        create = sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS, CHECK ({}))").format(
+            ident(staging), ident(spec.table), postgres.year_bounds_check(spec, year)
+        )
+        loaded, load_xmin = postgres.copy_arrow(
+            None, [create.as_string(control)], staging, city_csv.arrow_schema(spec), batches()
+        )
+        result.rows = sum(p.rows for p in result.parts)
+        result.rejected = spool.count
+        result.reject_reasons, result.reject_sample = spool.reasons, spool.sample
+        if loaded != result.rows:
+            raise OpsbookError(f"{year}: COPY stored {loaded:,} rows but {result.rows:,} were read")
+        total = result.rows + result.rejected
+        if total == 0:
+            # an empty file is an error, so a header-only one is too: swapping in an empty year
+            # would replace its previous contents with nothing, almost always after a bad export
+            raise SourceError(
+                f"{some(p.label for p in result.parts)}:1: a header and no data rows: {year} has nothing "
+                "to load, and an empty year is refused rather than swapped in"
+            )
+        ratio = result.rejected / total
+        if ratio > job.max_rejected_ratio:
+            raise CheckFailed(
+                f"{year}: {result.rejected:,} of {total:,} rows rejected ({ratio:.1%}, limit "
+                f"{job.max_rejected_ratio:.1%}); the previous contents were kept. "
+                f"Most common: {_top(spool.reasons)}"
+            )
+        with postgres.connection(purpose=f"load {run_id} {year}") as conn, conn.cursor() as cur:
+            _swap(cur, spec, year, staging, target)
+            spool.copy_into(cur, spec.rejected_table)
+            oid = cur.execute("SELECT to_regclass(%s)::oid::bigint", (f"public.{target}",)).fetchone()[0]
+            # every row of the partition carries the COPY transaction's id as xmin: a later
+            # check that finds another xmin knows the partition was written to since
+            ledger.success(
+                conn,
+                spec.name,
+                str(year),
+                STEP,
+                run_id,
+                phash,
+                fingerprint,
+                result.rows,
+                result.rejected,
+                load_xmin,
+                oid,
+                source=job.source,
+            )
+            conn.commit()
+        result.status = "loaded"
+    finally:
+        spool.close()
+        if result.status != "loaded":
+            with contextlib.suppress(Exception):
+                control.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging)))
+
+
+def _top(reasons: Counter) -> str:
+    return ", ".join(f"{name} ({count:,})" for name, count in reasons.most_common(3)) or "-"
+
+
+def _swap(cur, spec: DatasetSpec, year: int, staging: str, target: str) -> None:
+    """Replace the year's partition with ``staging`` and its quarantined rows, in the caller's
+    transaction. The CHECK on ``staging`` lets ATTACH skip the validation scan."""
+    parent = ident(spec.table)
+    exists = cur.execute("SELECT to_regclass(%s)", (f"public.{target}",)).fetchone()[0]
+    if exists:
+        cur.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, ident(target)))
+        cur.execute(sql.SQL("DROP TABLE {}").format(ident(target)))
+    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(staging), ident(target)))
+    cur.execute(
+        sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+            parent, ident(target), sql.Literal(f"{year}-01-01"), sql.Literal(f"{year + 1}-01-01")
+        )
+    )
+    cur.execute(sql.SQL("DELETE FROM {} WHERE year = %s").format(ident(spec.rejected_table)), (year,))
+
+

@@ -1,0 +1,84 @@
+"""camera_datasets against a real PostgreSQL, a lake folder and the GCS emulator."""
+
+import json
+
+import geopandas as gpd
+import pytest
+from helpers import load_and_aggregate, run_cli
+from opsbook.demo import tickets as demodata
+from opsbook.procedures import camera_datasets
+
+pytestmark = pytest.mark.notebook
+
+
+@pytest.fixture
+def aggregated(db, demo_dir):
+    load_and_aggregate(db, demo_dir, "2017")
+    return db
+
+
+def test_geojson_and_summaries_match_the_runbook_totals(aggregated, tmp_path):
+    out = tmp_path / "cameras"
+    done = run_cli("camera_datasets", "-p", f"out={out}", "--json")
+    assert done.code == 0, done.stderr
+    assert done.json()["status"] == "pass"
+    for program, spec in demodata.CAMERA_PROGRAMS.items():
+        geo = gpd.read_file(out / f"{program}_locations.geojson")
+        assert geo.crs.to_epsg() == 4326
+        assert len(geo) == spec["sites"] and geo.geometry.is_valid.all()
+        assert (geo.geometry.geom_type == "Point").all()
+        assert int(geo["ticket_count"].sum()) == spec["tickets"]  # the runbook's sanity totals
+        assert round(float(geo["total_revenue"].sum())) == spec["revenue"]
+        summary = json.loads((out / f"{program}_summary.json").read_text())
+        assert summary["tickets"] == spec["tickets"] and summary["excluded"] == []
+        per_year = dict(
+            aggregated.execute(
+                f"SELECT year::text, sum(ticket_count)::int FROM {camera_datasets.PROGRAMS[program]} GROUP BY year"
+            ).fetchall()
+        )
+        assert {y: v["tickets"] for y, v in summary["years"].items()} == per_year
+        # a point is where PostgreSQL has the site
+        site = geo.iloc[0]
+        lat, lon = aggregated.execute(
+            f"SELECT min(latitude), min(longitude) FROM {camera_datasets.PROGRAMS[program]} WHERE site_code = %s",
+            (site["site_code"],),
+        ).fetchone()
+        assert (site.geometry.x, site.geometry.y) == pytest.approx((lon, lat))
+
+
+def test_sites_without_valid_coordinates_are_listed_not_dropped(aggregated, tmp_path):
+    aggregated.execute("UPDATE red_light_yearly_locations SET latitude = NULL WHERE site_code = 'RLC-003'")
+    aggregated.execute("UPDATE red_light_yearly_locations SET latitude = 45.42 WHERE site_code = 'RLC-004'")
+    result = camera_datasets.run(camera_datasets.Params(programs="red_light", out=str(tmp_path)), "test")
+    verdict = result.verdict()
+    assert verdict.status == "warn" and "2 site(s) left off the map" in verdict.summary
+    (program,) = result.programs
+    assert {(e["site_code"], e["reason"]) for e in program.excluded} == {
+        ("RLC-003", "no coordinates"),
+        ("RLC-004", "outside Toronto"),
+    }
+    assert program.features == 78
+    excluded_tickets = sum(e["tickets"] for e in program.excluded)
+    assert program.tickets == demodata.CAMERA_PROGRAMS["red_light"]["tickets"] - excluded_tickets
+    summary = json.loads((tmp_path / "red_light_summary.json").read_text())
+    assert sorted(e["site_code"] for e in summary["excluded"]) == ["RLC-003", "RLC-004"]
+
+
+def test_files_go_to_gcs_when_out_is_a_bucket(aggregated, gcs_emulator):
+    from opsbook.stores import objects
+
+    result = camera_datasets.run(camera_datasets.Params(out="gs://opsbook-test/maps/cameras"), "test")
+    assert result.verdict().status == "pass"
+    names = {o.uri for o in objects.list_objects("gs://opsbook-test/maps/cameras/")}
+    assert names == {
+        f"gs://opsbook-test/maps/cameras/{p}_{s}"
+        for p in ("red_light", "ase")
+        for s in ("locations.geojson", "summary.json")
+    }
+
+
+def test_no_camera_sites_fails(aggregated, tmp_path):
+    aggregated.execute("TRUNCATE red_light_yearly_locations")
+    done = run_cli("camera_datasets", "-p", "programs=red_light", "-p", f"out={tmp_path}", "--json")
+    assert done.code == 1
+    assert "no camera sites for red_light" in done.json()["summary"]

@@ -1,0 +1,146 @@
+"""rollups against a real PostgreSQL: hourly and daily tables from the 15-minute readings."""
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+from helpers import run_cli
+from opsbook import datasets
+from opsbook.trafficsafety import dualwrite
+from opsbook.demo import safety as safetydata
+from opsbook.procedures import rollups
+
+pytestmark = pytest.mark.integration
+TZ = "America/Toronto"
+WINDOW = "2025-11-01..2025-11-07"  # 2025-11-02 is the 25-hour day: clocks went back at 02:00
+TABLE_HASH = """SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {} t"""
+
+
+@pytest.fixture
+def readings(db) -> pd.DataFrame:
+    """Four intersections' readings from 2025-10-31 to 2025-11-08 (UTC), missing intervals included."""
+    db.execute("DROP TABLE IF EXISTS safety_indices, safety_indices_hourly, safety_indices_daily")
+    spec = datasets.get("safety_indices")
+    dualwrite.ensure_tables(db, spec)
+    table, _ = safetydata.readings(dt.date(2025, 10, 31), 9, count=4)
+    assert dualwrite.write_postgres(spec, table) == table.num_rows
+    return table.to_pandas()
+
+
+def build(window: str = WINDOW, **params) -> rollups.Result:
+    return rollups.run(rollups.Params(window=window, **params), "test-rollups")
+
+
+def daily_rows(db) -> pd.DataFrame:
+    rows = db.execute(
+        "SELECT intersection_id, date, hours_with_data, intervals, expected_intervals, total_volume, "
+        "peak_hour, peak_si, data_quality_score FROM safety_indices_daily ORDER BY 1, 2"
+    ).fetchall()
+    columns = ["intersection_id", "date", "hours", "intervals", "expected", "volume", "peak_hour", "peak_si", "score"]
+    return pd.DataFrame(rows, columns=columns).set_index(["intersection_id", "date"])
+
+
+def expected_from_pandas(frame: pd.DataFrame) -> pd.DataFrame:
+    """The daily rollup computed independently: local days, local hours, peak = the highest hourly mean."""
+    # Toronto's offsets are whole hours: a local hour starts on a UTC hour
+    frame = frame.assign(day=frame["timestamp"].dt.tz_convert(TZ).dt.date, hour=frame["timestamp"].dt.floor("h"))
+    frame = frame[(frame.day >= dt.date(2025, 11, 1)) & (frame.day <= dt.date(2025, 11, 7))]
+    hourly = frame.groupby(["intersection_id", "day", "hour"])["combined_index_eb"].mean().reset_index()
+    peaks = hourly.sort_values(["combined_index_eb", "hour"], ascending=[False, True]).drop_duplicates(
+        ["intersection_id", "day"]
+    )
+    peaks = peaks.assign(peak_hour=peaks.hour.dt.tz_convert(TZ).dt.hour).set_index(["intersection_id", "day"])
+    days = frame.groupby(["intersection_id", "day"]).agg(
+        intervals=("timestamp", "size"), volume=("traffic_volume", "sum"), hours=("hour", "nunique")
+    )
+    return days.join(peaks[["peak_hour", "combined_index_eb"]].rename(columns={"combined_index_eb": "peak_si"}))
+
+
+def test_daily_rollup_and_peak_hours_match_an_independent_computation(readings, db):
+    result = build()
+    assert result.verdict().status == "pass", result.verdict().summary
+    assert all(c["status"] == "pass" for c in result.checks) and len(result.checks) == 4
+    got = daily_rows(db)
+    want = expected_from_pandas(readings)
+    want.index = want.index.set_names(["intersection_id", "date"])
+    assert len(got) == len(want) == 4 * 7
+    assert got["intervals"].tolist() == want["intervals"].tolist()
+    assert got["volume"].tolist() == want["volume"].tolist()
+    assert got["hours"].tolist() == want["hours"].tolist()
+    assert got["peak_hour"].tolist() == want["peak_hour"].tolist()
+    assert got["peak_si"].to_numpy() == pytest.approx(want["peak_si"].to_numpy(), rel=1e-9)
+    # the day clocks went back has 25 hours and 100 intervals; the others 24 and 96
+    expected = got["expected"].groupby(level="date").first()
+    assert expected[dt.date(2025, 11, 2)] == 100
+    assert set(expected.drop(dt.date(2025, 11, 2))) == {96}
+    assert got.xs(dt.date(2025, 11, 2), level="date")["hours"].max() == 25
+    assert (got["score"] == got["intervals"] / got["expected"]).all()
+    # every reading of the window is in exactly one hourly row
+    hourly = db.execute(
+        "SELECT sum(intervals)::bigint, sum(total_volume)::bigint, count(*) FROM safety_indices_hourly"
+    ).fetchone()
+    assert hourly[:2] == (int(want["intervals"].sum()), int(want["volume"].sum()))
+    assert result.readings == want["intervals"].sum() and result.hourly_rows == hourly[2]
+
+
+def test_a_rerun_gives_the_same_tables_and_leaves_other_days_alone(readings, db):
+    build()
+    before = {t: db.execute(TABLE_HASH.format(t)).fetchone()[0] for t in (rollups.HOURLY, rollups.DAILY)}
+    build()
+    assert {t: db.execute(TABLE_HASH.format(t)).fetchone()[0] for t in before} == before
+    # a one-day rerun after a late correction changes that day only
+    db.execute(
+        "UPDATE safety_indices SET combined_index_eb = 1000 WHERE intersection_id = 1001 "
+        "AND \"timestamp\" >= '2025-11-04 14:00+00' AND \"timestamp\" < '2025-11-04 15:00+00'"
+    )
+    others = "SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM safety_indices_daily t WHERE date <> %s"
+    untouched = db.execute(others, (dt.date(2025, 11, 4),)).fetchone()[0]
+    result = build("2025-11-04")
+    assert result.daily_rows == 4 and result.verdict().status == "pass"
+    assert db.execute(others, (dt.date(2025, 11, 4),)).fetchone()[0] == untouched
+    peak = db.execute(
+        "SELECT peak_hour, peak_si FROM safety_indices_daily WHERE intersection_id = 1001 AND date = '2025-11-04'"
+    ).fetchone()
+    assert peak == (9, 1000)  # 14:00 UTC is 09:00 in Toronto
+
+
+def test_missing_intervals_are_tolerated_and_low_coverage_is_a_warning(readings, db):
+    # 2025-11-05 (local) keeps a handful of readings; 2025-11-06 none at all
+    db.execute(
+        "DELETE FROM safety_indices WHERE (\"timestamp\" AT TIME ZONE %s)::date = '2025-11-05' "
+        'AND extract(hour FROM "timestamp" AT TIME ZONE %s) NOT IN (7, 8)',
+        (TZ, TZ),
+    )
+    db.execute("DELETE FROM safety_indices WHERE (\"timestamp\" AT TIME ZONE %s)::date = '2025-11-06'", (TZ,))
+    result = build()
+    verdict = result.verdict()
+    assert verdict.status == "warn"
+    assert "2025-11-05" in verdict.summary and "2025-11-06" in verdict.summary
+    days = {d["day"]: d for d in result.days}
+    assert days[dt.date(2025, 11, 6)]["intersections"] == 0 and days[dt.date(2025, 11, 6)]["status"] == "warn"
+    thin = days[dt.date(2025, 11, 5)]
+    assert thin["status"] == "warn" and thin["intervals"] <= 4 * 8 and thin["coverage"] < 0.1
+    assert days[dt.date(2025, 11, 4)]["status"] == "pass"
+    assert all(c["status"] == "pass" for c in result.checks)
+    peaks = db.execute("SELECT DISTINCT peak_hour FROM safety_indices_daily WHERE date = '2025-11-05'").fetchall()
+    assert {h for (h,) in peaks} <= {7, 8}
+
+
+def test_cli_pass_no_readings_and_lock(readings, db):
+    done = run_cli("rollups", "-f", "params/trafficsafety/rollups.yaml", "--json")
+    assert done.code == 0, done.stderr
+    assert done.json()["status"] == "pass"
+    assert db.execute("SELECT count(*) FROM safety_indices_daily").fetchone()[0] == 28
+
+    empty = run_cli("rollups", "-p", "window=2030-01-01..2030-01-02", "--json")
+    assert empty.code == 1, empty.stderr
+    assert "no safety_indices readings in 2030-01-01..2030-01-02" in empty.json()["summary"]
+
+    key = rollups.lock_key("safety_indices")
+    db.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+    try:
+        held = run_cli("rollups", "--json")
+        assert held.code == 4, held.stderr
+        assert key in held.json()["error"]
+    finally:
+        db.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))

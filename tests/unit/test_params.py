@@ -1,0 +1,102 @@
+"""Parameter models: year windows, layering, and the messages a bad value gets."""
+
+import pytest
+from opsbook.errors import UsageError
+from opsbook.run.params import resolve
+from opsbook.windows import format_years, year_list
+from opsbook.procedures import load
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("spec", "years"),
+    [
+        ("2017", [2017]),
+        ("2016-2018", [2016, 2017, 2018]),
+        ("2011,2015-2016", [2011, 2015, 2016]),
+        (" 2018 , 2016 ", [2016, 2018]),
+        ("2016-2016", [2016]),
+    ],
+)
+def test_year_list(spec, years):
+    assert year_list(spec) == years
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("20x7", "'20x7' is not a year"),
+        ("2018-2016", "ends before it starts"),
+        ("1850", "outside 1900-2100"),
+        ("", "is not a year"),
+        ("2016-", "is not a year"),
+    ],
+)
+def test_year_list_refuses(spec, message):
+    with pytest.raises(ValueError, match=message):
+        year_list(spec)
+
+
+def test_format_years_is_the_shortest_spec():
+    assert format_years([2016, 2011, 2017, 2015]) == "2011,2015-2017"
+    assert year_list(format_years([2011, 2013, 2014])) == [2011, 2013, 2014]
+
+
+def test_unknown_name_gets_the_closest_valid_name():
+    with pytest.raises(UsageError) as caught:
+        resolve(load.Params, overrides=["yeras=2017"])
+    message = str(caught.value)
+    assert "unknown parameter 'yeras'" in message
+    assert "did you mean 'years'?" in message
+
+
+def test_bad_value_names_the_parameter_and_the_value():
+    with pytest.raises(UsageError) as caught:
+        resolve(load.Params, overrides=["years=20x7"])
+    assert "parameter 'years' (from -p)" in str(caught.value)
+    assert "'20x7' is not a year" in str(caught.value)
+
+
+def test_bad_boolean_is_refused():
+    with pytest.raises(UsageError, match=r"parameter 'force'.*valid boolean"):
+        resolve(load.Params, overrides=["force=perhaps"])
+
+
+def test_unknown_dataset_suggests_the_known_one():
+    with pytest.raises(UsageError, match="did you mean 'toronto_parking_tickets'"):
+        resolve(load.Params, overrides=["dataset=toronto_parking_ticket"])
+
+
+def test_missing_source_folder_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve(load.Params, overrides=[f"source={tmp_path / 'nowhere'}"])
+
+
+def test_layering_defaults_then_files_then_overrides(tmp_path):
+    first = tmp_path / "a.yaml"
+    first.write_text("years: 2011-2012\nforce: true\n")
+    second = tmp_path / "b.yaml"
+    second.write_text("years: 2013\n")
+    params = resolve(load.Params, files=[first, second], overrides=["max_rejected_ratio=0.5"])
+    assert params.years == "2013"  # the later file wins over the earlier
+    assert params.force is True  # from the first file, untouched by the second
+    assert params.max_rejected_ratio == 0.5  # -p
+    assert params.dataset == "toronto_parking_tickets"  # default
+    assert resolve(load.Params, files=[first], overrides=["years=2015"]).years == "2015"
+
+
+def test_params_file_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("years: 2016\nforce: [unclosed\n")
+    with pytest.raises(UsageError, match=r"bad.yaml:\d+: not valid YAML"):
+        resolve(load.Params, files=[bad])
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("yeers: 2016\n")
+    with pytest.raises(UsageError, match=r"unknown parameter 'yeers' \(from .*unknown.yaml\)"):
+        resolve(load.Params, files=[unknown])
+
+
+def test_malformed_override_is_refused():
+    with pytest.raises(UsageError, match="name=value"):
+        resolve(load.Params, overrides=["years"])

@@ -1,0 +1,140 @@
+"""The project speaks for itself: packaging agrees, notebooks match their models, docs are complete."""
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from opsbook import procedures
+from opsbook.errors import EXIT_CODES
+from opsbook.run.runner import parameters_cell
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.unit
+
+# conda-forge spells a few packages differently
+CONDA_NAMES = {"redis-py": "redis"}
+
+
+def _requirement(text: str) -> tuple[str, str]:
+    match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*(.*)$", text)
+    name = CONDA_NAMES.get(match.group(1).lower(), match.group(1).lower()).replace("_", "-")
+    return name, match.group(3).replace(" ", "")
+
+
+def test_environment_yml_lists_the_same_packages_as_pyproject():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = dict(_requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    listed: dict[str, str] = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            listed.update(_requirement(r) for r in dep["pip"])
+        elif not dep.startswith(("python=", "pip")) or dep.startswith("pip:"):
+            name, spec = _requirement(dep)
+            listed[name] = spec
+    assert listed == wanted
+    assert project["requires-python"] == ">=3.11" and "python=3.11" in env["dependencies"]
+
+
+@pytest.mark.parametrize("name", procedures.names())
+def test_notebook_parameters_cell_matches_its_model(name):
+    module = procedures.get(name)
+    cell = parameters_cell(ROOT / "notebooks" / module.NOTEBOOK)
+    fields = module.Params.model_fields
+    assert [n for n, _, _ in cell] == list(fields), "same names in the same order"
+    defaults = module.Params().notebook_parameters()
+    for field_name, annotation, default in cell:
+        assert default == defaults[field_name], f"{field_name}: notebook default differs from the model's"
+        assert annotation == type(defaults[field_name]).__name__, f"{field_name}: annotation"
+
+
+def _notebooks():
+    return (
+        sorted(ROOT.glob("notebooks/*.ipynb"))
+        + sorted(ROOT.glob("tests/notebooks/*.ipynb"))
+        + sorted(ROOT.glob("bench/notebooks/*.ipynb"))
+    )
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.name)
+def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    tagged = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+    for comment_line in "".join(tagged[0]["source"]).splitlines():
+        assert "#" in comment_line, f"every parameter has a comment: {comment_line!r}"
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("notebooks/*.ipynb")), ids=lambda p: p.name)
+def test_procedure_notebooks_are_thin(path):
+    """Notebooks call opsbook: no SQL, loops, retries or credentials in them."""
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        tree = ast.parse(source)
+        assert not any(isinstance(n, ast.For | ast.While | ast.Try) for n in ast.walk(tree)), source
+        assert not re.search(r"\b(SELECT|INSERT|UPDATE|DELETE)\b", source), source
+        assert not re.search(r"password|postgresql://|redis://", source, re.I), source
+
+
+def test_readme_documents_commands_procedures_and_exit_codes():
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    for name in procedures.names():
+        assert f"`{name}`" in readme, f"procedure {name} missing from the README"
+    for code, text in EXIT_CODES.items():
+        assert re.search(rf"\|\s*{code}\s*\|\s*{re.escape(text)}", readme), f"exit code {code} undocumented"
+
+
+def test_every_command_has_help_with_an_example():
+    for args in (["--help"], ["services", "--help"]):
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "run_notebook.py"), *args], capture_output=True, text=True, check=True
+        )
+        assert "example" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "opsbook.demo.tickets", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert "example" in out.stdout
+
+
+def test_code_passes_ruff():
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "lib", "tests", "bench", "run_notebook.py"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_import_opsbook_is_light():
+    """``import opsbook`` loads none of the heavy libraries (timed in bench/runner.py)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, opsbook, opsbook.run.cli\n"
+                "heavy = [m for m in ('pandas', 'pyarrow', 'papermill', 'psycopg', 'nbconvert') if m in sys.modules]\n"
+                "print(heavy)"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert out.stdout.strip() == "[]"
