@@ -9,6 +9,7 @@ variable                   meaning
 ``DATABASE_URL``           PostgreSQL to use; unset: the embedded server in ``.opsbook/pg``
 ``REDIS_URL``              Redis to use; unset: the embedded server in ``.opsbook/redis``
 ``LAKE_URL``               lake root, a folder or ``gs://bucket/prefix``; unset: ``.opsbook/lake``
+``ARCHIVE_URL``            raw archive root, the same forms; unset: ``.opsbook/archive``
 ``OPSBOOK_HOME``           the project root (default: found from the working directory)
 ``OPSBOOK_STATE_DIR``      embedded servers and demo data (default: ``<root>/.opsbook``)
 ``OPSBOOK_REPORTS_DIR``    executed notebooks and HTML reports (default: ``<root>/reports``)
@@ -69,6 +70,16 @@ def reports_dir() -> Path:
     path = Path(os.environ.get("OPSBOOK_REPORTS_DIR") or project_root() / "reports")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def lake_url() -> str:
+    """The lake's root: ``LAKE_URL`` (a folder or ``gs://bucket/prefix``), else ``<state>/lake``."""
+    return os.environ.get("LAKE_URL") or str(state_dir() / "lake")
+
+
+def archive_url() -> str:
+    """The raw archive's root: ``ARCHIVE_URL`` (a folder or ``gs://bucket/prefix``), else ``<state>/archive``."""
+    return os.environ.get("ARCHIVE_URL") or str(state_dir() / "archive")
 
 
 def notebooks_dir() -> Path:

@@ -35,7 +35,7 @@ from opsbook.run.verdict import Verdict
 
 NOTEBOOK = "retention.ipynb"
 SUMMARY = "Plan, then apply, a retention policy: drop old partitions, delete old rows, VACUUM ANALYZE"
-POLICY_FOLDER = "retention"
+POLICY_FOLDER = "policies"
 # the column types rows can be aged by, and the cast that reads a partition bound as that type
 AGE_TYPES = {
     "date": "date",
