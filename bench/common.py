@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "lib"))
 
 from opsbook import config, services  # noqa: E402
-from opsbook.demo import tickets as demodata
+from opsbook.demo import tickets as demodata  # noqa: E402
 from opsbook.stores import postgres  # noqa: E402
 
 # pasted into child processes: VmHWM, not ru_maxrss, which Linux carries over from the parent across exec

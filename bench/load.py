@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from common import PEAK_MB, ROOT, bench_database, generated_year, psql
+
 from opsbook.stores import postgres
 
 CHILD = (
@@ -33,15 +34,16 @@ CHILD = (
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from opsbook.procedures import load
+from opsbook.run import context
 # import what the load uses before the clock starts: a notebook has them loaded by then too
 import adbc_driver_postgresql.dbapi, pyarrow.compute, opsbook.sources.city_csv  # noqa
 """
     + PEAK_MB
     + r"""
-params = load.Params(source=sys.argv[2], years=sys.argv[3], force=sys.argv[4] == "force")
-plan = load.plan(params)
+ctx = context.make("load", source=sys.argv[2], years=sys.argv[3], force=sys.argv[4] == "force")
+plan = load.plan(ctx)
 t0 = time.perf_counter()
-result = load.run(plan, "bench-" + sys.argv[4])
+result = load.run(ctx, plan)
 seconds = time.perf_counter() - t0
 year = result.years[0]
 print(json.dumps({"seconds": seconds, "status": year.status, "rows": year.rows,

@@ -5,7 +5,7 @@ lake (Parquet by day) and to PostgreSQL, plants differences in PostgreSQL (50 de
 inserts, 100 value changes: NULL <-> value, beyond and within tolerance, time-zone shifts), then
 in separate processes, each measured end to end (reading both sides, then comparing):
 
-- opsbook: ``reconcile.compare`` (DuckDB over Arrow; and the bucketed-checksum path);
+- opsbook: ``trafficsafety.compare.compare`` (DuckDB over Arrow; and the bucketed-checksum path);
 - datacompy: ``datacompy.PandasCompare`` on the same two sides as pandas DataFrames (read the fast
   way too: Parquet through pyarrow, PostgreSQL through ADBC), with the same tolerances.
 
@@ -25,6 +25,7 @@ import sys
 import time
 
 from common import PEAK_MB, ROOT, bench_database, psql
+
 from opsbook import config
 
 CHILD_OPSBOOK = (
@@ -32,16 +33,17 @@ CHILD_OPSBOOK = (
 import datetime as dt, json, sys, time
 sys.path.insert(0, sys.argv[1])
 from opsbook import datasets
-from opsbook.trafficsafety import reconcile
+from opsbook.trafficsafety.compare import compare
+from opsbook.windows import Days
 # libraries imported before the clock starts, in both contenders
 import adbc_driver_postgresql.dbapi, duckdb, pyarrow.parquet  # noqa
 """
     + PEAK_MB
     + r"""
 spec = datasets.get("safety_indices")
-window = reconcile.parse_window(sys.argv[2])
+window = Days.parse(sys.argv[2])
 t0 = time.perf_counter()
-c = reconcile.compare(spec, window, row_limit=int(sys.argv[3]))
+c = compare(spec, window, row_limit=int(sys.argv[3]))
 seconds = time.perf_counter() - t0
 keys = set()
 for d in c.differences:
@@ -59,18 +61,19 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import datacompy
 from opsbook import datasets
-from opsbook.trafficsafety import reconcile
+from opsbook.trafficsafety import sides
+from opsbook.windows import Days
 import adbc_driver_postgresql.dbapi, pandas, pyarrow.parquet, sqlalchemy  # noqa
 """
     + PEAK_MB
     + r"""
 spec = datasets.get("safety_indices")
-window = reconcile.parse_window(sys.argv[2])
+window = Days.parse(sys.argv[2])
 t0 = time.perf_counter()
-files = reconcile.lake_files(spec, window)
+files = sides.lake_files(spec, window)
 if sys.argv[3] == "fast":  # the same fast readers opsbook uses: pyarrow and ADBC
-    lake = reconcile.read_lake(spec, files).drop(["_file"]).to_pandas()
-    pg = reconcile.read_postgres(spec, window).to_pandas()
+    lake = sides.read_lake(spec, files).drop(["_file"]).to_pandas()
+    pg = sides.read_postgres(spec, window).to_pandas()
 else:  # as it is usually done: pandas.read_parquet and pandas.read_sql
     import pandas as pd
     import sqlalchemy
@@ -113,10 +116,11 @@ def main() -> int:
     import datetime as dt
 
     import adbc_driver_postgresql.dbapi as adbc
+
     from opsbook import datasets
-    from opsbook.trafficsafety import dualwrite
     from opsbook.demo import safety as safetydata
     from opsbook.stores import postgres
+    from opsbook.trafficsafety import dualwrite
 
     url = bench_database()
     lake = config.state_dir() / "bench" / "reconcile-lake"
@@ -186,11 +190,13 @@ def main() -> int:
         f"both paths agree: {ours['keys'] == bucketed['keys']}"
     )
     # repair=true at this scale: the lake's rows over the differing keys, then compare again
-    from opsbook.trafficsafety import reconcile
+    from opsbook.trafficsafety import repair
+    from opsbook.trafficsafety.compare import compare
+    from opsbook.windows import Days
 
-    days = reconcile.parse_window(window)
-    done = reconcile.repair(spec, days, reconcile.compare(spec, days), "lake")
-    left = reconcile.compare(spec, days).differences
+    days = Days.parse(window)
+    done = repair.apply(spec, repair.plan(compare(spec, days), days, "lake"))
+    left = compare(spec, days).differences
     print(f"repair from the lake: {done}; differences left: {len(left)}")
     return 0 if found == expected and not left else 1
 

@@ -19,6 +19,7 @@ import sys
 import time
 
 from common import PEAK_MB, ROOT, bench_database, generated_year
+
 from opsbook.stores import postgres
 
 CHILD = (
@@ -26,13 +27,14 @@ CHILD = (
 import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 from opsbook.procedures import validate
+from opsbook.run import context
 from opsbook.stores import postgres
 """
     + PEAK_MB
     + r"""
 year, repeat = int(sys.argv[2]), int(sys.argv[3])
-params = validate.Params(window=str(year))
-validate.run(params)  # warm: imports, the reference figures, the table in the OS cache
+ctx = context.make("validate", window=str(year))
+validate.run(ctx)  # warm: imports, the reference figures, the table in the OS cache
 count_times, suite_times = [], []
 with postgres.connection(autocommit=True) as conn:
     for _ in range(repeat):
@@ -42,7 +44,7 @@ with postgres.connection(autocommit=True) as conn:
             (f"{year}-01-01", f"{year + 1}-01-01")).fetchone()[0]
         count_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        result = validate.run(params)
+        result = validate.run(ctx)
         suite_times.append(time.perf_counter() - t0)
 print(json.dumps({"rows": rows, "count": count_times, "suite": suite_times, "checks": len(result.suite.results),
                   "statuses": {r.name: r.status for r in result.suite.results}, "peak_mb": peak_mb()}))

@@ -169,11 +169,16 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_report_header(config):
+    """Which servers the integration tests will use (never starting one just to say so)."""
     lines = []
-    with contextlib.suppress(BaseException):
-        lines.append(f"opsbook PostgreSQL: {_describe(*_pg_admin_url())}")
-    with contextlib.suppress(BaseException):
-        lines.append(f"opsbook Redis: {_describe(*_redis_url())}")
+    for kind, variables, port, local in (
+        ("PostgreSQL", ("TEST_DATABASE_URL", "DATABASE_URL"), 5432, LOCAL_PG),
+        ("Redis", ("TEST_REDIS_URL", "REDIS_URL"), 6379, LOCAL_REDIS),
+    ):
+        found = next(((os.environ[v], v) for v in variables if os.environ.get(v)), None)
+        if found is None and _reachable("127.0.0.1", port):
+            found = (local, "localhost")
+        lines.append(f"opsbook {kind}: {_describe(*found) if found else 'embedded, started when a test needs it'}")
     return lines
 
 

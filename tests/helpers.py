@@ -87,3 +87,18 @@ def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
         env=full_env,
         cwd=ROOT,
     )
+
+
+def postgis(conn) -> None:
+    """Make sure the session database has PostGIS; where the server has none, skip the test
+    (and fail it in CI, where OPSBOOK_REQUIRE_SERVICES=1 demands every service)."""
+    import pytest
+
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0]
+        reason = f"PostGIS is not installed on this PostgreSQL ({first}); Debian: postgresql-15-postgis-3"
+        if os.environ.get("OPSBOOK_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason + "; the shapely path is tested without it")

@@ -11,7 +11,7 @@ variable                   meaning
 ``LAKE_URL``               lake root, a folder or ``gs://bucket/prefix``; unset: ``.opsbook/lake``
 ``ARCHIVE_URL``            raw archive root, the same forms; unset: ``.opsbook/archive``
 ``OPSBOOK_HOME``           the project root (default: found from the working directory)
-``OPSBOOK_STATE_DIR``      embedded servers and demo data (default: ``<root>/.opsbook``)
+``OPSBOOK_STATE_DIR``      embedded servers and generated stand-in data (default: ``<root>/.opsbook``)
 ``OPSBOOK_REPORTS_DIR``    executed notebooks and HTML reports (default: ``<root>/reports``)
 ``OPSBOOK_SECRET_*``       any further secret value to redact from every artifact
 =========================  ==========================================================
@@ -93,8 +93,6 @@ def params_dir() -> Path:
 def package_data(*parts: str) -> Path:
     """A file shipped inside the package (reference data, templates)."""
     return _PACKAGE_DIR.joinpath("data", *parts)
-
-
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -86,6 +86,11 @@ def database_label(url: str | None = None) -> str:
     return f"{host}{port}/{info.get('dbname') or info.get('user') or ''}"
 
 
+def embedded_data_dir() -> Path:
+    """The embedded PostgreSQL's data folder."""
+    return _pg_dir()
+
+
 def _pg_dir() -> Path:
     return config.state_dir() / "pg"
 

@@ -23,10 +23,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, create_model, model_validator
 
 ENTRY_POINT_GROUP = "opsbook.plugins"
 ALLOW = "allow_demo"
+# the stand-in source the notebooks' defaults name, so that "Run all" works on a fresh machine
+# (the demo plugin registers it; without the plugin, a default is refused like any unknown folder)
+DEFAULT_SOURCE = "demo"
 
 
 @dataclass(frozen=True)
@@ -141,29 +144,52 @@ def resolve(kind: str, value: str, **hints: Any) -> str:
     return found.materialize(**hints) if found else value
 
 
+def guarded(model: type[BaseModel]) -> type[BaseModel]:
+    """Class decorator for a parameters model with source parameters: adds ``allow_demo`` (its
+    last parameter) and refuses a stand-in source against a configured database without it."""
+    return create_model(
+        model.__name__,
+        __base__=model,
+        __module__=model.__module__,
+        __doc__=model.__doc__,
+        __validators__={"_refuse_against_configured_database": model_validator(mode="after")(_refuse)},
+        **{ALLOW: (bool, Field(False, description="let a stand-in source write into a configured DATABASE_URL"))},
+    )
+
+
+def flags(params: BaseModel) -> dict[str, str]:
+    """The parameters a rerun command must repeat for a run that allowed stand-in sources."""
+    return {ALLOW: "true"} if getattr(params, ALLOW, False) else {}
+
+
+def _refuse(self):
+    if getattr(self, ALLOW):
+        return self
+    named = []
+    for name, info in type(self).model_fields.items():
+        kinds = [m for m in info.metadata if isinstance(m, _SourceKind)]
+        value = getattr(self, name)
+        if kinds and isinstance(value, str) and source(kinds[0].kind, value):
+            named.append(f"{name}={value}")
+    if not named:
+        return self
+    from opsbook import services
+
+    if services.database_is_embedded():
+        return self
+    raise ValueError(
+        f"{', '.join(named)} generates stand-in data, and DATABASE_URL points at a configured database "
+        f"({services.database_label()}): stand-in data is only written to the embedded database. "
+        f"Unset DATABASE_URL, or add -p {ALLOW}=true if this database is meant for it"
+    )
+
+
+# TEMPORARY (removed once every procedure uses @guarded)
+def allow_demo_field():
+    return Field(False, description="let a stand-in source write into a configured DATABASE_URL")
+
+
 class GuardedSources(BaseModel):
-    """A parameters model with stand-in sources: refuses them against a configured database."""
-
-    allow_demo: bool = Field(False, description="let a generated source write into a configured DATABASE_URL")
-
     @model_validator(mode="after")
     def _refuse_against_configured_database(self):
-        if self.allow_demo:
-            return self
-        named = []
-        for name, info in type(self).model_fields.items():
-            kinds = [m for m in info.metadata if isinstance(m, _SourceKind)]
-            value = getattr(self, name)
-            if kinds and isinstance(value, str) and source(kinds[0].kind, value):
-                named.append(f"{name}={value}")
-        if not named:
-            return self
-        from opsbook import services
-
-        if services.database_is_embedded():
-            return self
-        raise ValueError(
-            f"{', '.join(named)} generates stand-in data, and DATABASE_URL points at a configured database "
-            f"({services.database_label()}): stand-in data is only written to the embedded database. "
-            f"Unset DATABASE_URL, or add -p {ALLOW}=true if this database is meant for it"
-        )
+        return _refuse(self)

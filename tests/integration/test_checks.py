@@ -4,12 +4,14 @@ import gzip
 import json
 
 import pytest
+from helpers import postgis as require_postgis
+
 from opsbook import checks
 from opsbook.checks import spec as s
+from opsbook.checks.context import Context
 from opsbook.checks.geometry import run_geometry
-from opsbook.checks.table import Context
 from opsbook.datasets import Column, DatasetSpec, Partition
-from opsbook.stores.postgres import has_postgis
+from opsbook.windows import Years
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +57,7 @@ def run(conn, *items, years=(2016,), reference=None, references=None):
     suite = s.Suite(
         dataset="ck", checks=list(items), references=references or {}, sample_columns=["id", "day", "amount"]
     )
-    return {r.name: r for r in checks.run_suite(conn, SPEC, suite, list(years), reference).results}
+    return {r.name: r for r in checks.run_suite(conn, SPEC, suite, Years(tuple(years)), reference).results}
 
 
 def test_coverage_lists_the_missing_months(events):
@@ -222,11 +224,7 @@ def test_redis_key(events, redis_url):
 
 
 def test_geometry_postgis_and_shapely_agree(events):
-    if not has_postgis(events):
-        try:
-            events.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-        except Exception:
-            pytest.fail("PostGIS is not installed on this server (Debian: postgresql-15-postgis-3)")
+    require_postgis(events)  # skips (outside CI) when the server has no PostGIS
     events.execute("DROP TABLE IF EXISTS ck_geo")
     events.execute("CREATE TABLE ck_geo (id int, geom geometry, lat float8, lon float8)")
     events.execute("""INSERT INTO ck_geo VALUES
@@ -235,7 +233,7 @@ def test_geometry_postgis_and_shapely_agree(events):
         (3, ST_SetSRID(ST_MakePoint(-79.38, 43.65), 3857), 95, -79.4),
         (4, NULL, NULL, -79.4)""")
     check = s.Geometry(name="geo", type="geometry", table="ck_geo", column="geom", srid=4326)
-    ctx = Context(events, SPEC, s.Suite(dataset="ck", checks=[]), [], None)
+    ctx = Context(events, SPEC, s.Suite(dataset="ck", checks=[]), Years(), None)
     postgis = run_geometry(ctx, check, engine="postgis")
     shapely = run_geometry(ctx, check, engine="shapely")
     assert (postgis.engine, shapely.engine) == ("PostGIS", "shapely")
@@ -250,3 +248,150 @@ def test_window_prunes_to_the_years_asked(events):
     r = run(events, s.RowCount(name="n", type="row_count", min=1), years=[2017])["n"]
     assert r.status == "fail" and r.observed == "0 rows"
     assert run(events, s.RowCount(name="n", type="row_count", min=1), years=[2015, 2016])["n"].observed == "621 rows"
+
+
+def test_geometry_without_postgis_reads_wkb_with_shapely(events):
+    """The path a server without PostGIS takes: WKB in a bytea column, checked by shapely."""
+    import shapely
+
+    points = [
+        shapely.Point(-79.38, 43.65),
+        shapely.Polygon([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)]),  # a bow tie: invalid
+        shapely.set_srid(shapely.Point(-79.38, 43.65), 3857),
+    ]
+    events.execute("DROP TABLE IF EXISTS ck_wkb")
+    events.execute("CREATE TABLE ck_wkb (id int, geom bytea)")
+    with events.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ck_wkb VALUES (%s, %s)",
+            [
+                (i, shapely.to_wkb(shapely.set_srid(g, shapely.get_srid(g) or 4326), include_srid=True))
+                for i, g in enumerate(points)
+            ]
+            + [(9, None)],
+        )
+    ctx = Context(events, SPEC, s.Suite(dataset="ck", checks=[]), Years(), None)
+    result = run_geometry(ctx, s.Geometry(name="geo", type="geometry", table="ck_wkb", column="geom"), engine="shapely")
+    assert result.engine == "shapely" and result.failing_count == 3 and result.status == "fail"
+    assert {f["problem"].split("[")[0].strip() for f in result.failing} >= {"NULL geometry", "SRID 3857"}
+    events.execute("DROP TABLE ck_wkb")
+
+
+def test_an_empty_window_checks_every_year_the_table_holds(events):
+    suite = s.Suite(dataset="ck", checks=[s.Coverage(name="y", type="coverage", grain="year")])
+    events.execute("INSERT INTO ck_events VALUES (1000, '2014-06-01', 1, 'ok', NULL, now())")
+    try:
+        result = checks.run_suite(events, SPEC, suite, Years(), None)
+        assert result.window == "every partition the table holds: 2014-2016"
+        (years,) = result.results
+        assert years.status == "fail" and years.message == "missing years: 2015"
+    finally:
+        events.execute("DELETE FROM ck_events WHERE id = 1000")
+
+
+def test_a_day_window(events):
+    from opsbook.windows import Days
+
+    suite = s.Suite(
+        dataset="ck",
+        checks=[
+            s.Coverage(name="days", type="coverage", grain="day"),
+            s.RowCount(name="n", type="row_count", per="day", min=10, max=10),
+        ],
+    )
+    result = checks.run_suite(events, SPEC, suite, Days.parse("2016-01-30..2016-02-02"), None)
+    found = {r.name: r for r in result.results}
+    assert found["days"].message == "missing days: 2016-02-01, 2016-02-02"
+    assert {f["partition"] for f in found["n"].failing} == {"2016-02-01", "2016-02-02"}
+    assert result.window == "2016-01-30..2016-02-02"
+
+
+def test_a_partition_without_reference_figures_warns(events, tmp_path):
+    reference = tmp_path / "ref.csv"
+    reference.write_text("year,month,rows\n2016,1,311\n")  # March has no figure
+    check = s.ExpectedTotals(
+        name="t", type="expected_totals", grain="month", measures=[s.Measure(measure="count", reference_column="rows")]
+    )
+    r = run(events, check, reference="r", references={"r": s.Reference(csv=str(reference))})["t"]
+    assert r.status == "warn" and "no reference for 2016-03" in r.message
+    reference.write_text("year,month,rows\n2016,1,300\n")  # and January is wrong: that fails
+    r = run(events, check, reference="r2", references={"r2": s.Reference(csv=str(reference))})["t"]
+    assert (
+        r.status == "fail"
+        and "2016-01 rows: 311, expected 300" in r.message
+        and "no reference for 2016-03" in r.message
+    )
+
+
+def test_empty_query_passes_when_no_row_breaks_the_rule(events):
+    r = run(
+        events,
+        s.EmptyQuery(name="neg", type="empty_query", query="SELECT id, amount FROM ck_events WHERE amount < 0"),
+        s.EmptyQuery(
+            name="big", type="empty_query", query="SELECT id FROM ck_events WHERE amount > %(limit)s", description="x"
+        ),
+    )
+    assert r["neg"].status == "fail" and r["neg"].failing == [{"id": 9, "amount": -3}] and r["neg"].failing_count == 1
+    suite = s.Suite(
+        dataset="ck",
+        checks=[
+            s.EmptyQuery(name="big", type="empty_query", query="SELECT id FROM ck_events WHERE amount > %(limit)s")
+        ],
+    )
+    (big,) = checks.run_suite(events, SPEC, suite, Years((2016,)), None, params={"limit": 100}).results
+    assert big.status == "pass"
+
+
+def test_free_disk_says_what_it_measured(events):
+    r = run(
+        events,
+        s.FreeDisk(name="roomy", type="free_disk", min_gb=0.001),
+        s.FreeDisk(name="greedy", type="free_disk", min_gb=10**9, severity="warn"),
+    )
+    assert r["roomy"].status == "pass" and "lake:" in r["roomy"].observed and "GB free" in r["roomy"].observed
+    assert r["greedy"].status == "warn" and "free" in r["greedy"].message
+
+
+def test_redis_totals_compare_a_payload_with_postgresql(events, redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    query = "SELECT extract(month FROM day)::text AS key, count(*) AS rows FROM ck_events GROUP BY 1"
+    client.set("opsbook:test:summary", json.dumps({"months": {"1": {"rows": 311}, "3": {"rows": 310}}}))
+    client.set("opsbook:test:stale", gzip.compress(json.dumps({"months": {"1": {"rows": 300}}}).encode()))
+    r = run(
+        events,
+        s.RedisTotals(
+            name="ok",
+            type="redis_totals",
+            key="opsbook:test:summary",
+            per="months",
+            totals={"rows": "rows"},
+            query=query,
+        ),
+        s.RedisTotals(
+            name="stale",
+            type="redis_totals",
+            key="opsbook:test:stale",
+            per="months",
+            totals={"rows": "rows"},
+            query=query,
+        ),
+        s.RedisTotals(name="gone", type="redis_totals", key="opsbook:test:none", totals={"rows": "rows"}, query=query),
+    )
+    assert r["ok"].status == "pass" and r["ok"].observed == "2 of 2 totals match"
+    assert r["stale"].status == "fail"
+    assert (
+        "1 rows: 300 in Redis, 311 in PostgreSQL" in r["stale"].message
+        and "3 rows: None in Redis" in r["stale"].message
+    )
+    assert r["gone"].status == "fail" and "no key" in r["gone"].message
+    client.delete("opsbook:test:summary", "opsbook:test:stale")
+
+
+def test_every_check_type_of_the_suite_models_is_registered():
+    from typing import get_args
+
+    union = get_args(get_args(s.Check)[0])
+    modelled = {get_args(m.model_fields["type"].annotation)[0] for m in union}
+    assert modelled == set(checks.registered())

@@ -25,10 +25,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from helpers import call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from opsbook.demo import tickets as demodata
-from opsbook.procedures import load
+from opsbook.toronto.tickets import YearResult
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +71,13 @@ def source(tmp_path):
     """Write one file as the year's only source file; returns a loader for it."""
     counter = iter(range(1_000_000))
 
-    def put(data: bytes, name: str = CSV_NAME, **params) -> load.YearResult:
+    def put(data: bytes, name: str = CSV_NAME, **params) -> YearResult:
         folder = tmp_path / f"source-{next(counter)}"
         folder.mkdir()
         (folder / name).write_bytes(data)
         # every quarantined row must reach the table to be checked: no ratio limit here
         params = {"max_rejected_ratio": 1.0, "force": True} | params
-        result = load.run(load.plan(load.Params(source=str(folder), years=str(YEAR), **params)), "test-hostile")
+        result = call("load", source=str(folder), years=str(YEAR), **params)
         return result.years[0]
 
     return put
@@ -100,7 +102,7 @@ def quarantined(db) -> list[tuple]:
     ).fetchall()
 
 
-def assert_accounted(db, result: load.YearResult, loaded: int, rejected: int, data_rows: int) -> None:
+def assert_accounted(db, result: YearResult, loaded: int, rejected: int, data_rows: int) -> None:
     """The year loaded; ``loaded`` rows are stored and ``rejected`` quarantined, which adds up
     to the file's data rows (nothing dropped on the way)."""
     assert result.status == "loaded", result.error
@@ -110,7 +112,7 @@ def assert_accounted(db, result: load.YearResult, loaded: int, rejected: int, da
     assert len(quarantined(db)) == rejected
 
 
-def assert_refused(db, result: load.YearResult, message: str | re.Pattern) -> None:
+def assert_refused(db, result: YearResult, message: str | re.Pattern) -> None:
     """The year failed with ``message`` (exact text, or a pattern matched from the start) and
     nothing of it is stored."""
     assert result.status == "failed"
@@ -505,7 +507,7 @@ def test_any_valid_rows_load_exactly(clean, tmp_path, case):
     folder = Path(tempfile.mkdtemp(dir=tmp_path))
     for name, data in case["files"].items():
         (folder / name).write_bytes(data)
-    result = load.run(load.plan(load.Params(source=str(folder), years=str(YEAR), force=True)), "test-property")
+    result = call("load", source=str(folder), years=str(YEAR), force=True)
     year = result.years[0]
     assert year.status == "loaded", year.error
     assert quarantined(clean) == []

@@ -2,10 +2,11 @@
 
 import pytest
 from helpers import ROOT, run_cli
-from opsbook import config
-from opsbook.run.redaction import Redactor, redact_url
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+
+from opsbook.run import redaction
+from opsbook.run.redaction import Redactor, redact_url
 
 PASSWORD = "pa55-Wörd/with:odd@chars"
 

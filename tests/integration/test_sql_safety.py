@@ -3,12 +3,14 @@ is built (and quoted when it is), values are always bound."""
 
 import pytest
 from helpers import run_cli
+from pydantic import ValidationError
+
 from opsbook import checks, datasets
 from opsbook.checks import spec as s
 from opsbook.datasets import Column, DatasetSpec, Partition
 from opsbook.errors import UsageError
-from opsbook.procedures import load, retention
-from pydantic import ValidationError
+from opsbook.ops.policy import Rule, load_policy
+from opsbook.procedures import load
 
 HOSTILE = [
     'tickets"; DROP TABLE parking_tickets; --',
@@ -55,8 +57,8 @@ def test_check_suites_and_retention_policies_refuse_hostile_names(name, tmp_path
         lambda: s.Coverage(name="c", type="coverage", column=name),
         lambda: s.RowCount(name="n", type="row_count", table=name),
         lambda: s.NotNull(name=name, type="not_null", columns=["day"]),
-        lambda: retention.Rule(table=name, action="drop_partitions", keep_days=30),
-        lambda: retention.Rule(table="t", action="delete_rows", column=name, keep_days=30),
+        lambda: Rule(table=name, action="drop_partitions", keep_days=30),
+        lambda: Rule(table="t", action="delete_rows", column=name, keep_days=30),
     ):
         with pytest.raises(ValidationError):
             make()
@@ -65,7 +67,7 @@ def test_check_suites_and_retention_policies_refuse_hostile_names(name, tmp_path
         f"rules:\n  - table: '{name.replace(chr(39), chr(39) * 2)}'\n    action: drop_partitions\n    keep_days: 30\n"
     )
     with pytest.raises(UsageError, match=rf"{policy}:2: rules\[0\]\.table"):
-        retention.load_policy(str(policy))
+        load_policy(str(policy))
 
 
 @pytest.mark.unit

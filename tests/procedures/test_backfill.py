@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 from helpers import kernel_processes, run_cli, start_cli
-from opsbook import runlog
+
 from opsbook.demo import tickets as demodata
+from opsbook.history import locks, schema
 
 pytestmark = pytest.mark.notebook
 DATASET = "toronto_parking_tickets"
 YEARS = (2015, 2016, 2017)
 ROWS = 300_000  # per year: a year takes a few seconds, so a run can be killed in the middle of one
+# the aggregate step reads the demo camera charges (the default), a stand-in source: the test
+# database is a configured one, so the run says it is meant for stand-in data
+DEMO_CAMERAS = ("-p", "allow_demo=true")
 
 
 @pytest.fixture(scope="session")
@@ -93,12 +97,12 @@ def test_kill_9_mid_way_then_resume(clean, big_dir, reports_dir):
     proc.wait(30)
     assert killed_while, f"the backfill ended before it could be killed: {proc.stderr.read()[-2000:]}"
     partition, step, _ = killed_while
-    key = runlog.partition_lock(step, DATASET, partition)
+    key = locks.partition_lock(step, DATASET, partition)
     for _ in range(50):  # the kernel dies with the runner; PostgreSQL notices the closed session
-        if runlog.lock_is_free(db, key):
+        if locks.lock_is_free(db, key):
             break
         time.sleep(0.1)
-    assert runlog.lock_is_free(db, key), "the killed run's kernel still holds the partition"
+    assert locks.lock_is_free(db, key), "the killed run's kernel still holds the partition"
     assert kernel_processes() == []
     still = dict(((p, s), st) for p, s, st in ledger(db))
     assert still[(partition, step)] == "running"  # left behind: only the next backfill can tell
@@ -137,9 +141,9 @@ def test_a_second_backfill_of_the_dataset_exits_4_before_a_kernel(clean, demo_di
     from opsbook.stores import postgres
 
     with postgres.connection(autocommit=True) as holder:
-        runlog.ensure_schema(holder)
-        runlog.try_lock(holder, f"opsbook.backfill:{DATASET}", "run 20261122T000000Z-backfill-aaaaaa")
-        done = run_cli("backfill", "-p", f"source={demo_dir}", "-p", "window=2015", "--json")
+        schema.ensure_schema(holder)
+        locks.try_lock(holder, f"opsbook.backfill:{DATASET}", "run 20261122T000000Z-backfill-aaaaaa")
+        done = run_cli("backfill", "-p", f"source={demo_dir}", "-p", "window=2015", *DEMO_CAMERAS, "--json")
     assert done.code == 4
     error = done.json()["error"]
     assert "20261122T000000Z-backfill-aaaaaa" in error and "pid" in error and "since" in error
@@ -149,7 +153,7 @@ def test_a_second_backfill_of_the_dataset_exits_4_before_a_kernel(clean, demo_di
 
 def test_resume_after_a_finished_backfill_does_nothing_and_force_is_identical(clean, demo_dir):
     db = clean
-    args = ["backfill", "-p", f"source={demo_dir}", "-p", "window=2015-2018", "--json"]
+    args = ["backfill", "-p", f"source={demo_dir}", "-p", "window=2015-2018", *DEMO_CAMERAS, "--json"]
     first = run_cli(*args)
     assert first.code == 0, first.stderr
     before = [digest(db, t) for t in BUILT_TABLES]
@@ -172,7 +176,7 @@ def test_a_failing_partition_does_not_stop_the_others(clean, demo_dir, tmp_path)
     shutil.copytree(demo_dir, source)
     original = (source / "parking-tickets-2016.zip").read_bytes()
     (source / "parking-tickets-2016.zip").write_bytes(original[: len(original) // 2])  # truncated
-    done = run_cli("backfill", "-p", f"source={source}", "-p", "window=2015-2017", "--json")
+    done = run_cli("backfill", "-p", f"source={source}", "-p", "window=2015-2017", *DEMO_CAMERAS, "--json")
     assert done.code == 1, done.stderr
     outcome = done.json()
     figures = outcome["results"]["verdict"]["figures"]
@@ -181,7 +185,7 @@ def test_a_failing_partition_does_not_stop_the_others(clean, demo_dir, tmp_path)
     command = outcome["summary"].split("Rerun only them: ")[1]
     assert command == (
         f"python run_notebook.py backfill -p dataset={DATASET} -p source={source} -p window=2016 "
-        "-p steps=load,aggregate -p only_failed=true"
+        "-p steps=load,aggregate -p only_failed=true -p allow_demo=true"
     )
     assert set(rows_per_year(db)) == {2015, 2017}
     statuses = {(p, s): st for p, s, st in ledger(db)}
@@ -198,7 +202,9 @@ def test_a_failing_partition_does_not_stop_the_others(clean, demo_dir, tmp_path)
 
 def test_a_local_pool_gives_the_same_tables(clean, demo_dir):
     db = clean
-    done = run_cli("backfill", "-p", f"source={demo_dir}", "-p", "window=2015-2018", "-p", "workers=2", "--json")
+    done = run_cli(
+        "backfill", "-p", f"source={demo_dir}", "-p", "window=2015-2018", "-p", "workers=2", *DEMO_CAMERAS, "--json"
+    )
     assert done.code == 0, done.stderr
     assert "a local pool of 2 processes" in done.json()["summary"]
     expected = demodata.expected_monthly(range(2015, 2019)).groupby("year")["tickets"].sum()
@@ -222,6 +228,7 @@ def test_partitions_run_on_dask(clean, demo_dir):
             "window=2015-2018",
             "-p",
             f"executor=dask://{address}",
+            *DEMO_CAMERAS,
             "--json",
         )
     assert done.code == 0, done.stderr
@@ -238,7 +245,7 @@ def test_partitions_run_on_dask(clean, demo_dir):
 
 
 def test_contradictory_modes_are_refused():
-    done = run_cli("backfill", "-p", "resume=true", "-p", "force=true")
+    done = run_cli("backfill", "-p", "resume=true", "-p", "force=true", *DEMO_CAMERAS)
     assert done.code == 2 and "resume and force contradict" in done.stderr
     done = run_cli("backfill", "-p", "steps=load,agregate")
     assert done.code == 2 and "unknown step(s) agregate" in done.stderr

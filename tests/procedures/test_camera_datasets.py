@@ -4,9 +4,10 @@ import json
 
 import geopandas as gpd
 import pytest
-from helpers import load_and_aggregate, run_cli
-from opsbook.demo import tickets as demodata
-from opsbook.procedures import camera_datasets
+from helpers import call, load_and_aggregate, run_cli
+
+from opsbook.demo import cameras as democameras
+from opsbook.toronto import cameras
 
 pytestmark = pytest.mark.notebook
 
@@ -22,7 +23,7 @@ def test_geojson_and_summaries_match_the_runbook_totals(aggregated, tmp_path):
     done = run_cli("camera_datasets", "-p", f"out={out}", "--json")
     assert done.code == 0, done.stderr
     assert done.json()["status"] == "pass"
-    for program, spec in demodata.CAMERA_PROGRAMS.items():
+    for program, spec in democameras.CAMERA_PROGRAMS.items():
         geo = gpd.read_file(out / f"{program}_locations.geojson")
         assert geo.crs.to_epsg() == 4326
         assert len(geo) == spec["sites"] and geo.geometry.is_valid.all()
@@ -33,14 +34,14 @@ def test_geojson_and_summaries_match_the_runbook_totals(aggregated, tmp_path):
         assert summary["tickets"] == spec["tickets"] and summary["excluded"] == []
         per_year = dict(
             aggregated.execute(
-                f"SELECT year::text, sum(ticket_count)::int FROM {camera_datasets.PROGRAMS[program]} GROUP BY year"
+                f"SELECT year::text, sum(ticket_count)::int FROM {cameras.PROGRAMS[program]} GROUP BY year"
             ).fetchall()
         )
         assert {y: v["tickets"] for y, v in summary["years"].items()} == per_year
         # a point is where PostgreSQL has the site
         site = geo.iloc[0]
         lat, lon = aggregated.execute(
-            f"SELECT min(latitude), min(longitude) FROM {camera_datasets.PROGRAMS[program]} WHERE site_code = %s",
+            f"SELECT min(latitude), min(longitude) FROM {cameras.PROGRAMS[program]} WHERE site_code = %s",
             (site["site_code"],),
         ).fetchone()
         assert (site.geometry.x, site.geometry.y) == pytest.approx((lon, lat))
@@ -49,7 +50,7 @@ def test_geojson_and_summaries_match_the_runbook_totals(aggregated, tmp_path):
 def test_sites_without_valid_coordinates_are_listed_not_dropped(aggregated, tmp_path):
     aggregated.execute("UPDATE red_light_yearly_locations SET latitude = NULL WHERE site_code = 'RLC-003'")
     aggregated.execute("UPDATE red_light_yearly_locations SET latitude = 45.42 WHERE site_code = 'RLC-004'")
-    result = camera_datasets.run(camera_datasets.Params(programs="red_light", out=str(tmp_path)), "test")
+    result = call("camera_datasets", programs="red_light", out=str(tmp_path))
     verdict = result.verdict()
     assert verdict.status == "warn" and "2 site(s) left off the map" in verdict.summary
     (program,) = result.programs
@@ -59,17 +60,17 @@ def test_sites_without_valid_coordinates_are_listed_not_dropped(aggregated, tmp_
     }
     assert program.features == 78
     excluded_tickets = sum(e["tickets"] for e in program.excluded)
-    assert program.tickets == demodata.CAMERA_PROGRAMS["red_light"]["tickets"] - excluded_tickets
+    assert program.tickets == democameras.CAMERA_PROGRAMS["red_light"]["tickets"] - excluded_tickets
     summary = json.loads((tmp_path / "red_light_summary.json").read_text())
     assert sorted(e["site_code"] for e in summary["excluded"]) == ["RLC-003", "RLC-004"]
 
 
 def test_files_go_to_gcs_when_out_is_a_bucket(aggregated, gcs_emulator):
-    from opsbook.stores import objects
+    from opsbook.stores import uri
 
-    result = camera_datasets.run(camera_datasets.Params(out="gs://opsbook-test/maps/cameras"), "test")
+    result = call("camera_datasets", out="gs://opsbook-test/maps/cameras")
     assert result.verdict().status == "pass"
-    names = {o.uri for o in objects.list_objects("gs://opsbook-test/maps/cameras/")}
+    names = {o.uri for o in uri.listing("gs://opsbook-test/maps/cameras/")}
     assert names == {
         f"gs://opsbook-test/maps/cameras/{p}_{s}"
         for p in ("red_light", "ase")

@@ -1,4 +1,4 @@
-"""Dual-write and reconcile against a real PostgreSQL and the GCS emulator."""
+"""dual_write against a real PostgreSQL, a lake and an archive (folders, or the GCS emulator)."""
 
 import datetime as dt
 import os
@@ -9,103 +9,196 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from helpers import run_cli
+from helpers import call, run_cli
+
 from opsbook import datasets
-from opsbook.trafficsafety import dualwrite
-from opsbook.trafficsafety import reconcile
 from opsbook.demo import safety as safetydata
+from opsbook.errors import CheckFailed, LockHeld, SourceError, UsageError
+from opsbook.history import locks
+from opsbook.procedures import dual_write
+from opsbook.run import context
+from opsbook.stores import uri
+from opsbook.trafficsafety import dualwrite, write_lock
+from opsbook.trafficsafety.compare import compare
+from opsbook.windows import Days
 
 pytestmark = pytest.mark.integration
 SPEC_NAME = "safety_indices"
-START = dt.date(2025, 11, 1)
+TARGETS = ("lake", "postgres", "archive")
 
 
 @pytest.fixture
 def lake(tmp_path, monkeypatch, db):
-    """An empty lake, archive and staging area, and no safety_indices rows."""
+    """An empty lake, archive and staging area, and no safety_indices rows, writes or intersections."""
     monkeypatch.setenv("LAKE_URL", str(tmp_path / "lake"))
     monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
-    db.execute("DROP TABLE IF EXISTS safety_indices")
-    db.execute("DELETE FROM opsbook.writes WHERE dataset = %s", (SPEC_NAME,)) if _has_writes(db) else None
-    shutil.rmtree(Path(os.environ["OPSBOOK_STATE_DIR"]) / "staging", ignore_errors=True)
+    db.execute("DROP TABLE IF EXISTS safety_indices, intersections")
     spec = datasets.get(SPEC_NAME)
     dualwrite.ensure_tables(db, spec)
+    db.execute("DELETE FROM opsbook.writes WHERE dataset = %s", (SPEC_NAME,))
+    shutil.rmtree(Path(os.environ["OPSBOOK_STATE_DIR"]) / "staging", ignore_errors=True)
     return spec
 
 
-def _has_writes(db) -> bool:
-    return db.execute("SELECT to_regclass('opsbook.writes')").fetchone()[0] is not None
+def write(**values):
+    """dual_write of the demo's batches (a stand-in source: the test database is a configured one)."""
+    values.setdefault("source", "demo")
+    return call("dual_write", allow_demo=True, **values)
 
 
-def write_days(db, spec, days: int, start=START):
-    results = [dualwrite.write_batch(db, spec, b.batch_id, b.table) for b in safetydata.batches(start, days)]
-    assert all(r.complete for r in results)
-    return results
+def source_batches() -> dict[str, pa.Table]:
+    folder = safetydata.source_folder()
+    return {p.stem: pq.read_table(p) for p in sorted(Path(folder).glob("*.parquet"))}
 
 
-def by_class(comparison) -> dict[str, set]:
-    found: dict[str, set] = {}
-    for d in comparison.differences:
-        found.setdefault(d["class"], set()).add(d["key"])
-    return found
+def days_of(table: pa.Table) -> set[dt.date]:
+    return {t.astimezone(dt.UTC).date() for t in table.column("timestamp").to_pylist()}
 
 
-def test_what_was_written_agrees(lake, db):
-    write_days(db, lake, 2)
-    window = reconcile.parse_window("2025-11-01..2025-11-02")
-    for limit in (10**9, 0):
-        comparison = reconcile.compare(lake, window, row_limit=limit)
-        assert comparison.differences == []
-        assert comparison.lake_rows == comparison.postgres_rows and sum(comparison.lake_rows.values()) > 1000
-    assert reconcile.archive_findings(db, lake, window) == []
+def ledger(db) -> dict[tuple[str, str], tuple[str, int]]:
+    rows = db.execute(
+        "SELECT batch_id, target, status, attempts FROM opsbook.writes WHERE dataset = %s", (SPEC_NAME,)
+    ).fetchall()
+    return {(b, t): (s, a) for b, t, s, a in rows}
 
 
-def test_planted_differences_are_classified_exactly_by_both_paths(lake, db):
-    write_days(db, lake, 3)
-    expected = safetydata.plant_differences(db, "safety_indices", deletes=10, inserts=10, changes=40)
-    # a batch file copied under another name: every key in it is now twice in the lake
-    day_dir = Path(os.environ["LAKE_URL"]) / SPEC_NAME / "date=2025-11-02"
-    copied = sorted(day_dir.glob("*.parquet"))[5]
-    shutil.copy(copied, day_dir / "zz-copy.parquet")
-    import pyarrow.parquet as pq
-
-    twice = {(r["intersection_id"], r["timestamp"]) for r in pq.read_table(copied).to_pylist()}
-    window = reconcile.parse_window("2025-11-01..2025-11-03")
-    fast = reconcile.compare(lake, window, row_limit=10**9)
-    bucketed = reconcile.compare(lake, window, row_limit=0)
-    assert fast.method == "hash join" and bucketed.method.startswith("bucketed checksums")
-    for comparison in (fast, bucketed):
-        found = by_class(comparison)
-        for klass, keys in expected.items():
-            assert found.get(klass, set()) == keys, klass
-        assert found["duplicate key"] == twice
-        assert len(expected["timestamp shifted"]) >= 5
-    assert [(d["class"], d["key"]) for d in fast.differences] == [(d["class"], d["key"]) for d in bucketed.differences]
-    drift = next(d for d in fast.differences if d["class"] == "value drift" and "vru_index" in d["columns"])
-    assert drift["postgres"]["vru_index"] - drift["lake"]["vru_index"] == pytest.approx(0.5)
-
-    reconcile.repair(lake, window, fast, "lake")
-    after = reconcile.compare(lake, window, row_limit=10**9)
-    assert [d["class"] for d in after.differences] == ["duplicate key"] * len(twice)  # the lake's own fault
-    reconcile.repair(lake, window, after, "postgres")
-    assert reconcile.compare(lake, window, row_limit=0).differences == []
+def table_digest(db, table: str = "safety_indices"):
+    return db.execute(f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {table} t").fetchone()
 
 
-def test_repair_from_postgres_rewrites_only_the_days_that_differ(lake, db):
-    write_days(db, lake, 2)
-    db.execute(
-        "UPDATE safety_indices SET traffic_volume = traffic_volume + 1 WHERE timestamp::date = '2025-11-02' "
-        "AND intersection_id = 1003"
-    )
-    window = reconcile.parse_window("2025-11-01..2025-11-02")
-    before = reconcile.compare(lake, window)
-    assert {d["day"] for d in before.differences} == {dt.date(2025, 11, 2)}
-    untouched = sorted((Path(os.environ["LAKE_URL"]) / SPEC_NAME / "date=2025-11-01").glob("*.parquet"))
-    done = reconcile.repair(lake, window, before, "postgres")
-    assert done["lake days rewritten"] == 1
-    assert sorted((Path(os.environ["LAKE_URL"]) / SPEC_NAME / "date=2025-11-01").glob("*.parquet")) == untouched
-    assert reconcile.compare(lake, window).differences == []
+def test_a_window_writes_its_batches_to_every_target_once(lake, db):
+    batches = source_batches()
+    wanted = {b for b, t in batches.items() if dt.date(2025, 11, 1) in days_of(t)}
+    result = write(window="2025-11-01")
+    verdict = result.verdict()
+    assert verdict.status == "pass", verdict.summary
+    assert {b.batch_id for b in result.batches} == wanted
+    assert len(wanted) > 24  # the day's own batches, and the next day's with its late readings
+    assert all(b.complete for b in result.batches) and result.pending == []
+    assert ledger(db) == {(b, t): ("success", 1) for b in wanted for t in TARGETS}
+
+    # every reading of the day is in PostgreSQL, and the batches' other rows too: nothing else
+    rows = pa.concat_tables([batches[b] for b in sorted(wanted)])
+    assert db.execute("SELECT count(*) FROM safety_indices").fetchone()[0] == rows.num_rows == result.rows
+    readings, _ = safetydata.readings(dt.date(2025, 11, 1), 7)
+    day_one = sum(1 for t in readings.column("timestamp").to_pylist() if t.date() == dt.date(2025, 11, 1))
+    assert db.execute("SELECT count(*) FROM safety_indices WHERE timestamp < '2025-11-02'").fetchone()[0] == day_one
+    # the lake holds them once, a file per batch and day; the archive an object per batch
+    lake_files = [o for o in uri.listing(os.environ["LAKE_URL"]) if o.name.endswith(".parquet")]
+    assert sum(pq.read_table(o.uri).num_rows for o in lake_files) == rows.num_rows
+    assert {o.name.removesuffix(".json.gz") for o in uri.listing(os.environ["ARCHIVE_URL"])} == wanted
+    assert compare(lake, Days.parse("2025-11-01")).differences == []
+
+    # a batch the ledger has in every target is not written again, unless forced
+    before = table_digest(db)
+    again = write(window="2025-11-01")
+    assert again.batches == [] and len(again.plan.writes.done) == len(wanted)
+    assert again.verdict().status == "pass" and "already in every target" in again.verdict().summary
+    forced = write(window="2025-11-01", force=True)
+    assert {b.batch_id for b in forced.batches} == wanted and forced.verdict().status == "pass"
+    assert ledger(db) == {(b, t): ("success", 2) for b in wanted for t in TARGETS}
+    assert table_digest(db) == before
+
+
+def test_consecutive_windows_and_a_missing_target_write_each_batch_once(lake, db):
+    first = write(window="2025-11-01", targets="lake,postgres")
+    assert first.verdict().status == "pass"
+    second = write(window="2025-11-02")
+    # the batches of 2025-11-02 already in lake and PostgreSQL reach the archive alone
+    shared = {b.batch_id for b in first.batches} & {b.batch_id for b in second.batches}
+    assert shared and all(set(b.targets) == {"archive"} for b in second.batches if b.batch_id in shared)
+    assert all(set(b.targets) == set(TARGETS) for b in second.batches if b.batch_id not in shared)
+    assert {a for _, a in ledger(db).values()} == {1}  # no batch was written twice to a target
+    assert compare(lake, Days.parse("2025-11-01..2025-11-02")).differences == []
+
+
+def test_intersections_are_upserted_from_the_source(lake, db, tmp_path):
+    from opsbook.stores.postgres import has_postgis
+
+    result = write(window="2025-11-03")
+    assert result.written.intersections == 8
+    demo = safetydata.intersections(8)
+    rows = db.execute("SELECT id, name, latitude, longitude, installed_on FROM intersections ORDER BY id").fetchall()
+    assert rows == [tuple(r) for r in demo.itertuples(index=False)]
+    if has_postgis(db):
+        assert db.execute("SELECT count(*) FROM intersections WHERE geom IS NOT NULL").fetchone()[0] == 8
+
+    # a source of our own: two batches, the intersections file with one name changed
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    source = Path(safetydata.source_folder())
+    for name in ("safety-20251101T05.parquet", "safety-20251101T06.parquet"):
+        shutil.copy(source / name, folder / name)
+    text = (source / "intersections.csv").read_text()
+    (folder / "intersections.csv").write_text(text.replace(demo["name"][0], "Renamed Corner"))
+    ours = call("dual_write", source=str(folder), force=True)
+    assert ours.verdict().status == "pass" and len(ours.batches) == 2
+    assert db.execute("SELECT name FROM intersections WHERE id = 1001").fetchone()[0] == "Renamed Corner"
+    assert db.execute("SELECT count(*) FROM intersections").fetchone()[0] == 8
+
+
+def test_unreadable_batch_files_are_reported_and_the_others_written(lake, db, tmp_path):
+    folder = tmp_path / "incoming"
+    (folder / "2025" / "11").mkdir(parents=True)
+    source = Path(safetydata.source_folder())
+    shutil.copy(source / "safety-20251101T05.parquet", folder / "2025" / "11" / "safety-20251101T05.parquet")
+    shutil.copy(source / "safety-20251101T06.parquet", folder / "safety-20251101T06.parquet")
+    (folder / "truncated.parquet").write_bytes((source / "safety-20251101T07.parquet").read_bytes()[:200])
+    pq.write_table(pq.read_table(source / "safety-20251101T08.parquet").drop(["speed_p85"]), folder / "narrow.parquet")
+    (folder / "README.txt").write_text("incoming batches")
+
+    plan = dual_write.plan(context.make("dual_write", source=str(folder)))
+    assert [w.batch.batch_id for w in plan.writes.work] == ["safety-20251101T05", "safety-20251101T06"]
+    assert plan.writes.found.ignored == ["README.txt"]
+    reasons = dict(plan.writes.found.unreadable)
+    assert set(reasons) == {"truncated.parquet", "narrow.parquet"}
+    assert "speed_p85" in reasons["narrow.parquet"]
+
+    result = call("dual_write", source=str(folder))
+    verdict = result.verdict()
+    assert verdict.status == "fail" and verdict.error is SourceError
+    assert verdict.summary.startswith("2 batch file(s) could not be read and were not written (first: ")
+    assert [b.batch_id for b in result.batches if b.complete] == ["safety-20251101T05", "safety-20251101T06"]
+    assert db.execute("SELECT count(*) FROM safety_indices").fetchone()[0] == result.rows > 0
+
+
+def test_a_window_with_no_batch_is_refused_before_anything_is_written(lake, db):
+    with pytest.raises(SourceError, match=r"no batch of .* falls in 2030-01-01: nothing to write \(168 batch"):
+        write(window="2030-01-01")
+    assert ledger(db) == {}
+
+
+def test_a_stand_in_source_is_refused_against_a_configured_database():
+    with pytest.raises(UsageError, match="source=demo generates stand-in data"):
+        context.make("dual_write", source="demo")
+    with pytest.raises(UsageError, match="target"):
+        context.make("dual_write", source="demo", allow_demo=True, targets="lake,s3")
+
+
+def test_one_writer_at_a_time(lake, db):
+    key = write_lock(SPEC_NAME)
+    locks.try_lock(db, key, "run holding it")
+    try:
+        with pytest.raises(LockHeld, match=f"{key} is held by run holding it"):
+            write(window="2025-11-01")
+    finally:
+        locks.unlock(db, key)
+    assert ledger(db) == {}
+
+
+def test_batches_read_from_gcs(lake, db, gcs_emulator):
+    prefix = "gs://opsbook-test/incoming/safety"
+    source = Path(safetydata.source_folder())
+    names = ["safety-20251101T05.parquet", "safety-20251101T06.parquet", "intersections.csv"]
+    for name in names:
+        uri.write_bytes(uri.join(prefix, name), (source / name).read_bytes())
+    result = call("dual_write", source=prefix, window="2025-11-01")
+    assert result.verdict().status == "pass", result.verdict().summary
+    assert [b.batch_id for b in result.batches] == ["safety-20251101T05", "safety-20251101T06"]
+    assert result.written.intersections == 8
 
 
 def free_port() -> int:
@@ -132,13 +225,14 @@ def test_gcs_down_during_a_dual_write_then_retried(lake, db, tmp_path):
     data_dir = tmp_path / "gcs"
     env = {"ARCHIVE_URL": "gs://opsbook-archive/archive", "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
            "OPSBOOK_GCS_RETRY_SECONDS": "3"}  # fmt: skip
+    demo = ("-p", "allow_demo=true")
     emulator = start_emulator(port, data_dir)
     try:
-        first = run_cli("dual_write", "-p", "days=1", "--json", env=env)
+        first = run_cli("dual_write", "-p", "window=2025-11-01", *demo, "--json", env=env)
         assert first.code == 0, first.stderr
         emulator.kill()
         emulator.wait()
-        down = run_cli("dual_write", "-p", "start=2025-11-02", "-p", "days=1", "--json", env=env)
+        down = run_cli("dual_write", "-p", "window=2025-11-02", *demo, "--json", env=env)
         assert down.code == 1, down.stderr
         outcome = down.json()
         assert "pending" in outcome["summary"] and "retry_pending=true" in outcome["summary"]
@@ -157,7 +251,7 @@ def test_gcs_down_during_a_dual_write_then_retried(lake, db, tmp_path):
         assert check.json()["results"]["verdict"]["figures"]["pending writes"] == batches
 
         emulator = start_emulator(port, data_dir)
-        retried = run_cli("dual_write", "-p", "retry_pending=true", "--json", env=env)
+        retried = run_cli("dual_write", "-p", "retry_pending=true", *demo, "--json", env=env)
         assert retried.code == 0, retried.stderr
         again = run_cli("reconcile_dual_write", "-p", "window=2025-11-01..2025-11-02", "--json", env=env)
         assert again.code == 0, again.json()["summary"]
@@ -166,53 +260,22 @@ def test_gcs_down_during_a_dual_write_then_retried(lake, db, tmp_path):
         emulator.kill()
 
 
-def test_a_lake_on_gcs(lake, db, gcs_emulator, monkeypatch):
-    monkeypatch.setenv("LAKE_URL", "gs://opsbook-test/lake")
-    write_days(db, lake, 1)
-    files = reconcile.lake_files(lake, reconcile.parse_window("2025-11-01"))
-    assert files and all(f.startswith("gs://opsbook-test/lake/safety_indices/date=2025-11-01/") for f in files)
-    db.execute("DELETE FROM safety_indices WHERE ctid = (SELECT ctid FROM safety_indices LIMIT 1)")
-    comparison = reconcile.compare(lake, reconcile.parse_window("2025-11-01"))
-    assert [d["class"] for d in comparison.differences] == ["missing in postgres"]
+def test_retry_pending_writes_every_pending_batch_from_its_staged_copy(lake, db, tmp_path, monkeypatch):
+    broken = tmp_path / "not-a-folder"
+    broken.write_text("")
+    monkeypatch.setenv("ARCHIVE_URL", str(broken))  # every archive write fails
+    failed = write(window="2025-11-04")
+    verdict = failed.verdict()
+    assert verdict.status == "fail" and verdict.error is CheckFailed
+    pending = {p["batch_id"] for p in failed.pending}
+    assert pending == {b.batch_id for b in failed.batches} and {p["target"] for p in failed.pending} == {"archive"}
+    first_error = failed.pending[0]["last_error"]
+    assert first_error.startswith(("NotADirectoryError", "FileExistsError"))
+    assert all(p["last_error"].startswith("not tried: archive failed at batch ") for p in failed.pending[1:])
 
-
-def test_lake_day_counts_come_from_footers_only_when_they_prove_one_day(tmp_path):
-    import pyarrow.parquet as pq
-
-    spec = datasets.get(SPEC_NAME)
-    table, _ = safetydata.readings(START, 2, count=2)
-    days = dualwrite.days_of(spec, table)
-    one_day = tmp_path / "one.parquet"
-    pq.write_table(table.slice(0, 10), one_day)
-    assert reconcile._day_counts_in_metadata(spec, [str(one_day)]) == {days[0]: 10}
-    both_days = tmp_path / "both.parquet"  # a file holding two days: counted by a scan instead
-    pq.write_table(table, both_days)
-    assert reconcile._day_counts_in_metadata(spec, [str(one_day), str(both_days)]) is None
-
-
-def test_duplicate_keys_are_found_when_postgres_enforces_its_key():
-    """With a unique key in PostgreSQL the lake is searched for duplicates only when the join's
-    counts show one: a copy equal to PostgreSQL's row, and a lake-only key twice, are both found."""
-    import pyarrow as pa
-
-    spec = datasets.get(SPEC_NAME)
-    table = dualwrite.conform(spec, safetydata.readings(START, 1, count=2)[0])
-    pg, extra = table.slice(0, table.num_rows - 1), table.slice(table.num_rows - 1, 1)  # extra: lake only
-
-    def found(*parts) -> dict[str, set]:
-        lake = pa.concat_tables(parts)
-        lake = lake.append_column("_file", pa.array(["a.parquet"] * lake.num_rows))
-        classes: dict[str, set] = {}
-        for d in reconcile.compare_tables(spec, lake, pg, pg_unique=True):
-            classes.setdefault(d["class"], set()).add(d["key"])
-        return classes
-
-    def keys(t) -> set:
-        return {(r["intersection_id"], r["timestamp"]) for r in t.select(spec.key).to_pylist()}
-
-    assert found(table) == {"missing in postgres": keys(extra)}
-    assert found(table, table.slice(3, 1)) == {
-        "duplicate key": keys(table.slice(3, 1)),
-        "missing in postgres": keys(extra),
-    }
-    assert found(table, extra) == {"duplicate key": keys(extra), "missing in postgres": keys(extra)}
+    monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
+    retried = write(retry_pending=True)
+    assert retried.verdict().status == "pass" and retried.pending == []
+    assert {b.batch_id for b in retried.batches} == pending
+    assert all(set(b.targets) == {"archive"} for b in retried.batches)
+    assert {o.name.removesuffix(".json.gz") for o in uri.listing(str(tmp_path / "archive"))} == pending

@@ -13,9 +13,10 @@ from pathlib import Path
 import nbformat
 import psycopg
 import pytest
-from helpers import run_cli
-from opsbook import runlog
-from opsbook.procedures import health
+from helpers import call, run_cli
+
+from opsbook.history import runs as history
+from opsbook.history import schema
 
 pytestmark = pytest.mark.notebook
 HOST = socket.gethostname()
@@ -26,7 +27,7 @@ SHARED_SERVER = ("-p", "max_connections_used=1")
 @pytest.fixture
 def runs(db):
     """An empty run log; returns ``add(run_id, procedure, ...)`` inserting one row."""
-    runlog.ensure_schema(db)
+    schema.ensure_schema(db)
     db.execute("DELETE FROM opsbook.runs")
     db.execute("DELETE FROM opsbook.locks")
 
@@ -104,33 +105,38 @@ def test_lag_failures_and_a_missing_procedure_breach(db, runs):
     assert "backfill" not in summary
 
 
-def test_a_drop_in_rows_is_flagged_for_scheduled_procedures_only(runs):
+def test_a_drop_in_rows_is_flagged_for_scheduled_procedures_only(db, runs):
     for n, rows in enumerate((1000, 1100, 900, 100)):
         runs(f"load-{n}", "load", hours_ago=4 - n, dataset="d", window="2017", rows_out=rows)
     runs("load-other-window", "load", hours_ago=0.5, dataset="d2", window="2018", rows_out=5)
     runs("backfill-1", "backfill", hours_ago=3, dataset="d", window="2017", rows_out=1000)
     runs("backfill-2", "backfill", hours_ago=2, dataset="d", window="2017", rows_out=0)
-    result = health.run(health.Params(expected="load"), "test-health")
-    by_name = {s.name: s for s in result.sync}
+    result = call("health", expected="load")
+    by_name = {s.name: s for s in result.findings.sync}
     assert by_name["load/d"].breaches == [
         "load/d wrote 100 rows in its last run, 90% fewer than the median 1,000 of its 3 earlier run(s) "
         "of window 2017 in 7 days"
     ]
     assert by_name["load/d2"].breaches == []  # nothing earlier of the same window to compare with
     assert by_name["backfill/d"].breaches == []
-    assert list(by_name["load/d"].daily_rows.values())[-1] == 100
+    # the day of the last run (UTC; the day before today in the first hour after midnight)
+    day = db.execute(
+        "SELECT to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM opsbook.runs WHERE run_id = 'load-3'"
+    ).fetchone()[0]
+    assert by_name["load/d"].daily_rows[day] == 100
+    assert all(v is None for d, v in by_name["load/d"].daily_rows.items() if d > day)
 
 
 def test_stuck_run_is_reported_then_marked_and_a_live_run_is_left(db, runs):
     healthy(runs)
     runs("dead-run", "load", status="running", hours_ago=2, dataset="toronto_parking_tickets", pid=gone_pid())
     # a run of this very process: alive for as long as the test runs
-    runlog.start_run(db, "live-run", "backfill", "toronto_parking_tickets", "2017", {})
+    history.start(db, "live-run", "backfill", "toronto_parking_tickets", "2017", {})
     # an old row whose pid now belongs to a younger process (this one): the pid was recycled
     runs("recycled-pid", "aggregate", status="running", hours_ago=24 * 365, pid=os.getpid())
 
-    result = health.run(health.Params(stuck_after_minutes=0, max_connections_used=1), "test-health")
-    states = {r.run_id: r.state for r in result.running}
+    result = call("health", stuck_after_minutes=0, max_connections_used=1)
+    states = {r.run_id: r.state for r in result.findings.running}
     assert states == {"dead-run": "dead", "live-run": "alive", "recycled-pid": "dead"}
 
     reported = run_cli("health", *SHARED_SERVER, "-p", "stuck_after_minutes=0", "--json")
@@ -238,3 +244,21 @@ def test_a_bad_threshold_is_refused_before_a_kernel_starts():
     done = run_cli("health", "-p", "lag_hours=lod=3")
     assert done.code == 2
     assert "did you mean 'load'" in done.stderr
+
+
+def test_expected_and_lag_hours_take_text_or_yaml_and_are_written_back_as_text():
+    from opsbook.errors import UsageError
+    from opsbook.procedures import health
+    from opsbook.run.params import validate
+
+    as_text = validate(health.Params, {"expected": "load, validate", "lag_hours": "default=25,load=26"})
+    as_yaml = validate(health.Params, {"expected": ["load", "validate"], "lag_hours": {"default": 25, "load": 26}})
+    assert as_text == as_yaml
+    assert as_text.expected == ("load", "validate") and as_text.lag_hours == {"default": 25.0, "load": 26.0}
+    written = as_yaml.notebook_parameters()
+    assert (written["expected"], written["lag_hours"]) == ("load,validate", "default=25,load=26")
+    assert validate(health.Params, written) == as_text  # what the notebook records reads back the same
+    with pytest.raises(UsageError, match="did you mean 'validate'"):
+        validate(health.Params, {"expected": "validat"})
+    with pytest.raises(UsageError, match="is not a number of hours"):
+        validate(health.Params, {"lag_hours": {"load": "soon"}})

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from helpers import call
+
 from opsbook.demo import tickets as demodata
 from opsbook.errors import CheckFailed, LockHeld
 from opsbook.history import ledger, locks, schema

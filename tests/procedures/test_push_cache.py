@@ -5,8 +5,9 @@ import json
 
 import pytest
 import redis
-from helpers import load_and_aggregate, run_cli
-from opsbook.procedures import push_cache
+from helpers import call, load_and_aggregate, run_cli
+
+from opsbook.toronto import cache
 
 pytestmark = pytest.mark.notebook
 KEY = "toronto:map-data:tickets:aggregated:v1"
@@ -30,9 +31,7 @@ def test_payloads_are_published_and_match_postgres(db, demo_dir, client):
     done = run_cli("push_cache", "-p", "years=2016-2017", "-p", "gzip_over_kb=16", "-p", "ttl_hours=2", "--json")
     assert done.code == 0, done.stderr
     keys = {k.decode() for k in client.scan_iter("toronto:map-data:*")}
-    assert keys == {push_cache.key_of(n) for n in push_cache.PAYLOADS} | {
-        f"{push_cache.key_of(n)}:summary" for n in push_cache.PAYLOADS
-    }
+    assert keys == {cache.key_of(n) for n in cache.PAYLOADS} | {f"{cache.key_of(n)}:summary" for n in cache.PAYLOADS}
     raw = client.get(KEY)
     assert raw[:2] == b"\x1f\x8b"  # large: gzip'd
     payload = decode(raw)
@@ -56,8 +55,7 @@ def test_payloads_are_published_and_match_postgres(db, demo_dir, client):
 
 def test_a_payload_that_disagrees_fails_the_check(db, demo_dir, client, monkeypatch):
     load_and_aggregate(db, demo_dir, "2017")
-    params = push_cache.Params(years="2017")
-    original = push_cache.build_payload
+    original = cache.build_payload
 
     def dropped_location(conn, name, years, min_tickets):
         payload, summary = original(conn, name, years, min_tickets)
@@ -65,7 +63,7 @@ def test_a_payload_that_disagrees_fails_the_check(db, demo_dir, client, monkeypa
             payload["locations"] = payload["locations"][1:]  # what a broken build would publish
         return payload, summary
 
-    monkeypatch.setattr(push_cache, "build_payload", dropped_location)
-    result = push_cache.run(params, "test")
+    monkeypatch.setattr(cache, "build_payload", dropped_location)
+    result = call("push_cache", years="2017")
     verdict = result.verdict()
     assert verdict.status == "fail" and KEY in verdict.summary

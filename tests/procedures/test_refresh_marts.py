@@ -5,11 +5,14 @@ import json
 import shutil
 
 import pytest
-from helpers import run_cli
+from helpers import call, run_cli
+
 from opsbook.demo import weather as weatherdata
-from opsbook.errors import UsageError
+from opsbook.errors import CheckFailed, LockHeld, UsageError
 from opsbook.procedures import refresh_marts
+from opsbook.run import context
 from opsbook.run.verdict import Verdict
+from opsbook.windows import Days
 
 pytestmark = pytest.mark.notebook
 
@@ -37,7 +40,7 @@ def source(tmp_path):
 
 
 def run(folder, **values) -> refresh_marts.Result:
-    return refresh_marts.run(refresh_marts.Params(source=str(folder), **values), "test")
+    return call("refresh_marts", source=str(folder), **values)
 
 
 def core_rows(db, where: str = "true") -> dict:
@@ -127,7 +130,7 @@ def test_malformed_files_are_kept_raw_and_quarantined_with_the_file_and_field(fr
     fresh.execute("DROP SCHEMA mart, core, raw CASCADE")
     over = run(source, max_rejected_ratio=0.1)
     verdict = over.verdict()
-    assert verdict.status == "fail" and verdict.error_type == "CheckFailed"
+    assert verdict.status == "fail" and verdict.error is CheckFailed
     assert "3 of 18 files" in verdict.summary
     assert fresh.execute("SELECT count(*) FROM raw.weather_observations").fetchone()[0] == 0
     assert fresh.execute("SELECT count(*) FROM core.weather").fetchone()[0] == 0
@@ -181,14 +184,15 @@ def test_window_rerun_rebuilds_the_window_and_touches_no_other_day(fresh, source
     assert again.marts[0].after.rows == len(CITIES) * DAYS
 
 
-def test_bad_window_is_refused():
+def test_bad_window_is_refused(tmp_path):
     from opsbook.run.params import validate
 
     with pytest.raises(UsageError, match="not a day window"):
         validate(refresh_marts.Params, {"window": "2024-11-01..soon"})
     with pytest.raises(UsageError, match="ends before it starts"):
         validate(refresh_marts.Params, {"window": "2024-11-07..2024-11-01"})
-    assert refresh_marts.parse_window("2024-11-03") == (dt.date(2024, 11, 3), dt.date(2024, 11, 3))
+    window = validate(refresh_marts.Params, {"source": str(tmp_path), "window": "2024-11-03"}).window
+    assert (window.first, window.last) == (dt.date(2024, 11, 3), dt.date(2024, 11, 3))
 
 
 def test_checkpoint_failure_blocks_the_refresh_and_exits_1(fresh, source, tmp_path):
@@ -219,7 +223,8 @@ def test_checkpoint_failure_blocks_the_refresh_and_exits_1(fresh, source, tmp_pa
 
 
 def test_cli_on_the_demo_passes_and_the_mart_matches_core(fresh, reports_dir):
-    done = run_cli("refresh_marts", "-f", "params/warehouse/refresh_marts.yaml", "--json")
+    # the demo source against the test database: allowed explicitly
+    done = run_cli("refresh_marts", "-f", "params/demo/warehouse/refresh_marts.yaml", "-p", "allow_demo=true", "--json")
     assert done.code == 0, done.stderr
     demo = weatherdata.ensure_demo()
     files = len(list(demo.rglob("*.json")))
@@ -243,14 +248,72 @@ def test_cli_on_the_demo_passes_and_the_mart_matches_core(fresh, reports_dir):
     assert list(reports_dir.rglob("*refresh_marts*.html"))
 
 
-def test_verdict_names_the_marts_left_as_they_were():
-    from opsbook.warehouse.weather.weather import Checkpoint, CheckResult, Landed, MartRefresh, MartState, Transformed
+def test_verdict_names_the_marts_left_as_they_were(tmp_path):
+    from opsbook.warehouse.checkpoint import Checkpoint, CheckResult
+    from opsbook.warehouse.land import Found, Landed
+    from opsbook.warehouse.marts import MartRefresh, MartState
+    from opsbook.warehouse.transform import Transformed
 
-    result = refresh_marts.Result(refresh_marts.Params(), first=dt.date(2024, 11, 1), last=dt.date(2024, 11, 2))
-    result.landed, result.transformed = Landed(files=2, new=2), Transformed(files=2, hours=48)
-    result.checkpoint = Checkpoint(result.first, result.last, [CheckResult("humidity range", "0-100", 48, 2, "fail")])
-    result.marts = [MartRefresh("mart.daily_weather_aggregates", MartState(True, 10, result.first, result.last))]
-    result.stopped = "checkpoint"
+    days = Days(dt.date(2024, 11, 1), dt.date(2024, 11, 2))
+    plan = refresh_marts.Plan(refresh_marts.Params(source=str(tmp_path)), str(tmp_path), Found([], days, 0))
+    result = refresh_marts.Result(
+        plan,
+        landed=Landed(files=2, bytes=100, new=2, already=0),
+        transformed=Transformed(files=2, hours=48),
+        checkpoint=Checkpoint(days, [CheckResult("humidity range", "0-100", 48, 2, "fail")]),
+        marts=(MartRefresh("mart.daily_weather_aggregates", MartState(True, 10, days.first, days.last)),),
+    )
+    assert result.stopped == "checkpoint"
     verdict: Verdict = result.verdict()
     assert verdict.status == "fail" and verdict.anchor == "checkpoint"
     assert "humidity range: 2 of 48" in verdict.summary and "10 rows, 2024-11-01..2024-11-02" in verdict.summary
+
+
+def test_the_steps_one_by_one_as_the_notebook_runs_them(fresh, source, tmp_path):
+    """Landing stages only; the transform writes raw and core; a change of core by another run
+    between the checkpoint and the refresh is checked again before the marts change."""
+    ctx = context.make("refresh_marts", source=str(source))
+    plan = refresh_marts.plan(ctx)
+    assert len(plan.found.files) == len(CITIES) * DAYS and str(plan.found.days) == "2024-11-01..2024-11-06"
+
+    landed = refresh_marts.land(ctx, plan)
+    assert landed.landed.new == len(CITIES) * DAYS
+    assert fresh.execute("SELECT count(*) FROM raw.weather_observations").fetchone()[0] == 0
+    again = refresh_marts.land(ctx, plan)  # safe to run again: the run's staged files are replaced
+    assert fresh.execute("SELECT count(*) FROM raw.weather_landing").fetchone()[0] == len(CITIES) * DAYS
+
+    transformed = refresh_marts.transform(ctx, again)
+    assert transformed.transformed.inserted == len(CITIES) * DAYS * 24
+    checked = refresh_marts.checkpoint(ctx, transformed)
+    assert checked.checkpoint.passed and not checked.marts
+
+    # another run lands a bad value before this one refreshes: the refresh checks core again
+    planted = tmp_path / "planted"
+    shutil.copytree(source, planted)
+    path = weatherdata.file_path(planted, "Toronto", dt.date(2024, 11, 2))
+    doc = json.loads(path.read_text())
+    doc["hourly"]["temperature_2m"][3] = 99.0
+    path.write_text(json.dumps(doc))
+    other = context.make("refresh_marts", source=str(planted))
+    other_plan = refresh_marts.plan(other)
+    refresh_marts.transform(other, refresh_marts.land(other, other_plan))
+
+    result = refresh_marts.refresh(ctx, checked)
+    assert result.checkpoint.repeated and result.stopped == "checkpoint"
+    assert result.marts[0].after is None and not result.marts[0].before.populated
+    assert result.verdict().error is CheckFailed
+    assert fresh.execute("SELECT count(*) FROM raw.weather_landing WHERE run_id = %s", (ctx.run_id,)).fetchone()[0] == 0
+
+
+def test_a_step_waits_for_no_one_another_run_holds_the_warehouse(fresh, source, db):
+    from opsbook.warehouse import schema
+
+    ctx = context.make("refresh_marts", source=str(source))
+    plan = refresh_marts.plan(ctx)
+    db.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (schema.LOCK,))
+    try:
+        with pytest.raises(LockHeld, match="refresh_marts:weather"):
+            refresh_marts.land(ctx, plan)
+    finally:
+        db.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (schema.LOCK,))
+    assert refresh_marts.run(ctx, plan).verdict().status == "pass"

@@ -4,9 +4,13 @@ import datetime as dt
 import textwrap
 
 import pytest
-from helpers import run_cli
-from opsbook.errors import LockHeld, UsageError
+from helpers import call, run_cli
+
+from opsbook.errors import CheckFailed, LockHeld, UsageError
+from opsbook.ops.policy import load_policy
+from opsbook.ops.retention import table_lock
 from opsbook.procedures import retention
+from opsbook.run import context
 
 pytestmark = pytest.mark.notebook
 AS_OF = "2026-01-08"  # safety_indices keeps 2 days: cutoff 2026-01-06 00:00 UTC
@@ -57,9 +61,8 @@ def test_plan_changes_nothing_and_counts_match_an_independent_count(safety_table
     db = safety_tables
     before = state(db, "safety_indices", "safety_indices_hourly")
     vacuums = count(db, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'safety_indices'")
-    params = retention.Params(policy="trafficsafety", as_of=AS_OF, max_rows=1)  # the limit binds only on apply
-    plan = retention.plan(params)
-    result = retention.apply(plan, "test")
+    result = call("retention", policy="trafficsafety", as_of=AS_OF, max_rows=1)  # the limit binds only on apply
+    plan = result.plan
 
     rules = {r.table: r for r in plan.rules}
     assert rules["safety_indices_daily"].status == "absent"
@@ -89,8 +92,7 @@ def test_apply_deletes_exactly_the_planned_rows_and_vacuums(safety_tables):
         "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM safety_indices t WHERE timestamp >= %s",
         (TS_CUTOFF,),
     ).fetchone()[0]
-    plan = retention.plan(retention.Params(policy="trafficsafety", as_of=AS_OF, apply=True))
-    result = retention.apply(plan, "test")
+    result = call("retention", policy="trafficsafety", as_of=AS_OF, apply=True)
 
     applied = {a.table: a for a in result.applied}
     assert applied["safety_indices"].status == "removed"
@@ -109,7 +111,7 @@ def test_apply_deletes_exactly_the_planned_rows_and_vacuums(safety_tables):
     verdict = result.verdict()
     assert verdict.status == "pass" and "removed 399 rows" in verdict.summary, verdict.summary
 
-    again = retention.apply(retention.plan(retention.Params(as_of=AS_OF, apply=True)), "test-2")
+    again = call("retention", as_of=AS_OF, apply=True)
     assert {a.table: a.status for a in again.applied} == {
         "safety_indices": "nothing to remove",
         "safety_indices_hourly": "nothing to remove",
@@ -120,10 +122,9 @@ def test_apply_deletes_exactly_the_planned_rows_and_vacuums(safety_tables):
 def test_over_max_rows_is_refused_before_anything_is_touched(safety_tables):
     db = safety_tables
     before = state(db, "safety_indices", "safety_indices_hourly")
-    plan = retention.plan(retention.Params(as_of=AS_OF, apply=True, max_rows=100))
-    result = retention.apply(plan, "test")
+    result = call("retention", as_of=AS_OF, apply=True, max_rows=100)
     verdict = result.verdict()
-    assert verdict.status == "fail" and verdict.error_type == "CheckFailed"
+    assert verdict.status == "fail" and verdict.error is CheckFailed
     assert "removes 399 rows, more than max_rows=100" in verdict.summary
     assert "-p max_rows=399" in verdict.summary
     assert result.applied == []
@@ -139,7 +140,7 @@ def test_a_rule_that_does_not_fit_the_database_fails_the_plan(db, tmp_path):
         "  - {table: retention_events, action: delete_rows, column: created_at, keep_days: 3}\n"
         "  - {table: retention_events_b, action: drop_partitions, keep_days: 3}\n"
     )
-    result = retention.apply(retention.plan(retention.Params(policy=str(policy), apply=True)), "test")
+    result = call("retention", policy=str(policy), apply=True)
     verdict = result.verdict()
     assert verdict.status == "fail" and "retention_events has no column 'created_at'" in verdict.summary
     assert result.applied == []
@@ -147,19 +148,17 @@ def test_a_rule_that_does_not_fit_the_database_fails_the_plan(db, tmp_path):
 
 
 def test_dropped_partitions_leave_the_ledger_so_a_later_load_reloads_them(db, demo_dir):
-    from opsbook.procedures import load
-
     db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
     db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
-    load.run(load.plan(load.Params(source=str(demo_dir), years="2015-2017")), "test-load")
+    call("load", source=str(demo_dir), years="2015-2017")
     per_year = dict(
         db.execute(
             "SELECT extract(year FROM date_of_infraction)::int, count(*) FROM parking_tickets GROUP BY 1"
         ).fetchall()
     )
     # ten years of 3653 days before 2027-01-02 is 2017-01-01: 2016 ends on the cutoff, 2017 after it
-    params = retention.Params(policy="toronto", as_of="2027-01-02", apply=True, max_rows=10_000_000)
-    plan = retention.plan(params)
+    ctx = context.make("retention", policy="toronto", as_of="2027-01-02", apply=True, max_rows=10_000_000)
+    plan = retention.plan(ctx)
     (rule,) = plan.rules
     assert rule.cutoff == dt.date(2017, 1, 1)
     assert {p.name: p.drop for p in rule.partitions} == {
@@ -178,12 +177,12 @@ def test_dropped_partitions_leave_the_ledger_so_a_later_load_reloads_them(db, de
     db.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (load_lock,))
     try:
         with pytest.raises(LockHeld, match=load_lock):
-            retention.apply(plan, "test")
+            retention.run(ctx, plan)
     finally:
         db.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (load_lock,))
     assert count(db, "SELECT count(*) FROM parking_tickets") == sum(per_year.values())
 
-    result = retention.apply(plan, "test")
+    result = retention.run(ctx, plan)
     (done,) = result.applied
     assert done.dropped == ["parking_tickets_2015", "parking_tickets_2016"]
     assert done.removed_rows == rule.remove_rows and done.maintenance == "ANALYZE"
@@ -197,7 +196,7 @@ def test_dropped_partitions_leave_the_ledger_so_a_later_load_reloads_them(db, de
     assert ledger == [("2017",)]
     assert result.verdict().status == "pass"
 
-    reloaded = load.run(load.plan(load.Params(source=str(demo_dir), years="2016-2017")), "test-reload")
+    reloaded = call("load", source=str(demo_dir), years="2016-2017")
     assert {y.year: y.status for y in reloaded.years} == {2016: "loaded", 2017: "unchanged"}
     assert count(db, "SELECT count(*) FROM parking_tickets_2016") == per_year[2016]
 
@@ -231,12 +230,12 @@ def test_cli_drops_by_catalog_bounds_refuses_over_limit_and_respects_locks(db, t
     assert "-p max_rows=4" in refused.stdout + refused.stderr
     assert count(db, "SELECT count(*) FROM retention_events") == 16
 
-    db.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (retention.table_lock("retention_events"),))
+    db.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (table_lock("retention_events"),))
     try:
         held = run_cli(*args, "-p", "apply=true")
         assert held.code == 4, held.stderr
     finally:
-        db.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (retention.table_lock("retention_events"),))
+        db.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (table_lock("retention_events"),))
     assert count(db, "SELECT count(*) FROM retention_events") == 16
 
     applied = run_cli(*args, "-p", "apply=true")
@@ -275,7 +274,7 @@ def test_a_bad_policy_file_names_the_file_line_and_field(tmp_path, database_url)
     path = tmp_path / "broken.yaml"
     path.write_text(BAD_POLICY)
     with pytest.raises(UsageError) as raised:
-        retention.load_policy(str(path))
+        load_policy(str(path))
     message = str(raised.value)
     assert f"{path}:10: rules[1].keep_days: Input should be greater than or equal to 1" in message
     assert f"{path}:11: rules[2]: delete_rows needs a column" in message
@@ -288,6 +287,6 @@ def test_a_bad_policy_file_names_the_file_line_and_field(tmp_path, database_url)
 
     path.write_text(textwrap.dedent("name: x\nrules:\n  - table: [unclosed\n"))
     with pytest.raises(UsageError, match=rf"{path}:\d+: not valid YAML"):
-        retention.load_policy(str(path))
+        load_policy(str(path))
     with pytest.raises(UsageError, match=r"policies: .*toronto.*trafficsafety"):
-        retention.load_policy("nosuch")
+        load_policy("nosuch")

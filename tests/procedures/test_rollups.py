@@ -4,11 +4,15 @@ import datetime as dt
 
 import pandas as pd
 import pytest
-from helpers import run_cli
+from helpers import call, run_cli
+
 from opsbook import datasets
-from opsbook.trafficsafety import dualwrite
 from opsbook.demo import safety as safetydata
+from opsbook.errors import UsageError
 from opsbook.procedures import rollups
+from opsbook.run import context
+from opsbook.trafficsafety import dualwrite
+from opsbook.trafficsafety.rollups import DAILY, HOURLY
 
 pytestmark = pytest.mark.integration
 TZ = "America/Toronto"
@@ -28,7 +32,7 @@ def readings(db) -> pd.DataFrame:
 
 
 def build(window: str = WINDOW, **params) -> rollups.Result:
-    return rollups.run(rollups.Params(window=window, **params), "test-rollups")
+    return call("rollups", window=window, **params)
 
 
 def daily_rows(db) -> pd.DataFrame:
@@ -85,7 +89,7 @@ def test_daily_rollup_and_peak_hours_match_an_independent_computation(readings, 
 
 def test_a_rerun_gives_the_same_tables_and_leaves_other_days_alone(readings, db):
     build()
-    before = {t: db.execute(TABLE_HASH.format(t)).fetchone()[0] for t in (rollups.HOURLY, rollups.DAILY)}
+    before = {t: db.execute(TABLE_HASH.format(t)).fetchone()[0] for t in (HOURLY, DAILY)}
     build()
     assert {t: db.execute(TABLE_HASH.format(t)).fetchone()[0] for t in before} == before
     # a one-day rerun after a late correction changes that day only
@@ -127,7 +131,7 @@ def test_missing_intervals_are_tolerated_and_low_coverage_is_a_warning(readings,
 
 
 def test_cli_pass_no_readings_and_lock(readings, db):
-    done = run_cli("rollups", "-f", "params/trafficsafety/rollups.yaml", "--json")
+    done = run_cli("rollups", "-f", "params/demo/trafficsafety/rollups.yaml", "--json")
     assert done.code == 0, done.stderr
     assert done.json()["status"] == "pass"
     assert db.execute("SELECT count(*) FROM safety_indices_daily").fetchone()[0] == 28
@@ -136,7 +140,8 @@ def test_cli_pass_no_readings_and_lock(readings, db):
     assert empty.code == 1, empty.stderr
     assert "no safety_indices readings in 2030-01-01..2030-01-02" in empty.json()["summary"]
 
-    key = rollups.lock_key("safety_indices")
+    key = rollups.locks(rollups.Params())[0]
+    assert key == "opsbook.rollups:safety_indices"
     db.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
     try:
         held = run_cli("rollups", "--json")
@@ -144,3 +149,14 @@ def test_cli_pass_no_readings_and_lock(readings, db):
         assert key in held.json()["error"]
     finally:
         db.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
+def test_the_window_is_required_and_typed():
+    with pytest.raises(UsageError, match="give the days to build"):
+        context.make("rollups", window="")
+    with pytest.raises(UsageError, match="not a day window"):
+        context.make("rollups", window="2025-11-31")
+    with pytest.raises(UsageError, match="not a time zone"):
+        context.make("rollups", timezone="Mars/Olympus")
+    ctx = context.make("rollups", window="2025-11-03")
+    assert (ctx.params.window.first, ctx.params.window.last) == (dt.date(2025, 11, 3),) * 2

@@ -15,10 +15,13 @@ import time
 
 import psutil
 import pytest
-from helpers import kernel_processes, run_cli, start_cli
-from opsbook import runlog
-from opsbook.procedures import load, rollups
+from helpers import call, kernel_processes, run_cli, start_cli
+
+from opsbook.history import ledger as partitions
+from opsbook.history import locks, runs, schema
+from opsbook.procedures import rollups
 from opsbook.stores import postgres
+from opsbook.toronto.tickets import STEP
 
 pytestmark = pytest.mark.notebook
 DATASET = "toronto_parking_tickets"
@@ -88,7 +91,7 @@ def rows_per_year(db) -> dict[int, int]:
 def sequential_baseline(db, source, years) -> dict[int, tuple]:
     """The contents one load after another give, from an empty database; emptied again after."""
     for year in years:
-        result = load.run(load.plan(load.Params(source=str(source), years=str(year))), f"baseline-{year}")
+        result = call("load", source=str(source), years=str(year))
         assert result.years[0].status == "loaded"
     baseline = contents(db, years)
     assert all(rows[0] > 10_000 and rejected[0] > 0 for rows, rejected, _ in baseline.values())
@@ -196,9 +199,9 @@ def test_loads_of_different_years_at_once_equal_sequential_loads(clean, demo_dir
 def test_a_second_load_of_the_same_year_exits_4_naming_the_first(clean, demo_dir, started):
     db = clean
     baseline = sequential_baseline(db, demo_dir, [2016])
-    assert load.run(load.plan(load.Params(source=str(demo_dir), years="2016")), "before").years[0].status == "loaded"
+    assert call("load", source=str(demo_dir), years="2016").years[0].status == "loaded"
     args = ("load", "-p", f"source={demo_dir}", "-p", "years=2016", "-p", "force=true", "--json")
-    key = runlog.partition_lock(load.STEP, DATASET, "2016")
+    key = locks.partition_lock(STEP, DATASET, "2016")
 
     # the test holds the parent table: the first load can read its files and COPY, but waits to
     # swap its partition in, holding the year's lock all the while
@@ -224,7 +227,7 @@ def test_a_second_load_of_the_same_year_exits_4_naming_the_first(clean, demo_dir
         # opsbook.locks names the process that took the lock: the first run's kernel
         named_pid = int(error.split("(pid ")[1].split(")")[0])
         assert named_pid in [p.pid for p in psutil.Process(first.pid).children(recursive=True)]
-        second_row = runlog.get_run(db, second.json()["run_id"])
+        second_row = runs.get(db, second.json()["run_id"])
         assert (second_row["status"], second_row["exit_code"]) == ("failed", 4)
         assert first.poll() is None  # still waiting: the refusal did not disturb it
         gate.rollback()
@@ -233,8 +236,8 @@ def test_a_second_load_of_the_same_year_exits_4_naming_the_first(clean, demo_dir
     assert code == 0, err[-3000:]
     assert outcome["run_id"] == first_id and outcome["summary"].startswith("loaded 1 year(s): ")
     assert contents(db, [2016]) == baseline
-    ledger = runlog.ledger_get(db, DATASET, "2016", load.STEP)
-    assert (ledger.status, ledger.run_id) == ("success", first_id)
+    entry = partitions.get(db, DATASET, "2016", STEP)
+    assert (entry.status, entry.run_id) == ("success", first_id)
     assert advisory_locks(db) == []
     assert kernels_of_this_session() == []
 
@@ -245,8 +248,8 @@ def readings(db):
     import datetime as dt
 
     from opsbook import datasets
-    from opsbook.trafficsafety import dualwrite
     from opsbook.demo import safety as safetydata
+    from opsbook.trafficsafety import dualwrite
 
     db.execute("DROP TABLE IF EXISTS safety_indices, safety_indices_hourly, safety_indices_daily")
     db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
@@ -257,8 +260,8 @@ def readings(db):
     return db
 
 
-ROLLUPS = ("rollups", "-f", "params/trafficsafety/rollups.yaml", "--json")
-# rollups.run takes this transaction lock right after the dataset's lock: held by the test, it
+ROLLUPS = ("rollups", "-f", "params/demo/trafficsafety/rollups.yaml", "--json")
+# the rollups build takes this transaction lock right after the dataset's lock: held by the test, it
 # keeps the first run between the two
 ROLLUPS_DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('opsbook.ddl.rollups'))"
 
@@ -269,7 +272,7 @@ def ddl_lock_number(db) -> int:
 
 def test_cron_overlap_the_second_rollups_exits_4_before_a_kernel(readings, started, reports_dir):
     db = readings
-    key = rollups.lock_key("safety_indices")
+    key = rollups.locks(rollups.Params(dataset="safety_indices"))[0]
     with postgres.connection(purpose="test gate") as gate:
         gate.execute(ROLLUPS_DDL_LOCK)
         first = started(*ROLLUPS)
@@ -305,7 +308,7 @@ def test_cron_overlap_the_second_rollups_exits_4_before_a_kernel(readings, start
 
 def test_two_identical_rollups_started_together_one_runs_one_exits_4(readings, started):
     db = readings
-    key = rollups.lock_key("safety_indices")
+    key = rollups.locks(rollups.Params(dataset="safety_indices"))[0]
     # whichever run takes the dataset lock first stays between it and the test's lock until the
     # other has ended: the other is refused either by the runner's probe or in its notebook
     with postgres.connection(purpose="test gate") as gate:
@@ -340,15 +343,15 @@ def test_the_holder_named_is_the_session_holding_the_lock(db):
 
     key = "opsbook.test:holder"
     with postgres.connection(autocommit=True, purpose="run first") as first:
-        runlog.ensure_schema(first)
-        runlog.try_lock(first, key, "run first")
-        assert runlog.holder_of(db, key).startswith("run first on ")
-        runlog.unlock(first, key)
+        schema.ensure_schema(first)
+        locks.try_lock(first, key, "run first")
+        assert locks.holder_of(db, key).startswith("run first on ")
+        locks.unlock(first, key)
     # a newer holder that has taken the lock but not yet recorded itself: the old row is not named
     with postgres.connection(autocommit=True, purpose="run second") as second:
         second.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
-        named = runlog.holder_of(db, key)
+        named = locks.holder_of(db, key)
         assert named.startswith("a session 'opsbook run second' (PostgreSQL pid ") and "run first" not in named
         with pytest.raises(LockHeld, match="held by a session 'opsbook run second'"):
-            runlog.try_lock(db, key, "run third")
-        runlog.unlock(second, key)
+            locks.try_lock(db, key, "run third")
+        locks.unlock(second, key)

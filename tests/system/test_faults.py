@@ -25,12 +25,17 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import redis
-from helpers import load_and_aggregate, run_cli, start_cli
-from opsbook import datasets, runlog
+from helpers import call, load_and_aggregate, run_cli, start_cli
+
+from opsbook import datasets
 from opsbook.demo import tickets as demodata
+from opsbook.errors import CheckFailed
+from opsbook.history import ledger as partitions
+from opsbook.history import runs
+from opsbook.procedures import push_cache
 from opsbook.trafficsafety import dualwrite
-from opsbook.trafficsafety import reconcile
-from opsbook.procedures import dual_write, load, push_cache
+from opsbook.trafficsafety.compare import compare
+from opsbook.windows import Days
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +109,7 @@ def wait_for_copy(db, table: str, proc: subprocess.Popen, limit: float = 60) -> 
 
 def test_postgres_backend_killed_mid_copy_keeps_the_year(clean, demo_dir, big_year):
     db = clean
-    load.run(load.plan(load.Params(source=str(demo_dir), years="2016")), "test-before")
+    call("load", source=str(demo_dir), years="2016")
     before = table_digest(db, "parking_tickets_2016"), table_digest(db, "parking_tickets_rejected", "year = 2016")
     assert 0 < before[0][0] < BIG_ROWS
 
@@ -127,7 +132,7 @@ def test_postgres_backend_killed_mid_copy_keeps_the_year(clean, demo_dir, big_ye
     assert table_digest(db, "parking_tickets_2016") == before[0]
     assert table_digest(db, "parking_tickets_rejected", "year = 2016") == before[1]
     assert db.execute("SELECT to_regclass('parking_tickets_2016_load')").fetchone()[0] is None
-    ledger = runlog.ledger_get(db, "toronto_parking_tickets", "2016", "load")
+    ledger = partitions.get(db, "toronto_parking_tickets", "2016", "load")
     assert ledger.status == "failed" and ledger.run_id == outcome["run_id"]
     assert "connection was terminated" in ledger.error
 
@@ -135,7 +140,7 @@ def test_postgres_backend_killed_mid_copy_keeps_the_year(clean, demo_dir, big_ye
     assert rerun.code == 0, rerun.stderr
     assert rerun.json()["results"]["verdict"]["rows_out"] == BIG_ROWS
     assert table_digest(db, "parking_tickets_2016")[0] == BIG_ROWS
-    assert runlog.ledger_get(db, "toronto_parking_tickets", "2016", "load").status == "success"
+    assert partitions.get(db, "toronto_parking_tickets", "2016", "load").status == "success"
 
 
 # --- 2. Redis gone in the middle of push_cache's transaction -------------------------------------
@@ -349,24 +354,29 @@ def lake_contents(root: Path) -> dict[str, str]:
     }
 
 
-def lake_ledger(db, day: str) -> dict[str, tuple[str, str | None]]:
+def lake_ledger(db, day: str | None = None) -> dict[str, tuple[str, str | None]]:
+    """Lake writes (of the batches whose first day is ``day``): batch -> (status, last error)."""
     rows = db.execute(
         "SELECT batch_id, status, last_error FROM opsbook.writes WHERE dataset = %s AND target = 'lake' "
-        "AND first_day = %s ORDER BY batch_id",
-        (SPEC_NAME, day),
+        "AND (%s::date IS NULL OR first_day = %s::date) ORDER BY batch_id",
+        (SPEC_NAME, day, day),
     ).fetchall()
     return {b: (s, e) for b, s, e in rows}
 
 
+def write(**values):
+    """dual_write of the demo's batches (a stand-in source: the test database is a configured one)."""
+    return call("dual_write", source="demo", allow_demo=True, **values)
+
+
 def test_lake_write_failing_halfway_leaves_no_partial_file(lake, db, monkeypatch):
-    day1 = dual_write.Params(start="2025-11-01", days=1)
-    assert dual_write.run(day1).verdict().status == "pass"
+    assert write(window="2025-11-01").verdict().status == "pass"
     written = lake_contents(lake)
     assert len(written) >= 24 and all(name.endswith(".parquet") for name in written)
 
     # rewriting day 1, the disk fills during the 3rd file: the file it replaces must stay whole
     full = DiskFullAt(lake, nth=3).install(monkeypatch)
-    verdict = dual_write.run(day1).verdict()
+    verdict = write(window="2025-11-01", force=True).verdict()
     assert len(full.partial) == 1 and full.partial[0][1] > 0  # half a file really was on disk
     assert lake_contents(lake) == written  # same files, same bytes: nothing half-written, no temp left
     ledger = lake_ledger(db, "2025-11-01")
@@ -376,19 +386,23 @@ def test_lake_write_failing_halfway_leaves_no_partial_file(lake, db, monkeypatch
     assert all(ledger[b] == ("pending", f"not tried: lake failed at batch {failed[0]}: {ledger[failed[0]][1]}")
                for b in later)  # fmt: skip
     assert all(ledger[b][0] == "success" for b in ledger if b < failed[0])
-    assert verdict.status == "fail" and verdict.error_type == "CheckFailed"
+    assert verdict.status == "fail" and verdict.error is CheckFailed
     assert f"{1 + len(later)} batch write(s) pending (lake; first error: OSError: [Errno 28]" in verdict.summary
     assert "retry_pending=true" in verdict.summary
 
-    # a new day, the disk full at its first file: nothing at all under the final name
+    # a new day (no batch of it in the lake yet), the disk full at its first file: nothing at all
+    # under the final names
+    before = lake_contents(lake)
     full = DiskFullAt(lake, nth=1).install(monkeypatch)
-    day2 = dual_write.run(dual_write.Params(start="2025-11-02", days=1))
-    assert day2.verdict().status == "fail" and len(full.partial) == 1
-    assert [name for name in lake_contents(lake) if "2025-11-02" in name] == []
-    assert {s for s, _ in lake_ledger(db, "2025-11-02").values()} == {"pending"}
+    day3 = write(window="2025-11-03")
+    batches = [b.batch_id for b in day3.batches]
+    assert day3.verdict().status == "fail" and len(full.partial) == 1
+    assert not any(b in name for b in batches for name in before)  # the premise: new files only
+    assert lake_contents(lake) == before
+    assert {s for b, (s, _) in lake_ledger(db).items() if b in batches} == {"pending"}
 
     monkeypatch.setattr(pathlib.Path, "write_bytes", full.original)  # the disk has room again
-    retried = dual_write.run(dual_write.Params(retry_pending=True))
+    retried = write(retry_pending=True)
     assert retried.verdict().status == "pass" and retried.pending == []
     files = lake_contents(lake)
     assert all(not Path(name).name.startswith(".") for name in files)
@@ -396,7 +410,7 @@ def test_lake_write_failing_halfway_leaves_no_partial_file(lake, db, monkeypatch
         sum(pq.read_table(lake / name).num_rows for name in files)
         == db.execute("SELECT count(*) FROM safety_indices").fetchone()[0]
     )
-    comparison = reconcile.compare(datasets.get(SPEC_NAME), reconcile.parse_window("2025-11-01..2025-11-02"))
+    comparison = compare(datasets.get(SPEC_NAME), Days.parse("2025-11-01..2025-11-04"))
     assert comparison.differences == []
 
 
@@ -457,5 +471,5 @@ def test_kernel_killed_from_outside_exits_6_with_the_partial_report(db, tmp_path
     ran = by_source['print("before the kill:", 6 * 7)']
     assert [o.get("text") for o in ran.outputs] == ["before the kill: 42\n"]
     assert by_source['print("after the sleep")'].outputs == []
-    assert runlog.get_run(db, outcome["run_id"])["exit_code"] == 6
+    assert runs.get(db, outcome["run_id"])["exit_code"] == 6
     assert not kernels[0].is_running()

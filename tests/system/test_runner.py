@@ -16,9 +16,9 @@ def banner_status(page: str) -> str | None:
 
 
 def run_log_row(db, run_id):
-    from opsbook import runlog
+    from opsbook.history import runs
 
-    return runlog.get_run(db, run_id)
+    return runs.get(db, run_id)
 
 
 def test_the_load_command_with_json(database_url, db, demo_dir, reports_dir):
@@ -100,12 +100,12 @@ def test_too_many_rejects_exit_1(database_url, demo_dir):
 
 
 def test_lock_held_exits_4(database_url, demo_dir):
-    from opsbook import runlog
+    from opsbook.history import locks, schema
     from opsbook.stores import postgres
 
     with postgres.connection(autocommit=True) as holder:
-        runlog.ensure_schema(holder)
-        runlog.try_lock(holder, "opsbook.load:toronto_parking_tickets:2015", "run other-run")
+        schema.ensure_schema(holder)
+        locks.try_lock(holder, "opsbook.load:toronto_parking_tickets:2015", "run other-run")
         done = run_cli("load", "-p", f"source={demo_dir}", "-p", "years=2015", "--json")
     assert done.code == 4
     assert "other-run" in done.json()["error"]

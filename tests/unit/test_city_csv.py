@@ -5,6 +5,7 @@ import io
 from decimal import Decimal
 
 import pytest
+
 from opsbook import datasets
 from opsbook.errors import SourceError
 from opsbook.sources import city_csv

@@ -1,10 +1,11 @@
 """Parameter models: year windows, layering, and the messages a bad value gets."""
 
 import pytest
+
 from opsbook.errors import UsageError
-from opsbook.run.params import resolve
-from opsbook.windows import format_years, year_list
 from opsbook.procedures import load
+from opsbook.run.params import resolve
+from opsbook.windows import Years, format_years, year_list
 
 pytestmark = pytest.mark.unit
 
@@ -79,11 +80,11 @@ def test_layering_defaults_then_files_then_overrides(tmp_path):
     second = tmp_path / "b.yaml"
     second.write_text("years: 2013\n")
     params = resolve(load.Params, files=[first, second], overrides=["max_rejected_ratio=0.5"])
-    assert params.years == "2013"  # the later file wins over the earlier
+    assert params.years == Years((2013,)) and str(params.years) == "2013"  # the later file wins over the earlier
     assert params.force is True  # from the first file, untouched by the second
     assert params.max_rejected_ratio == 0.5  # -p
     assert params.dataset == "toronto_parking_tickets"  # default
-    assert resolve(load.Params, files=[first], overrides=["years=2015"]).years == "2015"
+    assert list(resolve(load.Params, files=[first], overrides=["years=2015"]).years) == [2015]
 
 
 def test_params_file_errors_name_the_file_and_line(tmp_path):
@@ -100,3 +101,55 @@ def test_params_file_errors_name_the_file_and_line(tmp_path):
 def test_malformed_override_is_refused():
     with pytest.raises(UsageError, match="name=value"):
         resolve(load.Params, overrides=["years"])
+
+
+@pytest.fixture
+def configured_database(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://ops@db.example.org:5432/parking")
+
+
+def test_a_params_file_takes_locations_from_the_environment(tmp_path, monkeypatch):
+    spec = tmp_path / "load.yaml"
+    spec.write_text("source: ${TICKETS_FOLDER}\nyears: 2016\n")
+    monkeypatch.setenv("TICKETS_FOLDER", str(tmp_path))
+    assert resolve(load.Params, files=[spec]).source == str(tmp_path)
+
+
+def test_an_unset_variable_is_refused_naming_it(tmp_path, monkeypatch):
+    spec = tmp_path / "load.yaml"
+    spec.write_text("source: ${TICKETS_FOLDER}\nyears: 2016\n")
+    monkeypatch.delenv("TICKETS_FOLDER", raising=False)
+    with pytest.raises(UsageError, match="environment variable TICKETS_FOLDER, which is not set"):
+        resolve(load.Params, files=[spec])
+    # -p replaces the file's value: the variable is then not needed
+    assert resolve(load.Params, files=[spec], overrides=[f"source={tmp_path}"]).source == str(tmp_path)
+
+
+def test_a_variable_may_have_a_default(tmp_path, monkeypatch):
+    spec = tmp_path / "load.yaml"
+    spec.write_text(f"source: ${{TICKETS_FOLDER:-{tmp_path}}}\n")
+    monkeypatch.delenv("TICKETS_FOLDER", raising=False)
+    assert resolve(load.Params, files=[spec]).source == str(tmp_path)
+
+
+def test_a_stand_in_source_is_refused_against_a_configured_database(configured_database):
+    with pytest.raises(UsageError) as caught:
+        resolve(load.Params, overrides=["source=demo"])
+    message = str(caught.value)
+    assert "source=demo generates stand-in data" in message and "db.example.org:5432/parking" in message
+    assert "allow_demo=true" in message
+    assert resolve(load.Params, overrides=["source=demo", "allow_demo=true"]).source == "demo"
+
+
+def test_a_stand_in_source_is_accepted_against_the_embedded_database(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert resolve(load.Params, overrides=["source=demo"]).source == "demo"
+
+
+def test_the_runbooks_params_name_their_inputs_by_environment_variable(configured_database, monkeypatch):
+    from pathlib import Path
+
+    runbook = Path(__file__).resolve().parents[2] / "params" / "runbooks" / "toronto" / "load.yaml"
+    monkeypatch.delenv("TORONTO_TICKETS_SOURCE", raising=False)
+    with pytest.raises(UsageError, match="TORONTO_TICKETS_SOURCE"):
+        resolve(load.Params, files=[runbook])

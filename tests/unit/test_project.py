@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from opsbook import procedures
 from opsbook.errors import EXIT_CODES
-from opsbook.run.runner import parameters_cell
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.unit
@@ -41,18 +41,6 @@ def test_environment_yml_lists_the_same_packages_as_pyproject():
             listed[name] = spec
     assert listed == wanted
     assert project["requires-python"] == ">=3.11" and "python=3.11" in env["dependencies"]
-
-
-@pytest.mark.parametrize("name", procedures.names())
-def test_notebook_parameters_cell_matches_its_model(name):
-    module = procedures.get(name)
-    cell = parameters_cell(ROOT / "notebooks" / module.NOTEBOOK)
-    fields = module.Params.model_fields
-    assert [n for n, _, _ in cell] == list(fields), "same names in the same order"
-    defaults = module.Params().notebook_parameters()
-    for field_name, annotation, default in cell:
-        assert default == defaults[field_name], f"{field_name}: notebook default differs from the model's"
-        assert annotation == type(defaults[field_name]).__name__, f"{field_name}: annotation"
 
 
 def _notebooks():
@@ -99,7 +87,7 @@ def test_readme_documents_commands_procedures_and_exit_codes():
 
 
 def test_every_command_has_help_with_an_example():
-    for args in (["--help"], ["services", "--help"]):
+    for args in (["--help"], ["services", "--help"], ["runbook", "--help"]):
         out = subprocess.run(
             [sys.executable, str(ROOT / "run_notebook.py"), *args], capture_output=True, text=True, check=True
         )

@@ -1,19 +1,33 @@
-"""Declarative data checks, run inside the database (push-down SQL).
+"""The check engine: declarative data checks, run inside the database (push-down SQL).
 
-:func:`run_suite` runs a suite (see :mod:`opsbook.checks.spec`) and returns one
-:class:`CheckResult` per check. Checks on the same table share one aggregate scan grouped by
-the partition date; failing rows are fetched (at most :data:`SAMPLE_ROWS`) only for the checks
-that fail. A check that cannot run at all (bad SQL, a missing table, Redis down) ends in status
-``error``, which counts as a failure of its severity; it never stops the other checks.
+A suite (:mod:`.spec`, ``params/datasets/<dataset>.checks.yaml``) lists checks; each check has a
+type, and each type is registered here by name with the code that runs it:
+
+- types answered by the shared scan (``row_count``, ``coverage``, ``expected_totals``,
+  ``not_null``, ``accepted_values``, ``range``, ``row_condition``, ``freshness``) give the
+  aggregates they need; checks on the same table and filter share one aggregate scan grouped by
+  the partition date (:mod:`.scan`), and each then judges its rows;
+- the others run alone (``unique``, ``referential``, ``database_size``, ``free_disk``,
+  ``redis_key``, ``redis_totals``, ``geometry``, ``empty_query``).
+
+Failing rows are fetched (at most :data:`SAMPLE_ROWS`) only for checks that fail. A check that
+cannot run at all (bad SQL, a missing table, Redis down) ends in status ``error``, which counts
+as a failure of its severity; it never stops the other checks. Every procedure that judges data
+(validate, the warehouse checkpoint, rollups, read-backs) runs its checks here and gets
+:class:`CheckResult` back.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 SAMPLE_ROWS = 20
+# the modules that register check types (imported once, when a suite first runs)
+TYPE_MODULES = ("rules", "totals", "keys", "system", "geometry", "queries")
 
 
 @dataclass
@@ -38,6 +52,18 @@ class CheckResult:
     def passed(self) -> bool:
         return self.status == "pass"
 
+    def record(self) -> dict[str, Any]:
+        """The check's outcome as plain data, for ``--json`` readers and the run history."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "severity": self.severity,
+            "status": self.status,
+            "observed": self.observed,
+            "expected": self.expected,
+            "message": self.message,
+        }
+
 
 @dataclass
 class PartitionCount:
@@ -55,10 +81,69 @@ class SuiteResult:
     partitions: list[PartitionCount]
     reference: str | None
     seconds: float
+    window: str = ""  # what was checked, in words: "2011-2022", "2024-11-01..2024-11-07"
 
     @property
     def failed(self) -> list[CheckResult]:
         return [r for r in self.results if not r.passed]
+
+    @property
+    def errors(self) -> list[CheckResult]:
+        """Failed or broken checks of severity error: they fail the run."""
+        return [r for r in self.results if r.status in ("fail", "error") and r.severity == "error"]
+
+    @property
+    def warnings(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.passed and r not in self.errors]
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckType:
+    """How one type of check runs: alone (``run``), or on the shared scan (``aggregates`` names
+    what it needs from the scan, ``evaluate`` judges the scanned rows)."""
+
+    name: str
+    run: Callable[..., CheckResult] | None = None
+    aggregates: Callable[..., dict[str, str]] | None = None
+    evaluate: Callable[..., CheckResult] | None = None
+
+    @property
+    def shared_scan(self) -> bool:
+        return self.evaluate is not None
+
+
+_TYPES: dict[str, CheckType] = {}
+_loaded = False
+
+
+def register(name: str, *, run=None, aggregates=None, evaluate=None) -> None:
+    """Register the check type ``name`` (its model is in :mod:`.spec`)."""
+    if (run is None) == (evaluate is None):
+        raise TypeError(f"check type {name!r}: give either run, or aggregates and evaluate")
+    _TYPES[name] = CheckType(name, run, aggregates, evaluate)
+
+
+def check_type(name: str) -> CheckType:
+    global _loaded
+    if not _loaded:
+        for module in TYPE_MODULES:
+            importlib.import_module(f"opsbook.checks.{module}")
+        _loaded = True
+    try:
+        return _TYPES[name]
+    except KeyError:
+        raise TypeError(f"no check type {name!r} is registered") from None
+
+
+def registered() -> list[str]:
+    check_type("row_count")  # loads the registry
+    return sorted(_TYPES)
+
+
+# --- running -----------------------------------------------------------------------------------
 
 
 def outcome(check, failed: bool) -> str:
@@ -66,42 +151,6 @@ def outcome(check, failed: bool) -> str:
     if not failed:
         return "pass"
     return "fail" if check.severity == "error" else "warn"
-
-
-def run_suite(conn, spec, suite, years: list[int], reference: str | None = None) -> SuiteResult:
-    """Run every check of ``suite`` over the ``years`` window."""
-    from opsbook.checks import spec as suite_spec
-    from opsbook.checks import system, table
-    from opsbook.checks.geometry import run_geometry
-
-    t0 = time.monotonic()
-    ctx = table.Context(conn, spec, suite, years, reference or suite.default_reference)
-    results: dict[str, CheckResult] = {}
-    aggregate = [c for c in suite.checks if isinstance(c, table.AGGREGATE_TYPES)]
-    results.update({r.name: r for r in table.run_aggregate_checks(ctx, aggregate)})
-    for check in suite.checks:
-        if check.name in results:
-            continue
-        started = time.monotonic()
-        try:
-            if isinstance(check, suite_spec.Unique):
-                result = table.run_unique(ctx, check)
-            elif isinstance(check, suite_spec.Referential):
-                result = table.run_referential(ctx, check)
-            elif isinstance(check, suite_spec.DatabaseSize):
-                result = system.run_database_size(ctx, check)
-            elif isinstance(check, suite_spec.RedisKey):
-                result = system.run_redis_key(ctx, check)
-            elif isinstance(check, suite_spec.Geometry):
-                result = run_geometry(ctx, check)
-            else:  # pragma: no cover - every type is dispatched above or aggregated
-                raise TypeError(f"no runner for check type {check.type}")
-        except Exception as exc:
-            result = error_result(check, exc)
-        result.seconds = time.monotonic() - started
-        results[check.name] = result
-    ordered = [results[c.name] for c in suite.checks]
-    return SuiteResult(ordered, ctx.partition_counts(), ctx.reference, time.monotonic() - t0)
 
 
 def error_result(check, exc: Exception) -> CheckResult:
@@ -115,3 +164,28 @@ def error_result(check, exc: Exception) -> CheckResult:
         "-",
         f"the check could not run: {type(exc).__name__}: {message}",
     )
+
+
+def run_suite(conn, spec, suite, window, reference: str | None = None, params: dict | None = None) -> SuiteResult:
+    """Run every check of ``suite`` over ``window`` (a :class:`~opsbook.windows.Years` or
+    :class:`~opsbook.windows.Days`; empty: every partition the table holds). ``params`` are
+    values a suite's queries may bind by name (``%(name)s``)."""
+    from opsbook.checks import scan
+    from opsbook.checks.context import Context
+
+    t0 = time.monotonic()
+    ctx = Context(conn, spec, suite, window, reference or suite.default_reference, dict(params or {}))
+    shared = [c for c in suite.checks if check_type(c.type).shared_scan]
+    results: dict[str, CheckResult] = {r.name: r for r in scan.run_shared(ctx, shared)}
+    for check in suite.checks:
+        if check.name in results:
+            continue
+        started = time.monotonic()
+        try:
+            result = check_type(check.type).run(ctx, check)
+        except Exception as exc:
+            result = error_result(check, exc)
+        result.seconds = time.monotonic() - started
+        results[check.name] = result
+    ordered = [results[c.name] for c in suite.checks]
+    return SuiteResult(ordered, ctx.partition_counts(), ctx.reference, time.monotonic() - t0, ctx.window_label())

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from opsbook.checks import SAMPLE_ROWS, CheckResult, outcome
+from opsbook.checks import SAMPLE_ROWS, CheckResult, outcome, register
 from opsbook.checks import spec as s
-from opsbook.checks.table import _where, table_ident
+from opsbook.checks.context import table_ident, where_of
 from opsbook.stores.postgres import dicts, has_postgis
 
 CHUNK_ROWS = 50_000
@@ -70,14 +70,14 @@ def _point_problem_sql(check: s.Geometry) -> sql.Composable:
 def _count_and_sample(ctx, check, table, window, problem, reason=None):
     bad, total = ctx.conn.execute(
         sql.SQL("SELECT count(*) FILTER (WHERE {}), count(*) FROM {} WHERE {} AND {}").format(
-            problem, table_ident(table), window, _where(check)
+            problem, table_ident(table), window, where_of(check)
         )
     ).fetchone()
     sample = []
     if bad:
         extra = sql.SQL(", {} AS problem").format(reason) if reason is not None else sql.SQL("")
         query = sql.SQL("SELECT *{} FROM {} WHERE {} AND {} AND ({}) LIMIT {}").format(
-            extra, table_ident(table), window, _where(check), problem, sql.Literal(SAMPLE_ROWS)
+            extra, table_ident(table), window, where_of(check), problem, sql.Literal(SAMPLE_ROWS)
         )
         sample = [_printable(row) for row in dicts(ctx.conn, query)]
     return bad, total, sample
@@ -96,7 +96,7 @@ def _shapely_scan(ctx, check, table, window):
     kind = ctx.column_types(table).get(check.column)
     wkb = sql.SQL("ST_AsEWKB({})").format(g) if kind == "USER-DEFINED" else g
     query = sql.SQL("SELECT ctid::text, {} FROM {} WHERE {} AND {}").format(
-        wkb, table_ident(table), window, _where(check)
+        wkb, table_ident(table), window, where_of(check)
     )
     bad = total = 0
     sample = []
@@ -125,3 +125,6 @@ def _shapely_scan(ctx, check, table, window):
                 )
                 sample.append({"ctid": rows[i][0], "problem": reason})
     return bad, total, sample
+
+
+register("geometry", run=run_geometry)

@@ -195,6 +195,13 @@ class DatabaseSize(_Check):
     max_gb: float
 
 
+class FreeDisk(_Check):
+    """At least ``min_gb`` free on the disks the data lives on, where this host can see them."""
+
+    type: Literal["free_disk"]
+    min_gb: float
+
+
 class RedisKey(_Check):
     """A key exists, with a TTL and size in bounds, and its payload matches a JSON schema."""
 
@@ -206,6 +213,27 @@ class RedisKey(_Check):
     min_bytes: int | None = None
     max_bytes: int | None = None
     json_schema: dict[str, Any] | None = None
+
+
+class RedisTotals(_Check):
+    """A published payload's totals equal PostgreSQL's: each ``totals`` entry maps a field of the
+    decoded payload (a dotted path) to a column of ``query``. With ``per``, the payload holds
+    totals per group under that field (group -> totals) and the query returns one row per group,
+    named in its ``key`` column; every group on either side is compared."""
+
+    type: Literal["redis_totals"]
+    key: str
+    per: str | None = None
+    totals: dict[str, str]
+    query: str  # SQL from the suite (or the procedure); %(name)s binds a run value
+    tolerance: Tolerance = Field(default_factory=Tolerance)
+
+
+class EmptyQuery(_Check):
+    """A query that returns the rows breaking a rule; the check passes when it returns none."""
+
+    type: Literal["empty_query"]
+    query: str  # SQL from the suite (or the procedure); %(name)s binds a run value
 
 
 class Geometry(_Check):
@@ -239,7 +267,10 @@ Check = Annotated[
     | Referential
     | RowCondition
     | DatabaseSize
+    | FreeDisk
     | RedisKey
+    | RedisTotals
+    | EmptyQuery
     | Geometry,
     Field(discriminator="type"),
 ]

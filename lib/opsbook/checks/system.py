@@ -1,11 +1,13 @@
-"""Checks of the systems around the tables: database size, Redis keys."""
+"""Checks of the systems around the tables: database size, free disk, Redis keys and payloads."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import shutil
+from pathlib import Path
 
-from opsbook.checks import CheckResult, outcome
+from opsbook.checks import SAMPLE_ROWS, CheckResult, outcome, register
 from opsbook.checks import spec as s
 
 
@@ -36,11 +38,9 @@ def decode_payload(raw: bytes):
 
 
 def run_redis_key(ctx, check: s.RedisKey) -> CheckResult:
-    import redis
+    from opsbook.stores import redis as redis_store
 
-    from opsbook import services
-
-    client = redis.Redis.from_url(services.redis_url(), socket_timeout=10)
+    client = redis_store.client()
     try:
         raw = client.get(check.key)
         problems: list[str] = []
@@ -111,3 +111,140 @@ def _expectation(check: s.RedisKey) -> str:
     if check.json_schema is not None:
         parts.append("payload matches the schema")
     return ", ".join(parts)
+
+
+# --- free disk ---------------------------------------------------------------------------------
+
+
+def disk_locations(conn) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Where free disk can be measured from this host: ``([(what, path)], [what could not be seen, why])``.
+
+    The database's data directory when the database runs here (the embedded one, or a server on
+    localhost or a local socket whose ``data_directory`` this role may read), and the lake when
+    it is a folder.
+    """
+    from opsbook import config, services
+    from opsbook.stores import uri
+
+    seen, unseen = [], []
+    if services.database_is_embedded():
+        seen.append(("database (embedded)", services.embedded_data_dir()))
+    elif conn.info.host in ("localhost", "127.0.0.1", "::1") or conn.info.host.startswith("/"):
+        try:
+            folder = conn.execute("SHOW data_directory").fetchone()[0]
+        except Exception:  # the role may not read server settings
+            unseen.append(f"database: this role may not read data_directory on {conn.info.host}")
+        else:
+            seen.append((f"database ({conn.info.host})", Path(folder)))
+    else:
+        unseen.append(f"database: it runs on {conn.info.host}, not on this host")
+    lake = config.lake_url()
+    if uri.is_remote(lake):
+        unseen.append(f"lake: {lake} is object storage (no disk to fill)")
+    else:
+        seen.append(("lake", Path(lake)))
+    return seen, unseen
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def run_free_disk(ctx, check: s.FreeDisk) -> CheckResult:
+    seen, unseen = disk_locations(ctx.conn)
+    rows, low = [], []
+    for what, path in seen:
+        try:
+            free = shutil.disk_usage(_existing(path)).free
+        except OSError as exc:
+            unseen.append(f"{what}: {path}: {exc.strerror or exc}")
+            continue
+        rows.append({"location": what, "path": str(path), "free": _gb(free)})
+        if free < check.min_gb * 1024**3:
+            low.append(f"{what} ({path}) has {_gb(free)} free")
+    measured = "; ".join(f"{r['location']}: {r['free']} free" for r in rows) or "nothing"
+    notes = low + ([f"not measured: {'; '.join(unseen)}"] if unseen else [])
+    return CheckResult(
+        check.name,
+        check.type,
+        check.severity,
+        outcome(check, bool(low)),
+        measured,
+        f"at least {check.min_gb:g} GB free where the data lives",
+        failing=rows if low else [],
+        failing_count=len(low) if low else None,
+        engine="this host",
+        message="; ".join(notes),
+    )
+
+
+# --- a payload's totals against PostgreSQL -----------------------------------------------------
+
+
+def run_redis_totals(ctx, check: s.RedisTotals) -> CheckResult:
+    from opsbook.stores import redis as redis_store
+    from opsbook.stores.postgres import dicts
+
+    client = redis_store.client()
+    try:
+        raw = client.get(check.key)
+    finally:
+        client.close()
+    expected_text = f"{', '.join(check.totals)}{' per ' + check.per if check.per else ''} as in PostgreSQL"
+    if raw is None:
+        return CheckResult(
+            check.name,
+            check.type,
+            check.severity,
+            outcome(check, True),
+            "missing",
+            expected_text,
+            engine="Redis",
+            message=f"Redis has no key {check.key}",
+        )
+    document = decode_payload(raw)
+    rows = dicts(ctx.conn, check.query, ctx.params or None)
+    if check.per:
+        groups = _dig(document, check.per) or {}
+        database = {str(r["key"]): r for r in rows}
+        pairs = [(k, groups.get(k) or {}, database.get(k) or {}) for k in sorted(set(groups) | set(database))]
+    else:
+        pairs = [("all", document, rows[0] if rows else {})]
+    failing = []
+    for group, have, want in pairs:
+        for field_name, column in check.totals.items():
+            got, expected = _dig(have, field_name), want.get(column)
+            if got is None or expected is None or not check.tolerance.allows(float(got), float(expected)):
+                failing.append({"group": group, "total": field_name, "in Redis": got, "in PostgreSQL": expected})
+    return CheckResult(
+        check.name,
+        check.type,
+        check.severity,
+        outcome(check, bool(failing)),
+        f"{len(pairs) * len(check.totals) - len(failing)} of {len(pairs) * len(check.totals)} totals match",
+        expected_text,
+        failing=failing[:SAMPLE_ROWS],
+        failing_count=len(failing) or None,
+        engine="Redis and PostgreSQL",
+        message="; ".join(
+            f"{f['group']} {f['total']}: {f['in Redis']} in Redis, {f['in PostgreSQL']} in PostgreSQL"
+            for f in failing[:10]
+        ),
+    )
+
+
+def _dig(document, path: str):
+    """``"years.2016.tickets"`` inside a decoded payload (None when absent)."""
+    for part in path.split("."):
+        if not isinstance(document, dict) or part not in document:
+            return None
+        document = document[part]
+    return document
+
+
+register("database_size", run=run_database_size)
+register("free_disk", run=run_free_disk)
+register("redis_key", run=run_redis_key)
+register("redis_totals", run=run_redis_totals)

@@ -13,7 +13,6 @@ import numpy as np
 from opsbook import config
 from opsbook.demo.tickets import DEFAULT_SEED, _apportion
 
-
 # The Toronto runbook's sanity totals over all years of each program.
 CAMERA_PROGRAMS = {
     "red_light": {

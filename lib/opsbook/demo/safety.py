@@ -3,12 +3,15 @@
 Readings follow a daily traffic profile (morning and evening peaks, Toronto time), larger
 intersections see more traffic, indices rise with volume and speed. Sensors miss intervals
 (2 % of single slots, and a few outages of hours); collection runs hourly, and 3 % of the
-readings arrive late, in a batch one to six hours after their own hour.
+readings arrive late, in a batch one to six hours after their own hour. As the ``demo`` source
+of ``safety_indices`` (:func:`source_folder`), the batches are Parquet files in the state folder,
+read by dual_write like any team's incoming folder.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +114,41 @@ def batches(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED)
         moment = hour.astype("datetime64[s]").astype(dt.datetime).replace(tzinfo=dt.UTC)
         out.append(Batch(f"safety-{moment:%Y%m%dT%H}", moment, table.slice(bounds[i], bounds[i + 1] - bounds[i])))
     return out
+
+
+DEFAULT_START = dt.date(2025, 11, 1)
+DEFAULT_DAYS = 7
+DEFAULT_INTERSECTIONS = 8
+
+
+def source_dir():
+    return config.state_dir() / "demo" / "safety_indices"
+
+
+def source_folder(window=None, **_hints):
+    """The ``demo`` source of the safety indices: the default batches (7 days from 2025-11-01,
+    8 intersections, late arrivals in later batches) as one Parquet file per batch, and
+    ``intersections.csv``, written once in ``<state>/demo/safety_indices/``.
+
+    ``window`` is not used: every run reads the same batches, and dual_write picks the window's.
+    Each file is written whole (temporary name, then rename); ``intersections.csv`` goes last,
+    so its presence says the folder is complete.
+    """
+    from opsbook.stores import uri
+
+    folder = source_dir()
+    done = folder / "intersections.csv"
+    if done.is_file():
+        return folder
+    import pyarrow.parquet as pq
+
+    for batch in batches(DEFAULT_START, DEFAULT_DAYS, DEFAULT_INTERSECTIONS):
+        sink = io.BytesIO()
+        pq.write_table(batch.table, sink, compression="zstd")
+        uri.write_bytes(str(folder / f"{batch.batch_id}.parquet"), sink.getvalue())
+    text = intersections(DEFAULT_INTERSECTIONS).to_csv(index=False)
+    uri.write_bytes(str(done), text.encode("utf-8"), "text/csv")
+    return folder
 
 
 def plant_differences(

@@ -112,16 +112,19 @@ def scaled_groups(year: int, scale: float = DEFAULT_SCALE, rows: int | None = No
 
 
 def expected_monthly(years, scale: float = DEFAULT_SCALE):
-    """Expected good-row totals per (year, month) of the demo: tickets and fines."""
+    """Expected good-row totals per (year, month) of the demo: tickets and fines (the years with
+    reference figures; the demo writes no other)."""
     import pandas as pd
 
     frames = []
-    for year in years:
+    for year in (y for y in years if y in REFERENCE_YEARS):
         groups = scaled_groups(year, scale)
         groups["fines"] = groups["tickets"] * groups["unit_fine"]
         monthly = groups.groupby("month", as_index=False)[["tickets", "fines"]].sum()
         monthly.insert(0, "year", year)
         frames.append(monthly)
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("year", "month", "tickets", "fines")})
     return pd.concat(frames, ignore_index=True)
 
 

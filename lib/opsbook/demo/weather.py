@@ -143,6 +143,12 @@ def build(
     return written
 
 
+def source_folder(**hints) -> Path:
+    """The ``demo`` source of ``weather_observations`` (registered in :mod:`opsbook.demo`): the
+    demo files, written once, in the state folder."""
+    return ensure_demo()
+
+
 def ensure_demo(folder: Path | None = None) -> Path:
     """The demo folder (``<state dir>/weather-demo``), built on first use."""
     from opsbook import config

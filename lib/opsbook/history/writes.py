@@ -50,6 +50,17 @@ def pending_count(conn: psycopg.Connection, dataset: str, batch_id: str) -> int:
     ).fetchone()[0]
 
 
+def succeeded(conn: psycopg.Connection, dataset: str, batch_ids: list[str]) -> dict[str, set[str]]:
+    """Of ``batch_ids``, each one the ledger has written to some target: the targets written."""
+    found: dict[str, set[str]] = {}
+    for batch_id, target in conn.execute(
+        "SELECT batch_id, target FROM opsbook.writes WHERE dataset = %s AND batch_id = ANY(%s) AND status = 'success'",
+        (dataset, batch_ids),
+    ).fetchall():
+        found.setdefault(batch_id, set()).add(target)
+    return found
+
+
 def pending(conn: psycopg.Connection, dataset: str) -> list[dict]:
     from opsbook.stores.postgres import dicts
 

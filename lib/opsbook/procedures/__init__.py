@@ -32,7 +32,11 @@ class Entry:
 
 
 _ENTRIES = (
-    Entry("load", "toronto", "Load City files for a window of years into PostgreSQL (per-year replace, bad rows quarantined)"),
+    Entry(
+        "load",
+        "toronto",
+        "Load City files for a window of years into PostgreSQL (per-year replace, bad rows quarantined)",
+    ),
     Entry("aggregate", "toronto", "Rebuild the yearly tables per location: parking tickets, red-light and ASE cameras"),
     Entry(
         "camera_datasets",
@@ -44,7 +48,9 @@ _ENTRIES = (
         "toronto",
         "Publish the map payloads (tickets, red-light, ASE per location and year) to Redis, switched atomically",
     ),
-    Entry("validate", "checks", "Run a dataset's check suite in the database: coverage, expected totals, quality rules"),
+    Entry(
+        "validate", "checks", "Run a dataset's check suite in the database: coverage, expected totals, quality rules"
+    ),
     Entry(
         "backfill",
         "toronto",
@@ -70,7 +76,9 @@ _ENTRIES = (
         "warehouse",
         "Weather warehouse: land raw JSON, upsert core, data-quality checkpoint, refresh the mart views",
     ),
-    Entry("retention", "ops", "Plan, then apply, a retention policy: drop old partitions, delete old rows, VACUUM ANALYZE"),
+    Entry(
+        "retention", "ops", "Plan, then apply, a retention policy: drop old partitions, delete old rows, VACUUM ANALYZE"
+    ),
     Entry(
         "health",
         "ops",

@@ -1,78 +1,83 @@
 """Camera datasets: GeoJSON and summaries of the red-light and ASE camera sites, on the lake.
 
-Reads the yearly camera tables the aggregate procedure builds (``red_light_yearly_locations``,
-``ase_yearly_locations``), turns each site into a point with geopandas (EPSG:4326), and writes
-per program ``cameras/<program>_locations.geojson`` and ``cameras/<program>_summary.json`` to the
-lake (a folder, or ``gs://`` through google-cloud-storage), each file whole or not at all.
-
-A site whose coordinates are missing, invalid or outside Toronto is not written to the map; it
-is listed in the summary's ``excluded`` and in the report (a WARN), never silently left out.
-Each GeoJSON file is then read back with geopandas and its totals compared with PostgreSQL.
+Reads the yearly camera tables the aggregate procedure builds, turns each site into a point
+(EPSG:4326), and writes per program ``<program>_locations.geojson`` and
+``<program>_summary.json`` to ``<lake>/cameras`` (or ``out``: a folder or a gs:// prefix), each
+file whole or not at all. A site without valid coordinates inside Toronto is left off the map
+and listed (a WARN), never silently dropped. Each GeoJSON file is read back and its totals
+compared with PostgreSQL. The work is :mod:`opsbook.toronto.cameras`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
-import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from psycopg import sql
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from opsbook.errors import CheckFailed
+from opsbook.run.context import RunContext
 from opsbook.run.params import DatasetName, ProcedureParams
-from opsbook.windows import Years, known_subset, year_list
 from opsbook.run.verdict import Verdict
+from opsbook.toronto.cameras import PROGRAMS  # light: the domain module imports geopandas lazily
+from opsbook.windows import Years, names
 
-NOTEBOOK = "camera_datasets.ipynb"
-SUMMARY = "Build the red-light and ASE camera GeoJSON and summaries (geopandas, EPSG:4326) on the lake"
-PROGRAMS = {"red_light": "red_light_yearly_locations", "ase": "ase_yearly_locations"}
-CRS = "EPSG:4326"
-# the City of Toronto's extent, with a margin: a point outside is a geocoding error
-TORONTO = {"min_lon": -79.70, "max_lon": -79.10, "min_lat": 43.55, "max_lat": 43.90}
+if TYPE_CHECKING:
+    from opsbook.toronto.cameras import Program
 
 
 class Params(ProcedureParams):
     """Parameters of ``camera_datasets``."""
 
     dataset: DatasetName = Field("toronto_parking_tickets", description="the tickets dataset the cameras belong to")
-    years: Years = Field("2011-2023", description="years in the datasets")
-    programs: str = Field("red_light,ase", description="camera programs: red_light, ase")
+    years: Years = Field("2011-2023", description="years in the datasets: 2017, 2011-2023 or 2011,2015-2016")
+    programs: names(tuple(PROGRAMS), "program") = Field("red_light,ase", description="camera programs: red_light, ase")
     out: str = Field("", description='where the files go: a folder or gs://bucket/prefix; "" is <lake>/cameras')
-
-    @field_validator("programs")
-    @classmethod
-    def _known_programs(cls, value: str) -> str:
-        return known_subset(value, list(PROGRAMS), "program")
 
 
 @dataclass
-class Program:
-    name: str
-    sites: int = 0
-    features: int = 0
-    tickets: int = 0
-    revenue: float = 0.0
-    db_tickets: int = 0
-    db_revenue: float = 0.0
-    excluded: list[dict] = field(default_factory=list)
-    files: list[dict] = field(default_factory=list)  # uri, bytes, sha256
-    frame: object = None  # the GeoDataFrame written, for the map
+class Plan:
+    params: Params
+    out: str
+    built_at: str
+    years: list[int]  # the window, resolved against the tables
+    programs: list[Program]
 
-    @property
-    def matches(self) -> bool:
-        mapped = self.db_tickets - sum(e["tickets"] for e in self.excluded)
-        return self.tickets == mapped and self.features == self.sites - len(self.excluded)
+
+def plan(ctx: RunContext) -> Plan:
+    """Read each program's sites from PostgreSQL and build its files (nothing is written yet)."""
+    import datetime as dt
+
+    from opsbook.toronto import cameras
+
+    params: Params = ctx.params
+    built_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    years, programs = cameras.build(params.programs, params.years, built_at, ctx.run_id)
+    return Plan(params, cameras.output_root(params.out), built_at, years, programs)
+
+
+def run(ctx: RunContext, plan: Plan) -> Result:
+    """Write the files, read each GeoJSON back, and fetch the streets drawn under the map."""
+    import time
+
+    from opsbook.toronto import cameras
+
+    started = time.monotonic()
+    programs = cameras.write_and_read_back(plan.programs, plan.out)
+    streets = cameras.street_points() if any(p.features for p in programs) else []
+    return Result(plan, programs, streets, time.monotonic() - started)
 
 
 @dataclass
 class Result:
-    params: Params
+    plan: Plan
     programs: list[Program] = field(default_factory=list)
-    out: str = ""
-    built_at: str = ""
+    streets: list[tuple[float, float]] = field(default_factory=list)  # background of the map
     seconds: float = 0.0
+
+    @property
+    def out(self) -> str:
+        return self.plan.out
 
     def verdict(self) -> Verdict:
         figures = {
@@ -84,16 +89,14 @@ class Result:
         if wrong:
             detail = "; ".join(
                 f"{p.name}: {p.features:,} features / {p.tickets:,} tickets read back, "
-                f"{p.sites - len(p.excluded):,} sites / {p.db_tickets:,} tickets in PostgreSQL"
+                f"{p.mapped:,} sites / {p.db_tickets:,} tickets in PostgreSQL"
                 for p in wrong
             )
-            return Verdict.failed(
-                f"the camera files disagree with PostgreSQL: {detail}", figures, "files", CheckFailed
-            )
+            return Verdict.failed(f"the camera files disagree with PostgreSQL: {detail}", figures, "files", CheckFailed)
         empty = [p.name for p in self.programs if not p.sites]
         if empty:
             return Verdict.failed(
-                f"no camera sites for {', '.join(empty)} in {self.params.years}: run aggregate with cameras first",
+                f"no camera sites for {', '.join(empty)} in {self.plan.params.years}: run aggregate with cameras first",
                 figures,
                 "programs",
                 CheckFailed,
@@ -118,137 +121,40 @@ class Result:
         )
 
 
-def output_root(out: str) -> str:
-    from opsbook.trafficsafety import dualwrite
-
-    return out.rstrip("/") if out else dualwrite.join(dualwrite.lake_root(), "cameras")
-
-
-def sites(conn, program: str, years: list[int]):
-    """One row per camera site with its totals and tickets per year (a pandas DataFrame)."""
-    import pandas as pd
-
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT site_code, min(location), min(latitude), min(longitude), "
-            "jsonb_object_agg(year, ticket_count ORDER BY year), sum(ticket_count), sum(total_revenue), "
-            "min(year), max(year) FROM {} WHERE year = ANY(%s) GROUP BY site_code ORDER BY site_code"
-        ).format(sql.Identifier(PROGRAMS[program])),
-        (years,),
-    ).fetchall()
-    columns = ["site_code", "location", "latitude", "longitude", "years", "ticket_count", "total_revenue"]
-    frame = pd.DataFrame([r[:7] for r in rows], columns=columns)
-    frame["first_year"] = [r[7] for r in rows]
-    frame["last_year"] = [r[8] for r in rows]
-    frame["ticket_count"] = frame["ticket_count"].astype("int64")
-    frame["total_revenue"] = frame["total_revenue"].astype(float).round(2)
-    return frame
-
-
-def to_points(frame):
-    """(GeoDataFrame of mappable sites, list of excluded sites with the reason)."""
-    import geopandas as gpd
-
-    lat, lon = frame["latitude"], frame["longitude"]
-    missing = lat.isna() | lon.isna()
-    outside = ~missing & ~(
-        lat.between(TORONTO["min_lat"], TORONTO["max_lat"]) & lon.between(TORONTO["min_lon"], TORONTO["max_lon"])
-    )
-    geo = gpd.GeoDataFrame(
-        frame.drop(columns=["latitude", "longitude"]),
-        geometry=gpd.points_from_xy(lon.fillna(0), lat.fillna(0)),
-        crs=CRS,
-    )
-    invalid = ~missing & ~(geo.geometry.is_valid & ~geo.geometry.is_empty)
-    excluded = []
-    for mask, reason in (
-        (missing, "no coordinates"),
-        (invalid, "invalid geometry"),
-        (outside & ~invalid, "outside Toronto"),
-    ):
-        for _, row in frame[mask].iterrows():
-            excluded.append(
-                {
-                    "site_code": row["site_code"],
-                    "location": row["location"],
-                    "latitude": None if missing[_] else float(row["latitude"]),
-                    "longitude": None if missing[_] else float(row["longitude"]),
-                    "tickets": int(row["ticket_count"]),
-                    "reason": reason,
-                }
-            )
-    return geo[~(missing | invalid | outside)].reset_index(drop=True), excluded
-
-
-def summary_of(program: str, frame, geo, excluded: list[dict], built_at: str) -> dict:
-    per_year: dict[str, dict] = {}
-    for years in frame["years"]:
-        for year, count in years.items():
-            entry = per_year.setdefault(year, {"tickets": 0, "sites": 0})
-            entry["tickets"] += int(count)
-            entry["sites"] += 1
-    return {
-        "program": program,
-        "built_at": built_at,
-        "crs": CRS,
-        "sites": len(frame),
-        "features": len(geo),
-        "tickets": int(frame["ticket_count"].sum()),
-        "revenue": round(float(frame["total_revenue"].sum()), 2),
-        "years": dict(sorted(per_year.items())),
-        "excluded": excluded,
-    }
-
-
-def run(params: Params, run_id: str) -> Result:
-    import geopandas as gpd
-
-    from opsbook.trafficsafety import dualwrite
-    from opsbook.stores import postgres
-
-    t0 = time.monotonic()
-    years = year_list(params.years)
-    result = Result(params, out=output_root(params.out))
-    result.built_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    with postgres.connection(autocommit=True, purpose=f"run {run_id}") as conn:
-        frames = {name: sites(conn, name, years) for name in params.programs.split(",")}
-    for name, frame in frames.items():
-        program = Program(name, sites=len(frame))
-        program.db_tickets = int(frame["ticket_count"].sum())
-        program.db_revenue = round(float(frame["total_revenue"].sum()), 2)
-        geo, program.excluded = to_points(frame)
-        geojson = geo.to_json(drop_id=True, to_wgs84=True).encode("utf-8")
-        summary = json.dumps(summary_of(name, frame, geo, program.excluded, result.built_at), indent=1).encode()
-        for suffix, data in (("locations.geojson", geojson), ("summary.json", summary)):
-            uri = dualwrite.join(result.out, f"{name}_{suffix}")
-            dualwrite.put(uri, data)
-            program.files.append({"file": uri, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        # read back what was written, as a map client would
-        back = gpd.read_file(read_bytes(program.files[0]["file"]))
-        program.features = len(back)
-        program.tickets = int(back["ticket_count"].sum()) if len(back) else 0
-        program.revenue = round(float(back["total_revenue"].sum()), 2) if len(back) else 0.0
-        program.frame = back
-        result.programs.append(program)
-    result.seconds = time.monotonic() - t0
-    return result
-
-
-def read_bytes(uri: str):
-    import io
-
-    if uri.startswith("gs://"):
-        from opsbook.stores import objects
-
-        with objects.open_read(uri) as handle:
-            return io.BytesIO(handle.read())
-    return uri
-
-
 # --- presentation ----------------------------------------------------------------------------
 
 
+def show_plan(plan: Plan):
+    """Per program: the sites in PostgreSQL, how many go on the map, the files to write."""
+    from opsbook import report
+
+    rows = [
+        {
+            "program": p.name,
+            "sites in PostgreSQL": p.sites,
+            "sites mapped": p.mapped,
+            "left off the map": len(p.excluded),
+            "tickets": p.db_tickets,
+            "revenue": p.db_revenue,
+            "bytes to write": sum(len(d) for d in p.documents.values()),
+        }
+        for p in plan.programs
+    ]
+    return report.table(rows, caption=f"Sites for {plan.params.years}, to write to {plan.out}", element_id="sites")
+
+
+def show_excluded(plan: Plan):
+    """Sites left off the map, with the reason."""
+    from opsbook import report
+
+    rows = [{"program": p.name, **e} for p in plan.programs for e in p.excluded]
+    if not rows:
+        return report.note("Every site has valid coordinates inside Toronto: none was left off the map.")
+    return report.table(rows, caption="Sites left off the map, with the reason", element_id="excluded")
+
+
 def show_programs(result: Result):
+    """Per program: PostgreSQL's figures against the file read back."""
     from opsbook import report
 
     rows = [
@@ -267,7 +173,7 @@ def show_programs(result: Result):
     ]
     return report.table(
         rows,
-        caption=f"Built at {result.built_at} for {result.params.years}",
+        caption=f"Built at {result.plan.built_at} for {result.plan.params.years}",
         status_column="status",
         element_id="programs",
     )
@@ -280,34 +186,19 @@ def show_files(result: Result):
     return report.table(rows, caption=f"Files written to {result.out}", element_id="files")
 
 
-def show_excluded(result: Result):
-    from opsbook import report
-
-    rows = [{"program": p.name, **e} for p in result.programs for e in p.excluded]
-    if not rows:
-        return report.note("Every site has valid coordinates inside Toronto: none was left off the map.")
-    return report.table(rows, caption="Sites left off the map, with the reason", element_id="excluded")
-
-
-def camera_map(result: Result, background: int = 4000):
-    """The sites on a map drawn without a tile server: parking-ticket locations sketch the streets."""
+def show_map(result: Result):
+    """The sites read back on a map drawn without a tile server: parking-ticket locations sketch
+    the streets."""
     import plotly.graph_objects as go
 
     from opsbook import report
-    from opsbook.stores import postgres
 
     fig = go.Figure()
-    with postgres.connection(autocommit=True, purpose="camera map") as conn:
-        streets = conn.execute(
-            "SELECT longitude, latitude FROM parking_ticket_yearly_locations "
-            "WHERE latitude IS NOT NULL GROUP BY 1, 2 ORDER BY sum(ticket_count) DESC LIMIT %s",
-            (background,),
-        ).fetchall()
-    if streets:
+    if result.streets:
         fig.add_trace(
             go.Scattergl(
-                x=[s[0] for s in streets],
-                y=[s[1] for s in streets],
+                x=[s[0] for s in result.streets],
+                y=[s[1] for s in result.streets],
                 mode="markers",
                 marker={"size": 3, "color": "#d0d4da"},
                 name="parking-ticket locations",

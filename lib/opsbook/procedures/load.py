@@ -27,15 +27,17 @@ SOURCE_KIND = "toronto_parking_tickets"
 REJECT_SAMPLE = 20
 
 
-class Params(ProcedureParams, standins.GuardedSources):
+@standins.guarded
+class Params(ProcedureParams):
     """Parameters of ``load``."""
 
     dataset: DatasetName = Field("toronto_parking_tickets", description="dataset spec in params/datasets/")
     source: standins.source_field(SOURCE_KIND) = Field(
-        "demo", description="folder or gs:// prefix with the City's files, or a stand-in source"
+        standins.DEFAULT_SOURCE, description="folder or gs:// prefix with the City's files, or a stand-in source"
     )
     years: Years = Field(
-        "2016-2018", description="years to (re)load: 2017, 2016-2018, 2011,2015-2016, or latest (the newest the source holds)"
+        "2016-2018",
+        description="years to (re)load: 2017, 2016-2018, 2011,2015-2016, or latest (the newest the source holds)",
     )
     force: bool = Field(False, description="reload years whose files and table are unchanged")
     max_rejected_ratio: float = Field(

@@ -1,61 +1,175 @@
 """Check that the dual-write agrees: the lake against PostgreSQL, the archive against the ledger.
 
-Counts per day, then the exact differing keys, each classified (missing in PostgreSQL, missing
-in the lake, value drift beyond each column's tolerance, timestamp shifted, duplicate key);
-pending writes and archive objects missing from the ledger's point of view. ``repair=true``
-first retries pending writes, then re-applies the source of truth (``source_of_truth=lake`` or
-``postgres``) to the differing keys only, and checks again. Exit 1 when differences remain.
+The steps, each a notebook cell an analyst can stop after:
+
+1. :func:`compare`: rows per day, then the exact differing keys, each classified (missing in
+   PostgreSQL, missing in the lake, value drift beyond a column's tolerance, timestamp shifted,
+   duplicate key): pass 1 joins key and row hash, pass 2 compares the differing keys' values;
+2. :func:`check_writes`: pending writes, and the archive's objects against the write ledger;
+3. :func:`plan_repair`: what a repair from ``source_of_truth`` would change (nothing changes yet);
+4. :func:`repair` (``repair=true`` only): retry the pending writes, then apply the plan;
+5. :func:`check_again`: compare again after a repair. Exit 1 when differences remain.
+
+``plan(ctx)`` is steps 1-3 and ``run(ctx, plan)`` steps 4-5. The work is
+:mod:`opsbook.trafficsafety` (:mod:`.compare`, :mod:`.archive`, :mod:`.repair`).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
-from opsbook.trafficsafety import reconcile
+from opsbook.errors import CheckFailed
+from opsbook.run.context import RunContext
 from opsbook.run.params import DatasetName, ProcedureParams
 from opsbook.run.verdict import Verdict
+from opsbook.windows import Days
 
-NOTEBOOK = "reconcile_dual_write.ipynb"
-SUMMARY = "Compare the Parquet lake with PostgreSQL and the GCS archive with the write ledger; repair on request"
+if TYPE_CHECKING:
+    from opsbook.trafficsafety.compare import Comparison
+    from opsbook.trafficsafety.repair import Repaired, RepairPlan
+
 SAMPLES = 20
+COLOURS = {
+    "missing in postgres": "#cf222e",
+    "missing in lake": "#bf8700",
+    "value drift": "#8250df",
+    "timestamp shifted": "#0969da",
+    "duplicate key": "#57606a",
+}
+
+
+def _some_days(window: Days) -> Days:
+    if not window:
+        raise ValueError("give the days to compare, e.g. 2025-11-01..2025-11-07, 2025-11-03 or today-7..today-1")
+    return window
 
 
 class Params(ProcedureParams):
     """Parameters of ``reconcile_dual_write``."""
 
     dataset: DatasetName = Field("safety_indices", description="dataset spec in params/datasets/")
-    window: str = Field("2025-11-01..2025-11-07", description="days to compare, UTC: 2025-11-01..2025-11-07")
+    window: Annotated[Days, AfterValidator(_some_days)] = Field(
+        "2025-11-01..2025-11-07", description="UTC days to compare: 2025-11-01..2025-11-07, today-7..today-1"
+    )
     repair: bool = Field(False, description="re-apply the source of truth to the differing keys, then check again")
     source_of_truth: Literal["lake", "postgres"] = Field("lake", description="which side a repair copies from")
     row_limit: int = Field(5_000_000, ge=0, description="above this many rows, compare bucketed checksums first")
 
-    @field_validator("window")
-    @classmethod
-    def _days(cls, value: str) -> str:
-        reconcile.parse_window(value)
-        return value
+
+def locks(params: Params) -> list[str]:
+    """A repair writes the dual-write's targets and ledger: it waits for no dual_write, it is refused."""
+    from opsbook.trafficsafety import write_lock
+
+    return [write_lock(params.dataset)] if params.repair else []
+
+
+@dataclass
+class Writes:
+    """Pending writes and archive findings."""
+
+    pending: list[dict[str, Any]]
+    archive: list[dict[str, Any]]
+
+
+@dataclass
+class Plan:
+    params: Params
+    comparison: Comparison
+    writes: Writes
+    repair: RepairPlan  # what a repair would change; applied only with repair=true
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+
+def compare(ctx: RunContext) -> Comparison:
+    """Step 1: the lake against PostgreSQL over the window (bucketed checksums past ``row_limit``)."""
+    from opsbook import datasets
+    from opsbook.trafficsafety import compare as comparing
+
+    params: Params = ctx.params
+    return comparing.compare(datasets.get(params.dataset), params.window, row_limit=params.row_limit)
+
+
+def check_writes(ctx: RunContext) -> Writes:
+    """Step 2: the write ledger's pending writes, and the archive's objects against the ledger."""
+    from opsbook import datasets
+    from opsbook.stores import postgres
+    from opsbook.trafficsafety import archive, dualwrite
+
+    params: Params = ctx.params
+    spec = datasets.get(params.dataset)
+    with postgres.connection(autocommit=True, purpose="reconcile") as control:
+        dualwrite.ensure_tables(control, spec)
+        return Writes(dualwrite.pending_writes(control, spec), archive.findings(control, spec, params.window))
+
+
+def plan_repair(ctx: RunContext, comparison: Comparison, writes: Writes) -> Plan:
+    """Step 3: what a repair from the source of truth would change; nothing is changed."""
+    from opsbook.trafficsafety import repair as repairing
+
+    params: Params = ctx.params
+    return Plan(params, comparison, writes, repairing.plan(comparison, params.window, params.source_of_truth))
+
+
+def plan(ctx: RunContext) -> Plan:
+    """Steps 1-3: compare, check the writes, plan the repair."""
+    return plan_repair(ctx, compare(ctx), check_writes(ctx))
+
+
+def repair(ctx: RunContext, plan: Plan) -> Repaired | None:
+    """Step 4 (``repair=true``): retry the pending writes, then apply the repair (planned again
+    when a retried write changed a side); None without ``repair``."""
+    from opsbook import datasets
+    from opsbook.trafficsafety import repair as repairing
+
+    params: Params = ctx.params
+    if not params.repair:
+        return None
+    spec = datasets.get(params.dataset)
+    return repairing.run(spec, plan.repair, ctx.run_id, locks(params)[0], params.row_limit)
+
+
+def check_again(ctx: RunContext, plan: Plan, repaired: Repaired | None) -> Result:
+    """Step 5: after a repair, compare and check the writes again; else the plan's findings stand."""
+    if repaired is None:
+        return Result(plan, None, None, plan.writes)
+    return Result(plan, repaired, compare(ctx), check_writes(ctx))
+
+
+def run(ctx: RunContext, plan: Plan) -> Result:
+    """Steps 4-5: repair (with ``repair=true``) and check again."""
+    return check_again(ctx, plan, repair(ctx, plan))
 
 
 @dataclass
 class Result:
-    params: Params
-    before: reconcile.Comparison
-    after: reconcile.Comparison | None
-    archive: list[dict[str, Any]]
-    pending: list[dict[str, Any]]
-    repaired: dict[str, int] = field(default_factory=dict)
-    retried: int = 0
-    seconds: float = 0.0
+    plan: Plan
+    repaired: Repaired | None
+    after: Comparison | None
+    writes: Writes
 
     @property
-    def final(self) -> reconcile.Comparison:
+    def before(self) -> Comparison:
+        return self.plan.comparison
+
+    @property
+    def final(self) -> Comparison:
         return self.after or self.before
 
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        return self.writes.pending
+
+    @property
+    def archive(self) -> list[dict[str, Any]]:
+        return self.writes.archive
+
     def verdict(self) -> Verdict:
+        params = self.plan.params
         counts = self.final.counts()
         remaining = len(self.final.differences)
         figures = {
@@ -66,10 +180,12 @@ class Result:
             "rows compared": sum(self.final.lake_rows.values()) + sum(self.final.postgres_rows.values()),
         }
         repaired = ""
-        if self.after is not None:
+        if self.repaired is not None:
+            done = ", ".join(f"{k} {v}" for k, v in self.repaired.done.items() if v) or "nothing to do"
+            retried = f"{self.repaired.retried} pending batch(es) retried, " if self.repaired.retried else ""
             repaired = (
-                f"repair from {self.params.source_of_truth} fixed {len(self.before.differences)} difference(s) "
-                f"({', '.join(f'{k} {v}' for k, v in self.repaired.items() if v) or 'nothing to do'}); "
+                f"{retried}repair from {params.source_of_truth} answered {self.repaired.plan.differences} "
+                f"difference(s) ({done}); "
             )
         if remaining or self.pending or self.archive:
             parts = [f"{v:,} {k}" for k, v in counts.items() if v]
@@ -77,96 +193,72 @@ class Result:
                 parts.append(f"{len(self.pending)} pending write(s)")
             if self.archive:
                 parts.append(f"{len(self.archive)} archive finding(s)")
-            summary = f"{repaired}the dual-write disagrees over {self.params.window}: {', '.join(parts)}"
-            return Verdict.failed(summary, figures, "reconcile-days", CheckFailed)
+            hint = "" if params.repair else "; -p repair=true re-applies the source of truth and retries pending writes"
+            summary = f"{repaired}the dual-write disagrees over {params.window}: {', '.join(parts)}{hint}"
+            return Verdict.failed(summary, figures, self._anchor(), CheckFailed)
         rows = sum(self.final.lake_rows.values())
         return Verdict(
             "pass",
-            f"{repaired}lake and PostgreSQL agree over {self.params.window}: {rows:,} rows, "
+            f"{repaired}lake and PostgreSQL agree over {params.window}: {rows:,} rows, "
             f"{self.final.method}; archive complete",
             figures,
         )
 
-
-def run(params: Params) -> Result:
-    from opsbook import datasets
-    from opsbook.trafficsafety import dualwrite
-    from opsbook.stores import postgres
-
-    t0 = time.monotonic()
-    spec = datasets.get(params.dataset)
-    window = reconcile.parse_window(params.window)
-    with postgres.connection(autocommit=True, purpose="reconcile") as control:
-        dualwrite.ensure_tables(control, spec)
-        retried = 0
-        if params.repair:
-            retried = len(dualwrite.retry_pending(control, spec))
-        before = reconcile.compare(spec, window, row_limit=params.row_limit)
-        after, repaired = None, {}
-        if params.repair:
-            repaired = reconcile.repair(spec, window, before, params.source_of_truth)
-            after = reconcile.compare(spec, window, row_limit=params.row_limit)
-        archive = reconcile.archive_findings(control, spec, window)
-        pending = dualwrite.pending_writes(control, spec)
-    return Result(params, before, after, archive, pending, repaired, retried, time.monotonic() - t0)
+    def _anchor(self) -> str:
+        """The report element that shows the first disagreement."""
+        after = self.after is not None
+        if self.final.differences:
+            return "reconcile-after" if after else "reconcile-days"
+        return ("pending-writes" if self.pending else "archive-findings") + ("-after" if after else "")
 
 
 # --- presentation ----------------------------------------------------------------------------
 
 
-def show_days(result: Result):
+def show_days(comparison: Comparison, element_id: str = "reconcile-days"):
+    """Per day (UTC): rows on each side and the differences of each class."""
     from opsbook import report
+    from opsbook.trafficsafety.compare import CLASSES
 
-    comparison = result.final
-    per_day: dict = {d: {c: 0 for c in reconcile.CLASSES} for d in comparison.days}
+    per_day: dict = {d: {c: 0 for c in CLASSES} for d in comparison.days}
     for d in comparison.differences:
-        per_day.setdefault(d["day"], {c: 0 for c in reconcile.CLASSES})[d["class"]] += 1
+        per_day.setdefault(d["day"], {c: 0 for c in CLASSES})[d["class"]] += 1
     rows = []
     for day in comparison.days:
-        lake, pg = comparison.lake_rows.get(day, 0), comparison.postgres_rows.get(day, 0)
         found = sum(per_day[day].values())
         rows.append(
             {
                 "day": day.isoformat(),
                 "status": "pass" if not found else "fail",
-                "lake rows": lake,
-                "postgres rows": pg,
+                "lake rows": comparison.lake_rows.get(day, 0),
+                "postgres rows": comparison.postgres_rows.get(day, 0),
                 **per_day[day],
             }
         )
     caption = (
-        f"{result.params.dataset} per day (UTC), {comparison.method}, {comparison.lake_files} lake files, "
-        f"{comparison.fetched_rows:,} rows compared row by row"
+        f"per day (UTC): {comparison.method}, {comparison.lake_files} lake files, "
+        f"{comparison.fetched_rows:,} rows compared row by row, {comparison.seconds:.1f}s"
     )
-    if result.after is not None:
-        caption = f"after the repair: {caption}"
-    return report.table(rows, caption=caption, status_column="status", element_id="reconcile-days")
+    return report.table(rows, caption=caption, status_column="status", element_id=element_id)
 
 
-def show_chart(result: Result):
-    from opsbook import report
-
-    comparison = result.before
+def show_chart(comparison: Comparison):
+    """Differences by day and class, stacked."""
     import plotly.graph_objects as go
+
+    from opsbook import report
+    from opsbook.trafficsafety.compare import CLASSES
 
     days = [d.isoformat() for d in comparison.days]
     fig = go.Figure()
-    colours = {
-        "missing in postgres": "#cf222e",
-        "missing in lake": "#bf8700",
-        "value drift": "#8250df",
-        "timestamp shifted": "#0969da",
-        "duplicate key": "#57606a",
-    }
-    for klass in reconcile.CLASSES:
+    for klass in CLASSES:
         counts = [
             sum(1 for d in comparison.differences if d["class"] == klass and d["day"].isoformat() == day)
             for day in days
         ]
-        fig.add_bar(x=days, y=counts, name=klass, marker_color=colours[klass])
-    title = "Differences by day and class" + (" (before the repair)" if result.after is not None else "")
+        fig.add_bar(x=days, y=counts, name=klass, marker_color=COLOURS[klass])
     fig.update_layout(
-        title=title,
+        title="Differences by day and class",
         barmode="stack",
         height=340,
         margin={"l": 50, "r": 20, "t": 50, "b": 40},
@@ -176,15 +268,15 @@ def show_chart(result: Result):
     return report.chart(fig, element_id="reconcile-chart")
 
 
-def show_samples(result: Result):
+def show_samples(comparison: Comparison):
     """Up to 20 keys of each class, lake and PostgreSQL values side by side."""
     from opsbook import report
+    from opsbook.trafficsafety.compare import CLASSES
 
-    comparison = result.before
     if not comparison.differences:
         return report.note("No difference: nothing to show.")
     parts = []
-    for klass in reconcile.CLASSES:
+    for klass in CLASSES:
         found = [d for d in comparison.differences if d["class"] == klass]
         if not found:
             continue
@@ -207,20 +299,64 @@ def show_samples(result: Result):
     return report.stack(*parts)
 
 
-def show_writes(result: Result):
+def show_writes(writes: Writes, suffix: str = ""):
+    """Pending writes, and the archive against the write ledger."""
     from opsbook import report
 
-    parts = []
-    if result.retried:
-        parts.append(report.note(f"Retried {result.retried} pending batch(es) before comparing."))
-    parts.append(
-        report.table(result.pending, caption="Pending writes (opsbook.writes)", element_id="pending-writes")
-        if result.pending
-        else report.note("No pending write.")
+    return report.stack(
+        report.table(writes.pending, caption="Pending writes (opsbook.writes)", element_id=f"pending-writes{suffix}")
+        if writes.pending
+        else report.note("No pending write."),
+        report.table(writes.archive, caption="Archive against the write ledger", element_id=f"archive-findings{suffix}")
+        if writes.archive
+        else report.note("Every archive object the ledger records is there, and no other."),
     )
-    parts.append(
-        report.table(result.archive, caption="Archive against the write ledger", element_id="archive-findings")
-        if result.archive
-        else report.note("Every archive object the ledger records is there, and no other.")
+
+
+def show_repair_plan(plan: Plan):
+    """What a repair would change, and whether this run applies it."""
+    from opsbook import report
+
+    params = plan.params
+    planned = plan.repair
+    retry = f" {len(plan.writes.pending)} pending write(s) are retried first." if plan.writes.pending else ""
+    if planned.empty and not plan.writes.pending:
+        return report.note("Nothing to repair: the lake and PostgreSQL agree and no write is pending.")
+    if not params.repair:
+        what = "With -p repair=true, this run would make these changes." + retry
+    else:
+        what = f"repair=true: these changes are made next, from the {params.source_of_truth}.{retry}" + (
+            " The retried writes change a side, so the repair is planned again after them." if retry else ""
+        )
+    if planned.empty:
+        return report.note(what)
+    return report.stack(
+        report.note(what),
+        report.table(
+            planned.actions(),
+            caption=f"Repair from the {params.source_of_truth}: {planned.differences} difference(s), the other "
+            "keys and days untouched",
+            element_id="repair-plan",
+        ),
     )
-    return report.stack(*parts)
+
+
+def show_repair(repaired: Repaired | None):
+    """What the repair did."""
+    from opsbook import report
+
+    if repaired is None:
+        return report.note("repair=false: nothing was changed.")
+    rows = [{"change": k, "count": v} for k, v in repaired.done.items()]
+    rows.insert(0, {"change": "pending batches retried", "count": repaired.retried})
+    caption = "Repair" + (" (planned again after the retried writes)" if repaired.replanned else "")
+    return report.table(rows, caption=caption, element_id="repair")
+
+
+def show_after(result: Result):
+    """After a repair: the comparison again, with what is still pending; without one, a note."""
+    from opsbook import report
+
+    if result.after is None:
+        return report.note("No repair was made: the comparison of step 1 is the result.")
+    return report.stack(show_days(result.after, "reconcile-after"), show_writes(result.writes, "-after"))

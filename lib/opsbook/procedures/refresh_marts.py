@@ -1,10 +1,12 @@
 """Land weather observations, transform them to core, check them, and refresh the marts.
 
-The weather warehouse of the DW runbook, raw -> core -> mart (see ``opsbook.warehouse.weather``):
+The weather warehouse of the DW runbook, raw -> core -> mart, in four steps the notebook shows
+one by one (each safe to run again); :func:`run` does them all. The work is
+:mod:`opsbook.warehouse`.
 
-1. Land: every source file goes into ``raw.weather_observations`` exactly as it came, with
-   its SHA-256, so landing the same file again adds nothing.
-2. Transform: the landed payloads are parsed and checked in SQL and upserted into
+1. Land: every source file is staged for the run exactly as it came, with its SHA-256.
+2. Transform, in one transaction: the staged files go into ``raw.weather_observations`` (the
+   same bytes again add nothing), are parsed and checked in SQL, and are upserted into
    ``core.location`` and ``core.weather`` (a row is rewritten only when a value changed).
    Malformed files and hours go to ``raw.weather_rejected`` with the file, field and reason;
    when more than ``max_rejected_ratio`` of the files have a rejection, nothing is written.
@@ -12,7 +14,7 @@ The weather warehouse of the DW runbook, raw -> core -> mart (see ``opsbook.ware
    referential integrity, 24 observations per location and day). A failure stops the run
    here, exit 1, and the marts are left as they were.
 4. Marts: the materialized views are refreshed CONCURRENTLY (a plain REFRESH the first time,
-   when a view was never populated).
+   when a view was never populated), only if the checkpoint passed on the core they read.
 
 ``window=2024-11-01..2024-11-07`` reruns those dates only: their core rows and raw files are
 deleted and reloaded from the source in one transaction, and no other date is touched.
@@ -20,38 +22,39 @@ deleted and reloaded from the source in one transaction, and no other date is to
 
 from __future__ import annotations
 
-import datetime as dt
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from opsbook import standins
+from opsbook.errors import CheckFailed
+from opsbook.run.context import RunContext
 from opsbook.run.params import ProcedureParams
 from opsbook.run.verdict import Verdict
+from opsbook.windows import Days
 
-NOTEBOOK = "refresh_marts.ipynb"
-SUMMARY = "Weather warehouse: land raw JSON, upsert core, data-quality checkpoint, refresh the mart views"
-LOCK = "opsbook.refresh_marts:weather"
+if TYPE_CHECKING:
+    from opsbook.warehouse.checkpoint import Checkpoint
+    from opsbook.warehouse.land import Found, Landed
+    from opsbook.warehouse.marts import MartRefresh
+    from opsbook.warehouse.transform import Transformed
 
-
-def parse_window(spec: str) -> tuple[dt.date, dt.date] | None:
-    """``"2024-11-01..2024-11-07"`` -> (first, last); ``"2024-11-03"`` -> that day; ``""`` -> None."""
-    from opsbook.trafficsafety import reconcile
-
-    if not spec.strip():
-        return None
-    window = reconcile.parse_window(spec)
-    return window.first, window.last
+SOURCE_KIND = "weather_observations"
 
 
+@standins.guarded
 class Params(ProcedureParams):
     """Parameters of ``refresh_marts``."""
 
-    source: str = Field(
-        "demo", description="'demo' (seeded files in the state folder) or a folder of <location>/<YYYY-MM-DD>.json"
+    source: standins.source_field(SOURCE_KIND) = Field(
+        standins.DEFAULT_SOURCE,
+        description="folder or gs:// prefix of <location>/<YYYY-MM-DD>.json files, or a stand-in source",
     )
-    window: str = Field("", description="dates to rerun, e.g. 2024-11-01..2024-11-07 (empty: every date in the source)")
+    window: Days = Field(
+        "", description="dates to rerun, e.g. 2024-11-01..2024-11-07 (empty: every date in the source)"
+    )
     max_rejected_ratio: float = Field(
         0.1, ge=0, le=1, description="fail, writing nothing, when more of the files than this have a rejection"
     )
@@ -59,43 +62,71 @@ class Params(ProcedureParams):
         0.1, ge=0, le=1, description="share of location-days allowed fewer than 24 observations"
     )
 
-    @field_validator("window")
-    @classmethod
-    def _window(cls, value: str) -> str:
-        parse_window(value)
-        return value.strip()
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("source is empty: give 'demo' or a folder")
-        return value.strip()
-
 
 def locks(params: Params) -> list[str]:
     """Locks the runner probes before it starts a kernel: one warehouse run at a time."""
-    return [LOCK]
+    from opsbook.warehouse import schema
+
+    return [schema.LOCK]
 
 
-@dataclass
-class Result:
+@dataclass(frozen=True)
+class Plan:
     params: Params
-    source: str = ""
-    first: dt.date | None = None  # the window worked on
-    last: dt.date | None = None
-    rerun: bool = False  # a window rerun (delete and reload) rather than an upsert of the source
-    landed: object = None  # warehouse.Landed
-    transformed: object = None  # warehouse.Transformed
-    checkpoint: object = None  # warehouse.Checkpoint
-    marts: list = field(default_factory=list)  # warehouse.MartRefresh, one per view
-    daily: list[dict] = field(default_factory=list)  # mart rows of the window, for the chart
-    stopped: str = ""  # "rejects" or "checkpoint" when the run stopped before the marts
-    seconds: float = 0.0
+    location: str  # the folder or prefix read (a stand-in's folder for a stand-in source)
+    found: Found
+
+    @property
+    def rerun(self) -> bool:
+        """A window rerun (delete and reload) rather than an upsert of the whole source."""
+        return bool(self.params.window)
+
+    @property
+    def replacing(self) -> Days:
+        """The dates a rerun deletes before it reloads them (empty otherwise)."""
+        return self.params.window
+
+
+def plan(ctx: RunContext) -> Plan:
+    """Resolve the source and list its files (of the window); SourceError when there are none."""
+    from opsbook.warehouse import land
+
+    params: Params = ctx.params
+    location = standins.resolve(SOURCE_KIND, params.source)
+    return Plan(params, location, land.find(location, params.window))
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the steps did so far; each step returns a new one."""
+
+    plan: Plan
+    landed: Landed | None = None
+    transformed: Transformed | None = None
+    checkpoint: Checkpoint | None = None
+    marts: tuple[MartRefresh, ...] = ()
+    daily: tuple[dict, ...] = ()  # mart rows of the window, for the chart
+
+    @property
+    def params(self) -> Params:
+        return self.plan.params
+
+    @property
+    def rerun(self) -> bool:
+        return self.plan.rerun
+
+    @property
+    def stopped(self) -> str:
+        """``rejects`` or ``checkpoint`` when the run stopped before the marts; else empty."""
+        if self.transformed is not None and self.transformed.rolled_back:
+            return "rejects"
+        if self.checkpoint is not None and not self.checkpoint.passed:
+            return "checkpoint"
+        return ""
 
     @property
     def window_text(self) -> str:
-        return f"{self.first}..{self.last}" if self.first else "(no dates)"
+        return str(self.plan.found.days) or "(no dates)"
 
     def _marts_left(self) -> str:
         parts = []
@@ -162,98 +193,103 @@ class Result:
         )
 
 
-def resolve_source(source: str) -> Path:
-    from opsbook.demo import weather as weatherdata
-    from opsbook.errors import SourceError
-
-    if source == "demo":
-        return weatherdata.ensure_demo()
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise SourceError(f"source folder {folder} does not exist (give 'demo' or a folder of JSON files)")
-    return folder
+# --- the steps -------------------------------------------------------------------------------
 
 
-def run(params: Params, run_id: str) -> Result:
-    """Land, transform, check and refresh; see the module docstring for each step."""
-    import psycopg
+def land(ctx: RunContext, plan: Plan) -> Result:
+    """1. Stage the plan's files for this run, as they came (raw and core are not touched)."""
+    from opsbook.warehouse import land as landing
+    from opsbook.warehouse import schema
 
-    from opsbook import runlog
-    from opsbook.run import progress
-    from opsbook.warehouse.weather import weather as warehouse
-    from opsbook.errors import SourceError
-    from opsbook.stores import postgres
+    files = plan.found.files
+    progress = ctx.progress(f"Landing {len(files):,} files from {plan.location}")
+    with schema.session(ctx.run_id) as conn:
+        landed = landing.stage(conn, files, plan.location, ctx.run_id, plan.replacing, progress)
+    return Result(plan, landed=landed)
 
-    def say(line: str) -> None:
-        progress.emit(f"refresh_marts: {line}")
 
-    started = time.monotonic()
-    folder = resolve_source(params.source)
-    result = Result(params, source=str(folder))
-    files = warehouse.list_files(folder)
-    if not files:
-        raise SourceError(f"no *.json files under {folder} (expected <location>/<YYYY-MM-DD>.json)")
-    window = parse_window(params.window)
-    if window:
-        result.first, result.last = window
-        result.rerun = True
-        files = [f for f in files if f.day and window[0] <= f.day <= window[1]]
-        if not files:
-            raise SourceError(f"no files under {folder} are dated within {params.window}")
-    else:
-        days = [f.day for f in files if f.day]
-        result.first, result.last = (min(days), max(days)) if days else (None, None)
+def transform(ctx: RunContext, landed: Result) -> Result:
+    """2. Raw and core from the staged files, all or nothing."""
+    from opsbook.warehouse import schema
+    from opsbook.warehouse import transform as transforming
 
-    with postgres.connection(autocommit=True, purpose=f"refresh_marts {run_id}") as control:
-        runlog.ensure_schema(control)
-        runlog.try_lock(control, LOCK, f"run {run_id}")  # released when this connection closes
-        warehouse.ensure_schema(control)
-        befores = {name: warehouse.mart_state(control, name) for name in warehouse.MARTS}
-        result.marts = [warehouse.MartRefresh(name, state) for name, state in befores.items()]
+    with schema.session(ctx.run_id) as conn:
+        done = transforming.transform(
+            conn, ctx.run_id, landed.plan.replacing, landed.params.max_rejected_ratio, ctx.progress("Transforming")
+        )
+    return Result(landed.plan, landed.landed, done)
 
-        with postgres.connection(autocommit=True, purpose=f"refresh_marts {run_id}") as conn:
-            # one transaction: a window's delete and reload, or the upsert, commit together or not at all
-            with conn.transaction() as tx:
-                core_deleted = raw_deleted = 0
-                if window:
-                    core_deleted, raw_deleted = warehouse.delete_window(conn, *window)
-                    say(f"window {params.window}: deleted {core_deleted:,} core rows and {raw_deleted:,} raw files")
-                say(f"landing {len(files):,} files from {folder}")
-                result.landed = warehouse.land(conn, files, str(folder), run_id, say)
-                result.landed.raw_deleted = raw_deleted
-                say(f"landed {result.landed.new:,} new files, {result.landed.already:,} already in raw")
-                result.transformed = warehouse.transform(conn, run_id, params.max_rejected_ratio, say)
-                result.transformed.core_deleted = core_deleted
-                if result.transformed.rejected_ratio > params.max_rejected_ratio:
-                    result.stopped = "rejects"
-                    raise psycopg.Rollback(tx)  # leaves raw and core as they were
-            if result.stopped:
-                say("too many rejections: rolled back")
-                result.seconds = time.monotonic() - started
-                return result
 
-            if result.first is not None:
-                result.checkpoint = warehouse.checkpoint(conn, result.first, result.last, params.max_incomplete_days)
-            else:
-                result.checkpoint = warehouse.Checkpoint(None, None)
-        failing = [c.name for c in result.checkpoint.failed]
-        say("checkpoint " + (f"FAILED: {', '.join(failing)}" if failing else "passed"))
-        if failing:
-            result.stopped = "checkpoint"
-            result.seconds = time.monotonic() - started
-            return result
+def checkpoint(ctx: RunContext, transformed: Result) -> Result:
+    """3. The expectations on core over the window (skipped when the transform rolled back)."""
+    from opsbook.warehouse import checkpoint as checks
+    from opsbook.warehouse import schema
 
-        for index, mart in enumerate(result.marts):
-            result.marts[index] = warehouse.refresh(control, mart.view, mart.before)
-            done = result.marts[index]
-            say(f"refreshed {done.view} ({done.mode}): {done.after.rows:,} rows in {done.seconds:.2f} s")
-        if result.first is not None:
-            result.daily = warehouse.daily_rows(control, result.first, result.last)
-    result.seconds = time.monotonic() - started
-    return result
+    if transformed.stopped:
+        return transformed
+    with schema.session(ctx.run_id) as conn:
+        checked = checks.checkpoint(conn, transformed.plan.found.days, transformed.params.max_incomplete_days)
+    failing = [c.name for c in checked.failed]
+    ctx.progress("Checkpoint")("checkpoint " + (f"FAILED: {', '.join(failing)}" if failing else "passed"))
+    return dataclasses.replace(transformed, checkpoint=checked, marts=(), daily=())
+
+
+def refresh(ctx: RunContext, checked: Result) -> Result:
+    """4. Refresh the marts when the checkpoint passed on the core they read; whatever happened
+    before, the run's staged files are removed."""
+    from opsbook.errors import ProcedureFailed
+    from opsbook.warehouse import land as landing
+    from opsbook.warehouse import marts, schema
+
+    if checked.checkpoint is None and not checked.stopped:
+        raise ProcedureFailed("the marts are refreshed only after a checkpoint: run the checkpoint step first")
+    with schema.session(ctx.run_id) as conn:
+        landing.drop_staged(conn, ctx.run_id)
+        if checked.stopped:
+            return dataclasses.replace(checked, marts=tuple(marts.left_alone(conn)), daily=())
+        progress = ctx.progress("Refreshing the marts")
+        verified, views = marts.refresh_checked(conn, checked.checkpoint, checked.params.max_incomplete_days, progress)
+        days = checked.plan.found.days
+        daily = marts.daily_rows(conn, days.first, days.last) if days and verified.passed else []
+    return dataclasses.replace(checked, checkpoint=verified, marts=tuple(views), daily=tuple(daily))
+
+
+def run(ctx: RunContext, plan: Plan) -> Result:
+    """The four steps in order; a step that stops the run leaves the next ones nothing to do."""
+    return refresh(ctx, checkpoint(ctx, transform(ctx, land(ctx, plan))))
 
 
 # --- presentation ----------------------------------------------------------------------------
+
+
+def show_plan(plan: Plan):
+    """The files per location, with the dates they cover."""
+    from opsbook import report
+
+    per_location: dict[str, dict] = {}
+    for f in plan.found.files:
+        row = per_location.setdefault(
+            f.location or "(no folder)", {"location": f.location or "(no folder)", "files": 0, "bytes": 0, "days": []}
+        )
+        row["files"] += 1
+        row["bytes"] += f.size
+        if f.day:
+            row["days"].append(f.day)
+    rows = [
+        {
+            "location": r["location"],
+            "files": r["files"],
+            "bytes": r["bytes"],
+            "first date": min(r["days"]).isoformat() if r["days"] else "",
+            "last date": max(r["days"]).isoformat() if r["days"] else "",
+        }
+        for r in per_location.values()
+    ]
+    found = plan.found
+    caption = f"{len(found.files):,} file(s) in {plan.location} over {found.days or '(no dates)'}"
+    if plan.rerun:
+        caption += f" (window rerun: {found.outside:,} file(s) outside it left alone)"
+    return report.table(rows, caption=caption, element_id="plan")
 
 
 def show_landing(result: Result):
@@ -261,21 +297,23 @@ def show_landing(result: Result):
 
     landed = result.landed
     rows = [
-        {"figure": "source", "value": result.source},
+        {"figure": "source", "value": result.plan.location},
         {
             "figure": "window",
-            "value": result.window_text + (" (rerun: deleted, then reloaded)" if result.rerun else ""),
+            "value": result.window_text + (" (rerun: deleted, then reloaded)" if result.plan.rerun else ""),
         },
         {"figure": "files read", "value": landed.files},
         {"figure": "bytes read", "value": landed.bytes},
-        {"figure": "new in raw.weather_observations", "value": landed.new},
+        {"figure": "new to raw.weather_observations", "value": landed.new},
         {"figure": "already landed (same file, same SHA-256)", "value": landed.already},
     ]
-    if result.rerun:
-        rows.append({"figure": "raw files of the window deleted first", "value": landed.raw_deleted})
-    parts = [report.table(rows, caption="Landing: each file stored as it came", element_id="landing")]
+    if result.plan.rerun:
+        rows.append({"figure": "raw files of the window the transform deletes first", "value": landed.replaced})
+    parts = [report.table(rows, caption="Landing: each file staged as it came", element_id="landing")]
     if result.stopped == "rejects":
-        parts.append(report.note("This landing was rolled back with the rest of the run: too many rejections."))
+        parts.append(
+            report.note("Nothing of this landing reached raw: the transform rolled back (too many rejections).")
+        )
     return report.stack(*parts)
 
 
@@ -283,13 +321,14 @@ def show_core(result: Result):
     from opsbook import report
 
     t = result.transformed
-    over = t.rejected_ratio > result.params.max_rejected_ratio
+    limit = result.params.max_rejected_ratio
     rows = [
         {"figure": "files parsed", "value": t.files, "status": ""},
+        {"figure": "files new to raw.weather_observations", "value": t.raw_inserted, "status": ""},
         {
             "figure": "files with rejections",
-            "value": f"{t.files_rejected} ({t.rejected_ratio:.1%}; limit {result.params.max_rejected_ratio:.0%})",
-            "status": "fail" if over else ("warn" if t.files_rejected else "pass"),
+            "value": f"{t.files_rejected} ({t.rejected_ratio:.1%}; limit {limit:.0%})",
+            "status": "fail" if t.rolled_back else ("warn" if t.files_rejected else "pass"),
         },
         {"figure": "files rejected whole", "value": t.files_refused, "status": ""},
         {"figure": "hours read from accepted files", "value": t.hours, "status": ""},
@@ -299,18 +338,20 @@ def show_core(result: Result):
         {"figure": "core.weather unchanged (not rewritten)", "value": t.unchanged, "status": ""},
         {"figure": "core.location inserted / updated", "value": f"{t.locations_inserted} / {t.locations_updated}"},
     ]
-    if result.rerun:
+    if result.plan.rerun:
         rows.append({"figure": "core rows of the window deleted first", "value": t.core_deleted, "status": ""})
-    parts = [report.table(rows, caption="Transform to core.location and core.weather", status_column="status")]
-    caption = (
-        "Quarantined (raw.weather_rejected)" if not over else "Rejections found (not written: the run was rolled back)"
+        rows.append({"figure": "raw files of the window deleted first", "value": t.raw_deleted, "status": ""})
+    caption = "Transform to core.location and core.weather" + (", rolled back" if t.rolled_back else "")
+    parts = [report.table(rows, caption=caption, status_column="status")]
+    heading = (
+        "Rejections found (not written: the transform was rolled back)"
+        if t.rolled_back
+        else "Quarantined (raw.weather_rejected)"
     )
-    parts.append(report.heading(caption, element_id="rejected"))
+    parts.append(report.heading(heading, element_id="rejected"))
     parts.append(
         report.table(
-            [{**r, "status": "rejected"} for r in t.rejects],
-            status_column="status",
-            raw_columns=("raw text",),
+            [{**r, "status": "rejected"} for r in t.rejects], status_column="status", raw_columns=("raw text",)
         )
     )
     if len(t.rejects) < t.files_refused + t.hours_rejected:
@@ -320,6 +361,7 @@ def show_core(result: Result):
 
 def show_checkpoint(result: Result):
     from opsbook import report
+    from opsbook.warehouse.checkpoint import plain
 
     if result.checkpoint is None:
         return report.note("Not run: the transform was rolled back (too many rejections).")
@@ -328,34 +370,25 @@ def show_checkpoint(result: Result):
         {"check": c.name, "rule": c.rule, "checked": c.checked, "failing": c.failing, "status": c.status}
         for c in cp.checks
     ]
-    parts = [
-        report.table(
-            rows,
-            caption=f"Expectations on core over {cp.first}..{cp.last}",
-            status_column="status",
-            element_id="checkpoint",
-        )
-    ]
+    caption = f"Expectations on core over {cp.days or '(no dates)'}"
+    if cp.repeated:
+        caption += " (checked again before the refresh: another run had changed core)"
+    parts = [report.table(rows, caption=caption, status_column="status", element_id="checkpoint")]
     for c in cp.checks:
         if c.samples:
             parts.append(report.heading(f"{c.name}: first failing rows", level=4))
-            parts.append(report.table([{k: _plain(v) for k, v in s.items()} for s in c.samples]))
+            parts.append(report.table([{k: plain(v) for k, v in s.items()} for s in c.samples]))
     return report.stack(*parts)
-
-
-def _plain(value):
-    return value.isoformat() if isinstance(value, dt.date | dt.datetime) else value
 
 
 def show_coverage_chart(result: Result):
     """Observations per location and day in core over the window (24 expected)."""
-    import plotly.graph_objects as go
-
     from opsbook import report
 
     coverage = result.checkpoint.coverage if result.checkpoint else []
     if not coverage:
         return report.note("No observations in core for the window.")
+    import plotly.graph_objects as go
 
     locations = sorted({c["location"] or str(c["location_id"]) for c in coverage})
     dates = sorted({c["date"] for c in coverage})
@@ -398,9 +431,9 @@ def show_marts(result: Result):
     parts = [report.table(rows, caption="Materialized views", status_column="status", element_id="marts")]
     if result.stopped:
         why = (
-            "the data-quality checkpoint failed (see section 3)"
+            "the data-quality checkpoint failed (see section 4)"
             if result.stopped == "checkpoint"
-            else "too many rejections (see section 2)"
+            else "too many rejections (see section 3)"
         )
         parts.append(report.note(f"The marts were NOT refreshed and were left as they were: {why}."))
     return report.stack(*parts)
@@ -408,13 +441,12 @@ def show_marts(result: Result):
 
 def show_temperature_chart(result: Result):
     """Daily average temperature per location from the refreshed mart."""
-    import plotly.graph_objects as go
-
     from opsbook import report
 
     daily = result.daily
     if not daily:
         return report.note("No chart: the marts were not refreshed." if result.stopped else "No mart rows.")
+    import plotly.graph_objects as go
 
     fig = go.Figure()
     for location in sorted({d["location"] for d in daily}):

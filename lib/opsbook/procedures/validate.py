@@ -8,88 +8,100 @@ partitions, and a coverage chart of rows per month against the reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
-from opsbook import datasets
+from opsbook.errors import CheckFailed
+from opsbook.run.context import RunContext
 from opsbook.run.params import DatasetName, ProcedureParams
-from opsbook.windows import Years, year_list
 from opsbook.run.verdict import Verdict, shorten
+from opsbook.windows import Years
 
-NOTEBOOK = "validate.ipynb"
-SUMMARY = "Run a dataset's check suite in the database: coverage, expected totals, quality rules"
+if TYPE_CHECKING:
+    from opsbook.checks import SuiteResult
 
 
 class Params(ProcedureParams):
     """Parameters of ``validate``."""
 
     dataset: DatasetName = Field("toronto_parking_tickets", description="dataset spec in params/datasets/")
-    window: Years = Field("2016-2018", description="years to check: 2017, 2016-2018 or 2011,2015-2016")
-    reference: str = Field("", description="which reference of the suite the totals compare with (empty: its default)")
+    window: Years = Field(
+        "", description="years to check: 2017, 2016-2018 or 2011,2015-2016; empty: every year the table holds"
+    )
+    reference: str = Field(
+        "",
+        description="what the totals compare with: a reference of the suite or a registered one (empty: the "
+        "reference of the data's source, else the suite's default)",
+    )
 
-    @field_validator("reference")
-    @classmethod
-    def _plain_name(cls, value: str) -> str:
-        if value:
-            datasets.check_identifier(value, "reference")
-        return value
+    @model_validator(mode="after")
+    def _known_reference(self) -> Params:
+        from opsbook.checks import references
+        from opsbook.checks.spec import load_suite, suite_path
+
+        if self.reference:
+            references.check_name(load_suite(suite_path(self.dataset)), self.reference)
+        return self
 
 
 @dataclass
 class Result:
     params: Params
     suite_path: str
-    suite: object  # checks.SuiteResult
+    suite: SuiteResult
+    reference_note: str = ""  # why this reference was chosen
 
     def records(self) -> list[dict]:
         """Each check's outcome, for ``--json`` readers and the run history."""
-        return [
-            {
-                "name": r.name,
-                "type": r.type,
-                "severity": r.severity,
-                "status": r.status,
-                "observed": r.observed,
-                "expected": r.expected,
-                "message": r.message,
-            }
-            for r in self.suite.results
-        ]
+        return [r.record() for r in self.suite.results]
 
     def verdict(self) -> Verdict:
         results = self.suite.results
-        errors = [r for r in results if r.status in ("fail", "error") and r.severity == "error"]
-        warnings = [r for r in results if not r.passed and r not in errors]
+        errors, warnings = self.suite.errors, self.suite.warnings
         figures = {"checks": len(results), "failed": len(errors), "warnings": len(warnings)}
         rows = sum(p.rows for p in self.suite.partitions) if self.suite.partitions else None
         if rows is not None:
             figures["rows checked"] = rows
         if errors:
             first = errors[0]
-            summary = f"{len(errors)} of {len(results)} checks failed: " + "; ".join(
+            summary = f"{len(errors)} of {len(results)} checks failed over {self.suite.window}: " + "; ".join(
                 f"{r.name}: {r.message or r.observed}" for r in errors[:3]
             )
             return Verdict.failed(shorten(summary), figures, first.anchor, CheckFailed, rows_in=rows)
         if warnings:
-            summary = f"all error checks passed; {len(warnings)} warning(s): " + "; ".join(
+            summary = f"all error checks passed over {self.suite.window}; {len(warnings)} warning(s): " + "; ".join(
                 f"{r.name}: {r.message or r.observed}" for r in warnings[:3]
             )
             return Verdict("warn", shorten(summary), figures, rows_in=rows, anchor=warnings[0].anchor)
-        return Verdict("pass", f"all {len(results)} checks passed over {self.params.window}", figures, rows_in=rows)
+        return Verdict("pass", f"all {len(results)} checks passed over {self.suite.window}", figures, rows_in=rows)
 
 
-def run(params: Params) -> Result:
-    """Run the dataset's suite over the window."""
-    from opsbook import checks
+def run(ctx: RunContext, plan: None = None) -> Result:
+    """Run the dataset's suite over the window (every year the table holds when empty)."""
+    from opsbook import checks, datasets
+    from opsbook.checks import references
     from opsbook.checks.spec import load_suite, suite_path
+    from opsbook.history import ledger, schema
     from opsbook.stores import postgres
 
+    params: Params = ctx.params
     spec = datasets.get(params.dataset)
     path = suite_path(params.dataset)
     suite = load_suite(path)
-    with postgres.connection(autocommit=True, purpose="validate") as conn:
-        outcome = checks.run_suite(conn, spec, suite, year_list(params.window), params.reference or None)
-    return Result(params, str(path), outcome)
+    with postgres.connection(autocommit=True, purpose=f"validate {ctx.run_id}") as conn:
+        reference, note = params.reference, "asked for"
+        if not reference:
+            schema.ensure_schema(conn)
+            sources = {e.source for e in ledger.entries(conn, spec.name, step="load", status="success")}
+            reference = references.default_for(suite, sources)
+            note = (
+                "the suite's default"
+                if reference == suite.default_reference
+                else f"the figures of {', '.join(sorted(map(str, sources)))}, the source the data was loaded from"
+            )
+        outcome = checks.run_suite(conn, spec, suite, params.window, reference)
+    return Result(params, str(path), outcome, note)
 
 
 # --- presentation ----------------------------------------------------------------------------
@@ -111,9 +123,9 @@ def show_checks(result: Result):
         }
         for r in result.suite.results
     ]
-    caption = f"{len(rows)} checks from {result.suite_path}; window {result.params.window}; {result.suite.seconds:.2f}s"
+    caption = f"{len(rows)} checks from {result.suite_path}; {result.suite.window}; {result.suite.seconds:.2f}s"
     if result.suite.reference:
-        caption += f"; reference {result.suite.reference!r}"
+        caption += f"; reference {result.suite.reference!r} ({result.reference_note})"
     return report.table(
         rows,
         caption=caption,

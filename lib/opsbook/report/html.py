@@ -103,5 +103,3 @@ def _without_scraps(nb):
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if "scrapbook" not in o.get("metadata", {})]
     return shown
-
-

@@ -54,7 +54,7 @@ def read_runs(reports: Path | None = None) -> list[dict[str, Any]]:
     return runs
 
 
-def _fmt_duration(seconds: Any) -> str:
+def fmt_duration(seconds: Any) -> str:
     try:
         seconds = float(seconds)
     except (TypeError, ValueError):
@@ -139,7 +139,7 @@ def write_index(reports: Path | None = None) -> Path:
             f"<td>{esc(str(r.get('dataset') or ''))}</td>"
             f'<td class="window">{esc(str(r.get("window") or ""))}</td>'
             f'<td><span class="status {esc(status)}">{esc(status.upper())}</span></td>'
-            f'<td class="num">{esc(_fmt_duration(r.get("duration_s")))}</td>'
+            f'<td class="num">{esc(fmt_duration(r.get("duration_s")))}</td>'
             f'<td><div class="summary">{esc(str(r.get("summary") or ""))}</div>'
             f'<div class="figures">{shown}</div></td>'
             f"<td>{f'<a href={chr(34)}{esc(rel)}{chr(34)}>report</a>' if rel else ''}</td>"

@@ -18,6 +18,7 @@ examples:
   python run_notebook.py load -p dataset=toronto_parking_tickets -p source=DIR -p years=2016-2018
   python run_notebook.py load -f params/toronto/load.yaml -p years=2015
   python run_notebook.py load -p years=2017 --json --timeout 3600
+  python run_notebook.py runbook toronto --quiet
   python run_notebook.py services status
   python run_notebook.py services stop
 """
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"procedures: run with --list\n\n{_exit_codes_text()}\n\n{EXAMPLES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("procedure", nargs="?", help="procedure name (see --list), or a path to a .ipynb")
+    parser.add_argument(
+        "procedure", nargs="?", help="procedure name (see --list), or a path to a .ipynb; also: runbook, services"
+    )
     parser.add_argument(
         "-f",
         "--file",
@@ -106,8 +109,58 @@ def services_command(argv: list[str]) -> int:
     return 0
 
 
+def runbook_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="run_notebook.py runbook",
+        description="Run a runbook's steps in order (params/runbooks/<team>/runbook.yaml, or a runbook file): "
+        "each step is a procedure run with its params file; the runbook stops at the first step that fails "
+        "(unless the step is marked independent) and writes one report linking every step's report.",
+        epilog=f"runbooks: run with --list\n\n{_exit_codes_text()}\n(a runbook exits with the code of its first "
+        "failing step)\n\nexamples:\n  python run_notebook.py runbook toronto --quiet\n"
+        "  python run_notebook.py runbook trafficsafety --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("runbook", nargs="?", help="a team (params/runbooks/<team>/runbook.yaml) or a runbook file")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.add_argument("--timeout", type=float, metavar="S", help="stop (exit 5) when the runbook takes longer")
+    parser.add_argument("--quiet", action="store_true", help="no per-cell progress lines on stderr")
+    parser.add_argument("--list", action="store_true", help="list the runbooks and their steps")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    from opsbook.run import runbook
+
+    try:
+        if args.list:
+            for name in runbook.available():
+                book = runbook.load(name)
+                steps = " -> ".join(s.procedure for s in book.steps)
+                print(f"{name:<16} {book.schedule or 'on demand':<14} {steps}")
+            return 0
+        if not args.runbook:
+            parser.print_usage(sys.stderr)
+            print("error: name a runbook (see --list)", file=sys.stderr)
+            return 2
+        outcome = runbook.execute(args.runbook, timeout=args.timeout, progress=None if args.quiet else sys.stderr)
+    except OpsbookError as exc:
+        return _refused(args, exc)
+    if args.json:
+        print(json.dumps(outcome.as_json(), default=str))
+    for note in outcome.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(
+        f"{outcome.status.upper()} runbook {outcome.runbook.name} {outcome.run_id}: {outcome.summary}", file=sys.stderr
+    )
+    if outcome.html:
+        print(f"report: {outcome.html}", file=sys.stderr)
+    return outcome.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "runbook":
+        return runbook_command(argv[1:])
     if argv and argv[0] == "services":
         try:
             return services_command(argv[1:])

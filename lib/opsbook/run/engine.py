@@ -28,6 +28,7 @@ class Hooks:
     relay: Any = None  # opsbook.run.progress.Relay: flushed before each cell's line, to keep the order
     cell_seconds: dict[int, float] = field(default_factory=dict)
     failed_cell: int | None = None
+    kernel_log: str | None = None  # the kernel process's own stdout and stderr go here, not to the terminal
 
     def time_left(self) -> float | None:
         if self.deadline is None:
@@ -96,7 +97,29 @@ class OpsbookEngine(NBClientEngine):
         nb_man.cell_start, nb_man.cell_complete, nb_man.cell_exception = cell_start, cell_complete, cell_exception
         if hooks.deadline is not None:
             kwargs["timeout_func"] = lambda cell: hooks.time_left()
-        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+        if hooks.kernel_log is None:
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+        return cls._execute_logged(nb_man, kernel_name, hooks.kernel_log, **kwargs)
+
+    @classmethod
+    def _execute_logged(cls, nb_man, kernel_name, log_path: str, start_timeout=60, execution_timeout=None, **kwargs):
+        """As NBClientEngine does, with the kernel process's output in a log file: its own log
+        lines (shutdown notices, warnings) are not the run's output."""
+        from papermill.clientwrap import PapermillNotebookClient
+        from papermill.engines import logger
+        from papermill.utils import merge_kwargs, remove_args
+
+        kwargs = remove_args(["input_path", "log_output", "stdout_file", "stderr_file"], **kwargs)
+        safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
+        final_kwargs = merge_kwargs(
+            safe_kwargs,
+            timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
+            startup_timeout=start_timeout,
+            kernel_name=kernel_name,
+            log=logger,
+        )
+        with open(log_path, "ab") as log:
+            return PapermillNotebookClient(nb_man, **final_kwargs).execute(stdout=log, stderr=log)
 
 
 papermill_engines.register(ENGINE_NAME, OpsbookEngine)

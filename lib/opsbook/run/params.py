@@ -59,7 +59,10 @@ def _describe_errors(model: type[ProcedureParams], error: ValidationError, origi
     lines = []
     fields = list(model.model_fields)
     for item in error.errors():
-        name = ".".join(str(p) for p in item["loc"]) or "parameters"
+        name = ".".join(str(p) for p in item["loc"])
+        if not name:  # a rule over several parameters: its message names them
+            lines.append(item["msg"].removeprefix("Value error, "))
+            continue
         source = origin.get(name.split(".")[0], "")
         where = f" (from {source})" if source else ""
         if item["type"] == "extra_forbidden":
@@ -87,8 +90,14 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
     return values
 
 
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
 def read_params_file(path: Path) -> dict[str, Any]:
-    """A YAML mapping of parameter names to values; errors name the file and line."""
+    """A YAML mapping of parameter names to values; errors name the file and line.
+
+    Values may name environment variables (see :func:`resolve`).
+    """
     from opsbook.config import read_yaml
 
     data = read_yaml(path, "parameters file")
@@ -100,6 +109,32 @@ def read_params_file(path: Path) -> dict[str, Any]:
     if "parameters" in data and isinstance(data["parameters"], dict):
         data = data["parameters"]
     return data
+
+
+def _expand(value: Any, path: Path, name: str) -> Any:
+    """``${NAME}`` and ``${NAME:-default}`` in a file's value, from the environment (and .env)."""
+    import os
+
+    from opsbook.config import load_dotenv_once
+
+    load_dotenv_once()
+    if isinstance(value, list):
+        return [_expand(v, path, name) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def variable(match: re.Match) -> str:
+        found = os.environ.get(match.group(1))
+        if found:
+            return found
+        if match.group(2) is not None:
+            return match.group(2)
+        raise UsageError(
+            f"{path}: parameter {name!r} takes its value from the environment variable {match.group(1)}, "
+            f"which is not set. Set it (in the environment or .env), or give -p {name}=..."
+        )
+
+    return _VARIABLE.sub(variable, value)
 
 
 def refuse_credentials(values: dict[str, Any], origin: dict[str, str]) -> None:
@@ -124,7 +159,13 @@ def resolve(
     files: Sequence[Path] = (),
     overrides: Sequence[str] = (),
 ) -> ProcedureParams:
-    """Layer defaults < files < overrides and validate; raises UsageError (exit 2)."""
+    """Layer defaults < files < overrides and validate; raises UsageError (exit 2).
+
+    A file's value may name environment variables, ``${TORONTO_TICKETS_SOURCE}`` or with a
+    default ``${LAKE_URL:-/srv/lake}``: a runbook's params file says where its data lives without
+    holding the path (or a credential). An unset variable with no default is refused, naming it,
+    unless ``-p`` gives the parameter.
+    """
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for path in files:
@@ -134,6 +175,10 @@ def resolve(
     for name, value in parse_overrides(overrides).items():
         values[name] = value
         origin[name] = "-p"
+    # a value a file takes from the environment is expanded only when no -p replaced it
+    for name, value in values.items():
+        if origin[name] != "-p":
+            values[name] = _expand(value, Path(origin[name]), name)
     refuse_credentials(values, origin)
     return validate(model, values, origin)
 

@@ -84,7 +84,6 @@ def _service_account_secrets(path: str) -> set[str]:
     return found
 
 
-
 def redact_url(url: str) -> str:
     """``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db``; other URLs unchanged."""
     try:

@@ -236,6 +236,7 @@ def _run_notebook(target: Target, values: dict[str, Any], run_id: str, timeout: 
     os.environ["PLOTLY_RENDERER"] = "notebook"
     relay = Relay(progress_file, progress, prefix=f"[{target.name}] ")
     hooks.relay = relay
+    hooks.kernel_log = str(Path(kernel_dir) / "kernel.log")
     try:
         relay.start()
         nb = papermill.execute_notebook(

@@ -30,9 +30,7 @@ class Verdict:
     error: type[OpsbookError] | None = None  # a failing verdict ends the run by raising this
 
     @classmethod
-    def failed(
-        cls, summary: str, figures: dict[str, Any], anchor: str, error: type[OpsbookError], **counts
-    ) -> Verdict:
+    def failed(cls, summary: str, figures: dict[str, Any], anchor: str, error: type[OpsbookError], **counts) -> Verdict:
         """A FAIL whose notebook ends by raising ``error`` (and exits with its code)."""
         return cls("fail", summary, figures, anchor=anchor, error=error, **counts)
 

@@ -1,4 +1,4 @@
-"""A local Google Cloud Storage for tests and demos: ``gcp-storage-emulator``, multi-threaded.
+"""A local Google Cloud Storage for tests and local runs: ``gcp-storage-emulator``, multi-threaded.
 
 The emulator's own server answers one request at a time, and pyarrow's or the client's
 parallel range reads of a large object then hang; this runs the same handlers on a

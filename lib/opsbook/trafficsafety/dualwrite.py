@@ -1,27 +1,30 @@
 """Write each batch to every target: the Parquet lake, PostgreSQL, and a raw archive in GCS.
 
 The batch is first staged durably (a Parquet file in ``<state>/staging``); then each target is
-written, and the write ledger ``opsbook.writes`` records every batch x target: status
-(``pending`` until a write succeeds), attempts, rows and the last error. A failing target does
-not block the others, and nothing is only logged: its batch stays pending, and
+written, and the write ledger (:mod:`opsbook.history.writes`) records every batch x target:
+status (``pending`` until a write succeeds), attempts, rows and the last error. A failing
+target does not block the others, and nothing is only logged: its batch stays pending, and
 :func:`retry_pending` (or a reconcile repair) writes it from the staged copy later. The staged
 copy goes once every target has the batch.
 
-- lake: ``<LAKE_URL>/<dataset>/date=YYYY-MM-DD/<batch id>.parquet``, one file per day of the
-  batch; a rewrite replaces it whole (temporary file and rename, or one GCS upload).
+- lake: one Parquet file per UTC day of the batch (:mod:`.layout`); a rewrite replaces it whole
+  (temporary file and rename, or one GCS upload).
 - PostgreSQL: an upsert on the dataset's key that only rewrites rows whose values changed.
-- archive: ``<ARCHIVE_URL>/raw/<dataset>/<yyyy>/<mm>/<dd>/<batch id>.json.gz``, the batch as
-  received (newline-delimited JSON, gzip).
+- archive: the batch as received, newline-delimited JSON, gzip, under the batch's last day.
+
+A run plans (:func:`plan`: the source's batches whose days overlap the window, :mod:`.batches`,
+each with the targets the ledger does not have yet; all of them when forced), then writes
+(:func:`write`) holding the dataset's write lock; :func:`retry` writes the pending ones again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import gzip
-import io
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,41 +34,13 @@ from psycopg import sql
 
 from opsbook import config, services
 from opsbook.datasets import DatasetSpec
-from opsbook.errors import OpsbookError
-from opsbook.stores import postgres
+from opsbook.errors import SourceError
+from opsbook.history import schema, writes
+from opsbook.stores import postgres, uri
 from opsbook.stores.postgres import ident
-
-TARGETS = ("lake", "postgres", "archive")
-
-DDL = """
-CREATE TABLE IF NOT EXISTS opsbook.writes (
-    dataset     text NOT NULL,
-    batch_id    text NOT NULL,
-    target      text NOT NULL,
-    status      text NOT NULL CHECK (status IN ('pending', 'success')),
-    attempts    integer NOT NULL DEFAULT 0,
-    rows        bigint,
-    first_day   date,
-    last_day    date,
-    last_error  text,
-    staged_path text,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (dataset, batch_id, target)
-);
-"""
-
-
-def lake_root() -> str:
-    return os.environ.get("LAKE_URL") or str(config.state_dir() / "lake")
-
-
-def archive_root() -> str:
-    return os.environ.get("ARCHIVE_URL") or str(config.state_dir() / "archive")
-
-
-def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
+from opsbook.trafficsafety import TARGETS, layout
+from opsbook.trafficsafety.batches import Batch, Found
+from opsbook.windows import Days
 
 
 @dataclass
@@ -83,23 +58,47 @@ class BatchResult:
     batch_id: str
     rows: int
     targets: dict[str, TargetResult] = field(default_factory=dict)
+    error: str | None = None  # the batch could not be read (then no target was tried)
 
     @property
     def complete(self) -> bool:
-        return all(t.status == "success" for t in self.targets.values())
+        return self.error is None and all(t.status == "success" for t in self.targets.values())
+
+
+@dataclass(frozen=True)
+class Work:
+    """A batch of the source, and the targets it still has to reach."""
+
+    batch: Batch
+    targets: tuple[str, ...]
+
+
+@dataclass
+class WritePlan:
+    """The batches of a window: those to write, and those the ledger has in every target."""
+
+    found: Found
+    work: list[Work]
+    done: list[Batch]  # already in every target (written again only with force)
+
+
+@dataclass
+class Written:
+    """What a dual-write run did."""
+
+    batches: list[BatchResult]
+    pending: list[dict]  # every pending write of the dataset afterwards (the ledger's rows)
+    intersections: int | None = None  # rows of intersections.csv upserted (None: no such file)
 
 
 # --- setup -----------------------------------------------------------------------------------
 
 
 def ensure_tables(conn, spec: DatasetSpec) -> None:
-    """The write ledger and the dataset's table (keyed for the upsert)."""
-    from opsbook import runlog
-
-    runlog.ensure_schema(conn)
+    """The ``opsbook`` schema (with the write ledger) and the dataset's table, keyed for the upsert."""
+    schema.ensure_schema(conn)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('opsbook.ddl.writes'))")
-        conn.execute(DDL)
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"opsbook.ddl.{spec.table}",))
         conn.execute(
             sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(
                 ident(spec.table),
@@ -109,65 +108,27 @@ def ensure_tables(conn, spec: DatasetSpec) -> None:
         )
 
 
-def arrow_schema(spec: DatasetSpec) -> pa.Schema:
-    types = {
-        "integer": pa.int32(),
-        "bigint": pa.int64(),
-        "double": pa.float64(),
-        "text": pa.string(),
-        "timestamptz": pa.timestamp("us", tz="UTC"),
-        "date": pa.date32(),
-    }
-    return pa.schema([pa.field(c.name, types[c.type]) for c in spec.columns])
-
-
-def conform(spec: DatasetSpec, batch) -> pa.Table:
-    """The batch (Arrow table or DataFrame) with the spec's columns, types and a complete key."""
-    table = batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch, preserve_index=False)
-    missing = [c for c in spec.column_names if c not in table.column_names]
-    if missing:
-        raise OpsbookError(f"batch lacks column(s) {', '.join(missing)} of dataset {spec.name}")
-    table = table.select(spec.column_names).cast(arrow_schema(spec))
-    for key in spec.key:
-        if table.column(key).null_count:
-            raise OpsbookError(f"batch has {table.column(key).null_count} row(s) with no {key} (a key column)")
-    return table
-
-
-def days_of(spec: DatasetSpec, table: pa.Table) -> list[dt.date]:
-    import pyarrow.compute as pc
-
-    column = table.column(spec.partition.column)
-    return sorted(set(pc.cast(column, pa.date32()).to_pylist())) if table.num_rows else []
-
-
 # --- targets ---------------------------------------------------------------------------------
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
 
 
 def write_lake(spec: DatasetSpec, batch_id: str, table: pa.Table, root: str | None = None) -> int:
     import pyarrow.compute as pc
 
-    root = root or lake_root()
     day_of = pc.cast(table.column(spec.partition.column), pa.date32())
-    for day in days_of(spec, table):
+    for day in layout.days_of(spec, table):
         part = table.filter(pc.equal(day_of, pa.scalar(day, pa.date32())))
-        uri = join(root, spec.name, f"date={day.isoformat()}", f"{batch_id}.parquet")
-        put(uri, _parquet_bytes(part))
+        uri.write_bytes(layout.lake_file(spec, day, batch_id, root), layout.parquet_bytes(part))
     return table.num_rows
 
 
 def write_archive(spec: DatasetSpec, batch_id: str, table: pa.Table, root: str | None = None) -> int:
-    root = root or archive_root()
-    day = max(days_of(spec, table)) if table.num_rows else dt.date.today()
+    day = max(layout.days_of(spec, table)) if table.num_rows else dt.date.today()
     lines = "".join(json.dumps(row, default=str) + "\n" for row in table.to_pylist())
-    uri = join(root, "raw", spec.name, f"{day:%Y}", f"{day:%m}", f"{day:%d}", f"{batch_id}.json.gz")
-    put(uri, gzip.compress(lines.encode("utf-8"), mtime=0))
+    uri.write_bytes(
+        layout.archive_object(spec, batch_id, day, root),
+        gzip.compress(lines.encode("utf-8"), mtime=0),
+        "application/gzip",
+    )
     return table.num_rows
 
 
@@ -200,63 +161,54 @@ def write_postgres(spec: DatasetSpec, table: pa.Table) -> int:
     return table.num_rows
 
 
-def put(uri: str, data: bytes) -> None:
-    """Write a whole object or file; a reader never sees half of it."""
-    if uri.startswith("gs://"):
-        from opsbook.stores import objects
-
-        objects.upload_bytes(uri, data)
-        return
-    path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # --- batches ---------------------------------------------------------------------------------
 
 
 def staging_path(spec: DatasetSpec, batch_id: str) -> Path:
+    """The batch's staged copy: local state, never the lake (it outlives a failed target)."""
     return config.state_dir() / "staging" / spec.name / f"{batch_id}.parquet"
 
 
+def written(control, spec: DatasetSpec, batch_ids: Iterable[str]) -> dict[str, set[str]]:
+    """The targets the ledger records each batch as written to."""
+    return writes.succeeded(control, spec.name, list(batch_ids))
+
+
 def write_batch(
-    control, spec: DatasetSpec, batch_id: str, batch, targets=TARGETS, skip: dict[str, str] | None = None
+    control,
+    spec: DatasetSpec,
+    batch_id: str,
+    batch,
+    targets: Iterable[str] = TARGETS,
+    skip: dict[str, str] | None = None,
 ) -> BatchResult:
     """Stage the batch, then write it to each target; record every outcome in the ledger.
 
     ``skip`` names targets not to try now (one that just failed: no point waiting on it again
     for every batch); they stay pending, with the reason as their last error.
     """
-    table = conform(spec, batch)
+    table = layout.conform(spec, batch, what=f"batch {batch_id}")
+    targets = list(targets)
     staged = staging_path(spec, batch_id)
-    put(str(staged), _parquet_bytes(table))
-    days = days_of(spec, table)
+    uri.write_bytes(str(staged), layout.parquet_bytes(table))
+    days = layout.days_of(spec, table)
     first, last = (days[0], days[-1]) if days else (None, None)
     for target in targets:
-        control.execute(
-            """INSERT INTO opsbook.writes (dataset, batch_id, target, status, rows, first_day, last_day, staged_path)
-               VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s)
-               ON CONFLICT (dataset, batch_id, target) DO UPDATE SET status = 'pending', rows = excluded.rows,
-                   first_day = excluded.first_day, last_day = excluded.last_day,
-                   staged_path = excluded.staged_path, updated_at = now()""",
-            (spec.name, batch_id, target, table.num_rows, first, last, str(staged)),
-        )
+        writes.stage(control, spec.name, batch_id, target, table.num_rows, first, last, str(staged))
     return _write_targets(control, spec, batch_id, table, targets, skip or {})
 
 
 def _write_targets(control, spec: DatasetSpec, batch_id: str, table: pa.Table, targets, skip=None) -> BatchResult:
+    from opsbook.run.redaction import Redactor
+
     result = BatchResult(batch_id, table.num_rows)
-    writers = {
+    writers: dict[str, Callable[[], int]] = {
         "lake": lambda: write_lake(spec, batch_id, table),
         "postgres": lambda: write_postgres(spec, table),
         "archive": lambda: write_archive(spec, batch_id, table),
     }
     skip = skip or {}
+    redact = Redactor()  # an error can quote a URL with its password: the ledger never keeps one
     for target in targets:
         t0 = time.monotonic()
         tried = target not in skip
@@ -268,44 +220,134 @@ def _write_targets(control, spec: DatasetSpec, batch_id: str, table: pa.Table, t
                 status, error = "success", None
             except Exception as exc:  # recorded in the ledger, never only logged
                 rows, status = 0, "pending"
-                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:1000]
-        attempts = control.execute(
-            """UPDATE opsbook.writes SET status = %s, attempts = attempts + %s, last_error = %s, updated_at = now()
-               WHERE dataset = %s AND batch_id = %s AND target = %s RETURNING attempts""",
-            (status, 1 if tried else 0, error, spec.name, batch_id, target),
-        ).fetchone()[0]
+                text = str(exc).strip()
+                error = redact(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")[:1000]
+        attempts = writes.record(control, spec.name, batch_id, target, status, tried, error)
         result.targets[target] = TargetResult(target, status, rows, attempts, error, time.monotonic() - t0)
-    pending = control.execute(
-        "SELECT count(*) FROM opsbook.writes WHERE dataset = %s AND batch_id = %s AND status = 'pending'",
-        (spec.name, batch_id),
-    ).fetchone()[0]
-    if not pending:
+    if not writes.pending_count(control, spec.name, batch_id):
         staging_path(spec, batch_id).unlink(missing_ok=True)
     return result
 
 
 def pending_writes(control, spec: DatasetSpec) -> list[dict]:
-    from opsbook.stores.postgres import dicts
-
-    return dicts(
-        control,
-        "SELECT batch_id, target, attempts, rows, first_day, last_day, last_error, updated_at FROM opsbook.writes "
-        "WHERE dataset = %s AND status = 'pending' ORDER BY batch_id, target",
-        (spec.name,),
-    )
+    return writes.pending(control, spec.name)
 
 
-def retry_pending(control, spec: DatasetSpec) -> list[BatchResult]:
-    """Write every pending batch x target again, from the staged copy."""
+def retry_pending(control, spec: DatasetSpec, progress: Callable[..., None] | None = None) -> list[BatchResult]:
+    """Write every pending batch x target again, from the staged copy.
+
+    Raises
+    ------
+    SourceError
+        A pending batch's staged copy is gone (nothing is written then).
+    """
     by_batch: dict[str, list[str]] = {}
     for row in pending_writes(control, spec):
         by_batch.setdefault(row["batch_id"], []).append(row["target"])
-    results = []
     for batch_id, targets in sorted(by_batch.items()):
         staged = staging_path(spec, batch_id)
         if not staged.exists():
-            raise OpsbookError(
+            raise SourceError(
                 f"batch {batch_id} is pending for {', '.join(targets)} but its staged copy {staged} is gone"
             )
-        results.append(_write_targets(control, spec, batch_id, pq.read_table(staged), targets))
+    results = []
+    for batch_id, targets in sorted(by_batch.items()):
+        results.append(_write_targets(control, spec, batch_id, pq.read_table(staging_path(spec, batch_id)), targets))
+        if progress:
+            progress(f"retried {batch_id} ({', '.join(targets)})", transient=True)
     return results
+
+
+# --- a run -----------------------------------------------------------------------------------
+
+
+def plan(spec: DatasetSpec, location: str, window: Days, targets: Iterable[str], force: bool) -> WritePlan:
+    """The source's batches in the window, each with the targets the ledger lacks (all of them
+    with ``force``).
+
+    Raises
+    ------
+    SourceError
+        No readable batch of the source falls in the window.
+    """
+    from opsbook.trafficsafety import batches
+
+    found = batches.find(spec, location, window)
+    if not found.batches:
+        days = [d for b in found.outside for d in (b.first_day, b.last_day) if d]
+        held = f"{len(found.outside)} batch(es) outside it" + (f", {min(days)} to {max(days)}" if days else "")
+        if found.unreadable:
+            held += f", {len(found.unreadable)} unreadable file(s): {found.unreadable[0][0]}: {found.unreadable[0][1]}"
+        where = f"falls in {window}" if window else "is there"
+        raise SourceError(f"no batch of {location} {where}: nothing to write ({held})")
+    targets = tuple(targets)
+    with postgres.connection(autocommit=True, purpose="dual-write plan") as control:
+        schema.ensure_schema(control)
+        have = {} if force else written(control, spec, [b.batch_id for b in found.batches])
+    work, done = [], []
+    for batch in found.batches:
+        missing = tuple(t for t in targets if t not in have.get(batch.batch_id, set()))
+        if missing:
+            work.append(Work(batch, missing))
+        else:
+            done.append(batch)
+    return WritePlan(found, work, done)
+
+
+def write(spec: DatasetSpec, planned: WritePlan, run_id: str, lock: str, progress=None) -> Written:
+    """Upsert the source's intersections, then write each planned batch to its targets.
+
+    A target that fails is not tried again for the rest of the run (its writes stay pending,
+    saying why); a batch that cannot be read is reported and the others go on.
+
+    Raises
+    ------
+    LockHeld
+        Another run writes the dataset (``lock``).
+    """
+    from opsbook.history import locks
+    from opsbook.trafficsafety import batches
+
+    notify = progress or (lambda message, transient=False: None)
+    with postgres.connection(autocommit=True, purpose=f"run {run_id}") as control:
+        ensure_tables(control, spec)
+        locks.try_lock(control, lock, f"run {run_id}")
+        upserted = None
+        if planned.found.intersections:
+            upserted = batches.upsert_intersections(control, planned.found.intersections)
+            notify(f"{upserted} intersection(s) upserted from {batches.INTERSECTIONS_FILE}")
+        results: list[BatchResult] = []
+        down: dict[str, str] = {}
+        for index, item in enumerate(planned.work, 1):
+            batch = item.batch
+            try:
+                table = batches.read(spec, batch.uri, batch.batch_id)
+            except SourceError as exc:
+                results.append(BatchResult(batch.batch_id, 0, error=str(exc)))
+                notify(f"{batch.batch_id}: not read ({exc})")
+                continue
+            result = write_batch(control, spec, batch.batch_id, table, item.targets, down)
+            results.append(result)
+            for target, outcome in result.targets.items():
+                if outcome.status == "pending" and target not in down:
+                    # a target that failed is not tried again for every batch of this run
+                    down[target] = f"{target} failed at batch {batch.batch_id}: {outcome.error}"
+                    notify(f"{target} is failing ({outcome.error}); its writes stay pending for this run")
+            line = f"{index}/{len(planned.work)} batches, {sum(r.rows for r in results):,} rows"
+            notify(line, transient=not (index % 24 == 0 or index == len(planned.work)))
+        pending = pending_writes(control, spec)
+        locks.unlock(control, lock)
+    return Written(results, pending, upserted)
+
+
+def retry(spec: DatasetSpec, run_id: str, lock: str, progress=None) -> Written:
+    """Write every pending batch x target again from its staged copy (see :func:`retry_pending`)."""
+    from opsbook.history import locks
+
+    with postgres.connection(autocommit=True, purpose=f"run {run_id}") as control:
+        ensure_tables(control, spec)
+        locks.try_lock(control, lock, f"run {run_id}")
+        results = retry_pending(control, spec, progress)
+        pending = pending_writes(control, spec)
+        locks.unlock(control, lock)
+    return Written(results, pending)

@@ -1,0 +1,36 @@
+"""The traffic-safety migration's domain code (runbook: trafficsafety_postgres_migration.md).
+
+Phase 3 writes every batch of safety indices three ways (the Parquet lake, PostgreSQL, a raw
+archive in GCS); the reconcile checks that the three agree; Phase 5 builds the rollups.
+
+==================  ====================================================================
+module              what
+==================  ====================================================================
+:mod:`.layout`      where the lake files and archive objects go; rows in the spec's types
+:mod:`.batches`     the incoming batch files (chosen by window from their footers) and
+                    the ``intersections.csv`` upserted beside them
+:mod:`.dualwrite`   each batch staged, then written to every target, with the write ledger
+:mod:`.sides`       the two sides of a reconcile read as Arrow (lake files, PostgreSQL
+                    through ADBC), and their row counts without a scan where possible
+:mod:`.compare`     lake against PostgreSQL: the hash join in DuckDB, each difference
+                    classified (the entry point, :func:`.compare.compare`)
+:mod:`.buckets`     the path past ``row_limit`` rows: bucketed checksums pushed down to
+                    both sides, only the mismatched buckets fetched
+:mod:`.archive`     the archive's objects against the write ledger
+:mod:`.repair`      the source of truth re-applied to the differing keys only
+:mod:`.rollups`     hourly and daily rollups with the peak hour, checked against the readings
+==================  ====================================================================
+
+Domain modules compute and store; they never display (the procedures do).
+"""
+
+# here, not in .dualwrite, so that a procedure's parameters can name them without importing pyarrow
+TARGETS = ("lake", "postgres", "archive")
+
+
+def write_lock(dataset: str) -> str:
+    """The lock every writer of a dataset's dual-write holds (dual_write; a reconcile's repair):
+    they share the write ledger and the staging area."""
+    from opsbook.history.locks import key
+
+    return key("dual_write", dataset)

@@ -1,0 +1,247 @@
+"""Hourly and daily rollups of the traffic-safety indices, with the peak hour of each day.
+
+``safety_indices_hourly`` holds one row per intersection and hour that has readings: the
+combined index (empirical-Bayes adjusted) average, minimum, maximum and spread, traffic volume,
+the 15-minute intervals at high risk, and the share of the hour's four intervals present.
+``safety_indices_daily`` holds one row per intersection and local day (``timezone``): the same
+figures over the day, the intervals present against those the day should have (a daylight-
+saving day has 23 or 25 hours), and the peak hour (the hour with the highest average index).
+
+Missing intervals are expected (sensor outages, late batches): averages use what is there and
+the coverage says how much that was. Volumes count every reading, also those whose index is
+NULL. The window is rebuilt in one transaction (delete, then insert), so a rerun gives the
+same tables and a reader never sees half a window. The result is then checked against the
+readings with independent queries (:data:`CHECKS`). One build of a dataset runs at a time
+(the lock :func:`lock_key`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass, field
+
+from psycopg import sql
+
+from opsbook.datasets import DatasetSpec
+from opsbook.history import locks, schema
+from opsbook.stores import postgres
+from opsbook.windows import Days
+
+HOURLY = "safety_indices_hourly"
+DAILY = "safety_indices_daily"
+
+DDL = """
+CREATE TABLE IF NOT EXISTS {hourly} (
+    intersection_id integer NOT NULL,
+    hour_timestamp timestamptz NOT NULL,
+    intervals integer NOT NULL,
+    avg_si double precision, min_si double precision, max_si double precision, std_si double precision,
+    avg_vru double precision, avg_vehicle double precision,
+    total_volume bigint, avg_volume double precision,
+    high_risk_intervals integer NOT NULL,
+    data_quality_score double precision NOT NULL,
+    PRIMARY KEY (intersection_id, hour_timestamp));
+CREATE TABLE IF NOT EXISTS {daily} (
+    intersection_id integer NOT NULL,
+    date date NOT NULL,
+    timezone text NOT NULL,
+    hours_with_data integer NOT NULL,
+    intervals integer NOT NULL,
+    expected_intervals integer NOT NULL,
+    avg_si double precision, min_si double precision, max_si double precision,
+    total_volume bigint,
+    high_risk_intervals integer NOT NULL,
+    data_quality_score double precision NOT NULL,
+    peak_hour integer, peak_hour_timestamp timestamptz, peak_si double precision,
+    PRIMARY KEY (intersection_id, date));
+"""
+
+# each reading's hour and local day; {source} is the readings table
+READINGS = """
+    SELECT intersection_id, "timestamp", combined_index_eb AS si, vru_index, vehicle_index, traffic_volume,
+           date_trunc('hour', "timestamp", %(tz)s) AS hour_timestamp,
+           ("timestamp" AT TIME ZONE %(tz)s)::date AS day
+    FROM {source}
+    WHERE "timestamp" >= %(start)s AND "timestamp" < %(end)s"""
+
+BUILD_HOURLY = """
+INSERT INTO {hourly}
+SELECT intersection_id, hour_timestamp, count(*), avg(si), min(si), max(si), stddev_samp(si),
+       avg(vru_index), avg(vehicle_index), sum(traffic_volume), avg(traffic_volume),
+       count(*) FILTER (WHERE si > %(high_risk)s), count(*) / 4.0
+FROM ({readings}) r
+GROUP BY intersection_id, hour_timestamp"""
+
+# the hours a local day has (23, 24 or 25), from the time zone's rules
+BUILD_DAILY = """
+INSERT INTO {daily}
+WITH days AS (
+    SELECT intersection_id, day, count(DISTINCT hour_timestamp) AS hours, count(*) AS intervals,
+           avg(si) AS avg_si, min(si) AS min_si, max(si) AS max_si, sum(traffic_volume) AS total_volume,
+           count(*) FILTER (WHERE si > %(high_risk)s) AS high_risk
+    FROM ({readings}) r GROUP BY intersection_id, day),
+peaks AS (
+    SELECT DISTINCT ON (intersection_id, (hour_timestamp AT TIME ZONE %(tz)s)::date)
+           intersection_id, (hour_timestamp AT TIME ZONE %(tz)s)::date AS day, hour_timestamp, avg_si
+    FROM {hourly}
+    WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(end)s AND avg_si IS NOT NULL
+    ORDER BY intersection_id, (hour_timestamp AT TIME ZONE %(tz)s)::date, avg_si DESC, hour_timestamp)
+SELECT d.intersection_id, d.day, %(tz)s, d.hours, d.intervals,
+       4 * (extract(epoch FROM ((d.day + 1)::timestamp AT TIME ZONE %(tz)s)
+                              - (d.day::timestamp AT TIME ZONE %(tz)s)) / 3600)::int,
+       d.avg_si, d.min_si, d.max_si, d.total_volume, d.high_risk, 0,
+       extract(hour FROM p.hour_timestamp AT TIME ZONE %(tz)s)::int, p.hour_timestamp, p.avg_si
+FROM days d LEFT JOIN peaks p USING (intersection_id, day)"""
+
+# independent checks of the built window against the readings; each row is (check, disagreeing rows)
+CHECKS = """
+WITH r AS ({readings}),
+raw_hours AS (SELECT intersection_id, hour_timestamp, count(*) n, sum(traffic_volume) v FROM r GROUP BY 1, 2),
+raw_days AS (SELECT intersection_id, day, count(*) n, sum(traffic_volume) v, max(si) mx FROM r GROUP BY 1, 2),
+hourly AS (SELECT * FROM {hourly} WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(end)s),
+daily AS (SELECT * FROM {daily} WHERE date BETWEEN %(first)s AND %(last)s),
+hourly_days AS (SELECT intersection_id, (hour_timestamp AT TIME ZONE %(tz)s)::date AS day,
+                       sum(total_volume) v, max(avg_si) peak FROM hourly GROUP BY 1, 2)
+SELECT 'hourly rows match the readings per hour',
+       count(*) FROM raw_hours x FULL JOIN hourly h USING (intersection_id, hour_timestamp)
+       WHERE x.n IS DISTINCT FROM h.intervals OR x.v IS DISTINCT FROM h.total_volume
+UNION ALL
+SELECT 'daily rows match the readings per day',
+       count(*) FROM raw_days x FULL JOIN daily d ON d.intersection_id = x.intersection_id AND d.date = x.day
+       WHERE x.n IS DISTINCT FROM d.intervals OR x.v IS DISTINCT FROM d.total_volume OR x.mx IS DISTINCT FROM d.max_si
+UNION ALL
+SELECT 'daily volume is the sum of its hours',
+       count(*) FROM daily d LEFT JOIN hourly_days h ON h.intersection_id = d.intersection_id AND h.day = d.date
+       WHERE d.total_volume IS DISTINCT FROM h.v
+UNION ALL
+SELECT 'the peak hour has the highest hourly index',
+       count(*) FROM daily d LEFT JOIN hourly_days h ON h.intersection_id = d.intersection_id AND h.day = d.date
+       WHERE d.peak_si IS DISTINCT FROM h.peak"""
+
+
+@dataclass
+class Built:
+    """What a build made, read back for the report."""
+
+    readings: int = 0
+    hourly_rows: int = 0
+    daily_rows: int = 0
+    daily: list[dict] = field(default_factory=list)  # the daily rows built
+    hourly: list[dict] = field(default_factory=list)  # intersection, local hour, avg_si (for a chart)
+    checks: list[dict] = field(default_factory=list)  # check, disagreeing rows, status
+
+
+def lock_key(dataset: str) -> str:
+    """The lock one build of ``dataset`` holds: ``opsbook.rollups:<dataset>``."""
+    return locks.key("rollups", dataset)
+
+
+def ensure_tables(conn) -> None:
+    conn.execute(sql.SQL(DDL).format(hourly=sql.Identifier(HOURLY), daily=sql.Identifier(DAILY)))
+
+
+def build(spec: DatasetSpec, window: Days, timezone: str, high_risk: float, run_id: str) -> Built:
+    """Rebuild the window's local days of both tables in one transaction, then check them.
+
+    Raises
+    ------
+    LockHeld
+        Another build of the dataset holds its lock.
+    """
+    start, end = window.bounds(zoneinfo.ZoneInfo(timezone))
+    args = {
+        "tz": timezone,
+        "start": start,
+        "end": end,
+        "first": window.first,
+        "last": window.last,
+        "high_risk": high_risk,
+    }
+    names = {"hourly": sql.Identifier(HOURLY), "daily": sql.Identifier(DAILY)}
+    readings = sql.SQL(READINGS).format(source=sql.Identifier(spec.table))
+    built = Built()
+    key = lock_key(spec.name)
+    with postgres.connection(autocommit=True, purpose=f"run {run_id}") as conn:
+        schema.ensure_schema(conn)
+        locks.try_lock(conn, key, run_id)
+        with conn.transaction():  # taken right after the dataset's lock (a test holds it to pause a build here)
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('opsbook.ddl.rollups'))")
+            ensure_tables(conn)
+        with conn.transaction():  # the whole window or nothing
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(end)s").format(
+                    names["hourly"]
+                ),
+                args,
+            )
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE date BETWEEN %(first)s AND %(last)s").format(names["daily"]), args
+            )
+            built.hourly_rows = conn.execute(sql.SQL(BUILD_HOURLY).format(readings=readings, **names), args).rowcount
+            built.daily_rows = conn.execute(sql.SQL(BUILD_DAILY).format(readings=readings, **names), args).rowcount
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET data_quality_score = intervals::float / expected_intervals "
+                    "WHERE date BETWEEN %(first)s AND %(last)s"
+                ).format(names["daily"]),
+                args,
+            )
+        built.readings = conn.execute(sql.SQL("SELECT count(*) FROM ({}) r").format(readings), args).fetchone()[0]
+        built.checks = [
+            {"check": name, "disagreeing rows": bad, "status": "pass" if bad == 0 else "fail"}
+            for name, bad in conn.execute(sql.SQL(CHECKS).format(readings=readings, **names), args).fetchall()
+        ]
+        built.daily = postgres.dicts(
+            conn,
+            sql.SQL(
+                "SELECT intersection_id, date, hours_with_data, intervals, expected_intervals, "
+                "round(data_quality_score::numeric, 3) AS coverage, round(avg_si::numeric, 2) AS avg_si, "
+                "round(max_si::numeric, 2) AS max_si, total_volume, high_risk_intervals, peak_hour, "
+                "round(peak_si::numeric, 2) AS peak_si FROM {} WHERE date BETWEEN %(first)s AND %(last)s "
+                "ORDER BY date, intersection_id"
+            ).format(names["daily"]),
+            args,
+        )
+        built.hourly = postgres.dicts(
+            conn,
+            sql.SQL(
+                "SELECT intersection_id, hour_timestamp AT TIME ZONE %(tz)s AS local_hour, avg_si FROM {} "
+                "WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(end)s ORDER BY 1, 2"
+            ).format(names["hourly"]),
+            args,
+        )
+        locks.unlock(conn, key)
+    return built
+
+
+def coverage(daily: list[dict], window: Days, min_coverage: float) -> list[dict]:
+    """Per local day of the window: intersections, intervals present against expected, status."""
+    days = []
+    for day in window.days:
+        rows = [r for r in daily if r["date"] == day]
+        present = sum(r["intervals"] for r in rows)
+        expected = sum(r["expected_intervals"] for r in rows)
+        share = present / expected if expected else 0.0
+        days.append(
+            {
+                "day": day,
+                "intersections": len(rows),
+                "hours in the day": rows[0]["expected_intervals"] // 4 if rows else None,
+                "intervals": present,
+                "expected": expected,
+                "coverage": share,
+                "status": "pass" if rows and share >= min_coverage else "warn",
+            }
+        )
+    return days
+
+
+def peak_moments(daily: list[dict], timezone: str) -> list[tuple[dt.datetime, float]]:
+    """Each day's peak hour as a local wall-clock time, with its index (for a chart)."""
+    zone = zoneinfo.ZoneInfo(timezone)
+    return [
+        (dt.datetime.combine(d["date"], dt.time(d["peak_hour"]), zone).replace(tzinfo=None), d["peak_si"])
+        for d in daily
+        if d["peak_hour"] is not None
+    ]
