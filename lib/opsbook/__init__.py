@@ -15,6 +15,7 @@ def start(procedure: str, **values):
 
     return context.start(procedure, **values)
 
+
 # jsonschema imports rfc3987_syntax (its optional "iri" format checker) at import time, and
 # that module builds a lark grammar taking ~2 s, paid by every process that imports nbformat
 # (the runner, papermill, scrapbook in the kernel). opsbook never validates "iri" formats.

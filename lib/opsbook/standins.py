@@ -117,7 +117,9 @@ def _check_source(kind: str, optional: bool) -> Callable[[str], str]:
             if optional:
                 return value
             raise ValueError("empty: give a folder, a gs:// prefix" + _names_hint(kind))
-        if value.startswith("gs://") or source(kind, value):
+        from opsbook.stores import uri
+
+        if uri.is_remote(value) or source(kind, value):
             return value
         path = Path(value).expanduser()
         if not path.is_dir():
@@ -182,14 +184,3 @@ def _refuse(self):
         f"({services.database_label()}): stand-in data is only written to the embedded database. "
         f"Unset DATABASE_URL, or add -p {ALLOW}=true if this database is meant for it"
     )
-
-
-# TEMPORARY (removed once every procedure uses @guarded)
-def allow_demo_field():
-    return Field(False, description="let a stand-in source write into a configured DATABASE_URL")
-
-
-class GuardedSources(BaseModel):
-    @model_validator(mode="after")
-    def _refuse_against_configured_database(self):
-        return _refuse(self)

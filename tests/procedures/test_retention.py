@@ -147,17 +147,21 @@ def test_a_rule_that_does_not_fit_the_database_fails_the_plan(db, tmp_path):
     db.execute("DROP TABLE retention_events")
 
 
-def test_dropped_partitions_leave_the_ledger_so_a_later_load_reloads_them(db, demo_dir):
+def test_dropped_partitions_leave_the_ledger_so_a_later_load_reloads_them(db, demo_dir, tmp_path):
     db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
     db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
     call("load", source=str(demo_dir), years="2015-2017")
+    policy = tmp_path / "tickets_ten_years.yaml"
+    policy.write_text(
+        "name: tickets_ten_years\nrules:\n  - {table: parking_tickets, action: drop_partitions, keep_days: 3653}\n"
+    )
     per_year = dict(
         db.execute(
             "SELECT extract(year FROM date_of_infraction)::int, count(*) FROM parking_tickets GROUP BY 1"
         ).fetchall()
     )
     # ten years of 3653 days before 2027-01-02 is 2017-01-01: 2016 ends on the cutoff, 2017 after it
-    ctx = context.make("retention", policy="toronto", as_of="2027-01-02", apply=True, max_rows=10_000_000)
+    ctx = context.make("retention", policy=str(policy), as_of="2027-01-02", apply=True, max_rows=10_000_000)
     plan = retention.plan(ctx)
     (rule,) = plan.rules
     assert rule.cutoff == dt.date(2017, 1, 1)
@@ -199,6 +203,45 @@ def test_dropped_partitions_leave_the_ledger_so_a_later_load_reloads_them(db, de
     reloaded = call("load", source=str(demo_dir), years="2016-2017")
     assert {y.year: y.status for y in reloaded.years} == {2016: "loaded", 2017: "unchanged"}
     assert count(db, "SELECT count(*) FROM parking_tickets_2016") == per_year[2016]
+
+
+def test_the_toronto_policy_keeps_every_ticket_year_and_purges_what_is_unused(db, demo_dir):
+    """The Toronto runbook loads the full history: its purge drops a killed load's staging table
+    (not a running load's) and the yearly rows of a year no longer loaded, never a ticket year."""
+    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected, parking_tickets_2015_load CASCADE")
+    db.execute("DROP TABLE IF EXISTS parking_tickets_2016_load, parking_ticket_yearly_locations CASCADE")
+    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
+    call("load", source=str(demo_dir), years="2015-2017")
+    call("aggregate", years="2015-2017", cameras="")
+    db.execute(
+        "INSERT INTO parking_ticket_yearly_locations (year, location, ticket_count, total_revenue) "
+        "VALUES (2009, 'GONE ST', 3, 90), (2009, 'ALSO GONE AVE', 1, 30)"
+    )
+    db.execute("CREATE TABLE parking_tickets_2015_load (LIKE parking_tickets)")  # a killed load's leftover
+    db.execute("INSERT INTO parking_tickets_2015_load SELECT * FROM parking_tickets_2015 LIMIT 10")
+    db.execute("CREATE TABLE parking_tickets_2016_load (LIKE parking_tickets)")  # a load of 2016 running now
+    tickets = state(db, "parking_tickets")
+    yearly_kept = count(db, "SELECT count(*) FROM parking_ticket_yearly_locations WHERE year <> 2009")
+
+    ctx = context.make("retention", policy="toronto", apply=True)
+    plan = retention.plan(ctx)
+    staging, orphans = plan.rules
+    assert [p.name for p in staging.partitions] == ["parking_tickets_2015_load", "parking_tickets_2016_load"]
+    assert staging.remove_rows == 10 and orphans.remove_rows == 2 and orphans.years == [2015, 2016, 2017]
+    load_lock = "opsbook.load:toronto_parking_tickets:2016"
+    db.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (load_lock,))
+    try:
+        result = retention.run(ctx, plan)
+    finally:
+        db.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (load_lock,))
+    dropped, deleted = result.applied
+    assert dropped.dropped == ["parking_tickets_2015_load"] and "parking_tickets_2016_load" in dropped.note
+    assert db.execute("SELECT to_regclass('parking_tickets_2016_load') IS NOT NULL").fetchone()[0]
+    assert deleted.removed_rows == 2
+    assert count(db, "SELECT count(*) FROM parking_ticket_yearly_locations WHERE year = 2009") == 0
+    assert count(db, "SELECT count(*) FROM parking_ticket_yearly_locations") == yearly_kept
+    assert state(db, "parking_tickets") == tickets, "no ticket year is touched"
+    db.execute("DROP TABLE parking_tickets_2016_load")
 
 
 def test_cli_drops_by_catalog_bounds_refuses_over_limit_and_respects_locks(db, tmp_path):

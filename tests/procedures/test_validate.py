@@ -120,11 +120,14 @@ def test_with_no_window_every_year_held_is_checked_against_its_sources_figures(d
 def test_years_without_reference_figures_warn_and_do_not_fail(loaded):
     """A year with no published figures in the repository (2023) is not compared: WARN, not FAIL."""
     loaded.execute(
-        "CREATE TABLE parking_tickets_2023 PARTITION OF parking_tickets FOR VALUES FROM ('2023-01-01') TO ('2024-01-01')"
+        "CREATE TABLE parking_tickets_2023 PARTITION OF parking_tickets "
+        "FOR VALUES FROM ('2023-01-01') TO ('2024-01-01')"
     )
     loaded.execute("INSERT INTO parking_tickets (date_of_infraction, set_fine_amount) VALUES ('2023-01-05', 30)")
     done = validate("-p", "window=2016-2018,2023")
     found = checks_of(done.json())
     assert found["yearly_totals"]["status"] == "warn"
     assert found["yearly_totals"]["message"] == "no reference for 2023 in reference 'demo': not compared"
-    assert found["monthly_totals"]["status"] == "warn" and "no reference for 2023-01" in found["monthly_totals"]["message"]
+    assert (
+        found["monthly_totals"]["status"] == "warn" and "no reference for 2023-01" in found["monthly_totals"]["message"]
+    )

@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 from helpers import load_and_aggregate
+
 from opsbook.demo import tickets as demodata
 from opsbook.run.context import RUN_ID_ENV
 

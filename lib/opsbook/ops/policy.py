@@ -3,6 +3,12 @@
 - ``drop_partitions``: for a range-partitioned table, DETACH and DROP every partition whose
   upper bound, read from the catalog, is on or before the cutoff (all of its rows are older).
 - ``delete_rows``: DELETE the rows whose date or timestamp ``column`` is before the cutoff.
+- ``drop_staging``: DROP the staging tables a killed load of ``table`` left behind
+  (``<table>_<partition>_load``), each only while no load of that partition runs (its lock is
+  free); ``keep_days`` does not apply.
+- ``delete_orphans``: DELETE the rows of a derived table whose year ``column`` has no partition
+  in ``parent`` any more (yearly aggregates of years no longer loaded); ``keep_days`` does not
+  apply, and a parent holding no partition at all removes nothing.
 
 A rule's cutoff is midnight UTC of ``as_of - keep_days``. A problem in a policy file is named
 with the file, the line and the field.
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import core_schema
 
 POLICY_FOLDER = "policies"
@@ -35,17 +41,35 @@ class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     table: Identifier
-    action: Literal["delete_rows", "drop_partitions"]
+    action: Literal["delete_rows", "drop_partitions", "drop_staging", "delete_orphans"]
     column: Identifier | None = None
-    keep_days: int = Field(ge=1)
+    keep_days: int | None = Field(None, ge=1, validate_default=True)
+    dataset: Identifier | None = None  # drop_staging: whose load locks guard the staging tables
+    parent: Identifier | None = None  # delete_orphans: the partitioned table the years must exist in
     why: str = ""
 
+    @field_validator("keep_days")
+    @classmethod
+    def _ages_need_keep_days(cls, value: int | None, info) -> int | None:
+        action = info.data.get("action")
+        if value is None and action in ("delete_rows", "drop_partitions"):
+            raise ValueError(f"Field required: {action} keeps keep_days days of data")
+        return value
+
     @model_validator(mode="after")
-    def _column_fits_action(self) -> Rule:
-        if self.action == "delete_rows" and not self.column:
-            raise ValueError("delete_rows needs a column: the date or timestamp the rows are aged by")
-        if self.action == "drop_partitions" and self.column:
-            raise ValueError("drop_partitions takes no column: the partition key and bounds come from the catalog")
+    def _fields_fit_action(self) -> Rule:
+        ages = self.action in ("delete_rows", "drop_partitions")
+        if not ages and self.keep_days is not None:
+            raise ValueError(f"{self.action} takes no keep_days: it removes what is no longer used, whatever its age")
+        if self.action in ("delete_rows", "delete_orphans") and not self.column:
+            what = "date or timestamp the rows are aged by" if ages else "year column matched against the partitions"
+            raise ValueError(f"{self.action} needs a column: the {what}")
+        if self.action in ("drop_partitions", "drop_staging") and self.column:
+            raise ValueError(f"{self.action} takes no column: what goes comes from the catalog")
+        if (self.action == "drop_staging") != bool(self.dataset):
+            raise ValueError("drop_staging, and only it, takes a dataset: the load whose locks guard the tables")
+        if (self.action == "delete_orphans") != bool(self.parent):
+            raise ValueError("delete_orphans, and only it, takes a parent: the table whose partitions must exist")
         return self
 
 

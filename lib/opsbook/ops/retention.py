@@ -62,7 +62,7 @@ class Partition:
 @dataclass
 class RulePlan:
     rule: Rule
-    cutoff: dt.date | dt.datetime
+    cutoff: dt.date | dt.datetime | None  # None: the rule removes what is unused, whatever its age
     status: str  # to remove | nothing to remove | absent | error
     schema: str = ""
     oid: int | None = None
@@ -73,6 +73,7 @@ class RulePlan:
     remove_bytes: int = 0  # exact for partitions; rows x average row size for deletes
     table_bytes: int = 0
     partitions: list[Partition] = field(default_factory=list)
+    years: list[int] = field(default_factory=list)  # delete_orphans: the parent's years, kept
     note: str = ""
 
     @property
@@ -116,7 +117,7 @@ def plan_rule(conn: psycopg.Connection, rule: Rule, as_of: dt.date) -> RulePlan:
         "WHERE c.oid = to_regclass(quote_ident(%s))",
         (rule.table,),
     ).fetchone()
-    day = cutoff_of(as_of, rule.keep_days, "date")
+    day = cutoff_of(as_of, rule.keep_days, "date") if rule.keep_days else None
     if found is None:
         return RulePlan(rule, day, "absent", note=f"no table {rule.table}: nothing to remove")
     oid, schema, kind = found
@@ -124,6 +125,12 @@ def plan_rule(conn: psycopg.Connection, rule: Rule, as_of: dt.date) -> RulePlan:
         return RulePlan(rule, day, "error", schema, oid, note=f"{rule.table} is not a table (relkind {kind!r})")
     if rule.action == "drop_partitions":
         return _plan_partitions(conn, rule, as_of, schema, oid)
+    if rule.action in ("drop_staging", "delete_orphans"):
+        from opsbook.ops import purge
+
+        planned = RulePlan(rule, None, "error", schema, oid)
+        (purge.plan_staging if rule.action == "drop_staging" else purge.plan_orphans)(conn, planned)
+        return planned
     return _plan_rows(conn, rule, as_of, schema, oid)
 
 
@@ -306,7 +313,13 @@ def apply(
         return outcome
     work = [r for r in rules if r.status == "to remove"]
     keys = [table_lock(r.table) for r in work]
-    keys += [locks.partition_lock(step, ds, part) for r in work for p in r.dropping for ds, part, step in p.ledger]
+    keys += [
+        locks.partition_lock(step, ds, part)
+        for r in work
+        if r.rule.action == "drop_partitions"
+        for p in r.dropping
+        for ds, part, step in p.ledger
+    ]
     with postgres.connection(autocommit=True, purpose=f"retention {run_id}") as conn:
         schema.ensure_schema(conn)
         taken: list[str] = []
@@ -336,10 +349,7 @@ def _apply_rules(conn, rules: list[RulePlan], max_rows: int, vacuum: bool, outco
         done.bytes_before = table_bytes(conn, planned.oid)
         try:
             with conn.transaction():
-                if planned.rule.action == "drop_partitions":
-                    _drop_partitions(conn, planned, done)
-                else:
-                    _delete_rows(conn, planned, done)
+                _ACTIONS[planned.rule.action](conn, planned, done)
                 if removed_total + done.removed_rows > max_rows:
                     raise _OverLimit
         except _OverLimit:
@@ -401,10 +411,29 @@ def _drop_partitions(conn, planned: RulePlan, done: Applied) -> None:
         done.ledger_removed += ledger.forget_table(conn, part.oid)
 
 
+def _purge(name: str):
+    def act(conn, planned: RulePlan, done: Applied) -> None:
+        from opsbook.ops import purge
+
+        getattr(purge, name)(conn, planned, done)
+
+    return act
+
+
+_ACTIONS = {
+    "drop_partitions": _drop_partitions,
+    "delete_rows": _delete_rows,
+    "drop_staging": _purge("drop_staging"),
+    "delete_orphans": _purge("delete_orphans"),
+}
+
+
 def _maintain(conn, planned: RulePlan) -> str:
     """VACUUM ANALYZE after a delete (outside any transaction: VACUUM cannot run in one); after
     dropped partitions only ANALYZE the parent, whose statistics autovacuum never refreshes."""
     table = sql.Identifier(planned.schema, planned.table)
+    if planned.rule.action == "drop_staging":
+        return ""  # the tables are gone; the parent's statistics never counted them
     if planned.rule.action == "drop_partitions":
         conn.execute(sql.SQL("ANALYZE {}").format(table))
         return "ANALYZE"

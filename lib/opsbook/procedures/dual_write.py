@@ -32,12 +32,14 @@ if TYPE_CHECKING:
 SOURCE_KIND = "safety_indices"
 
 
-class Params(ProcedureParams, standins.GuardedSources):
+@standins.guarded
+class Params(ProcedureParams):
     """Parameters of ``dual_write``."""
 
     dataset: DatasetName = Field("safety_indices", description="dataset spec in params/datasets/")
     source: standins.source_field(SOURCE_KIND) = Field(
-        "demo", description="folder or gs:// prefix of incoming batches (one Parquet file each), or a stand-in source"
+        standins.DEFAULT_SOURCE,
+        description="folder or gs:// prefix of incoming batches (one Parquet file each), or a stand-in source",
     )
     window: Days = Field(
         "", description="UTC days whose batches to write: 2025-11-01..2025-11-07, 2025-11-03, yesterday; empty: all"
@@ -45,7 +47,6 @@ class Params(ProcedureParams, standins.GuardedSources):
     targets: names(TARGETS, "target") = Field("lake,postgres,archive", description="where each batch goes")
     retry_pending: bool = Field(False, description="write no new batch: retry every pending batch x target")
     force: bool = Field(False, description="write again batches the write ledger has in every target")
-    allow_demo: bool = standins.allow_demo_field()
 
 
 def locks(params: Params) -> list[str]:
@@ -155,11 +156,12 @@ class Result:
             )
         if self.pending:
             kinds = sorted({p["target"] for p in self.pending})
+            extra = "".join(f" -p {name}={value}" for name, value in standins.flags(params).items())
             problems.append(
                 f"{len(self.pending)} batch write(s) pending ({', '.join(kinds)}; first error: "
                 f"{self.pending[0]['last_error']}); the other targets are written and the batches are staged. "
                 f"Once the target is back: python run_notebook.py dual_write -p dataset={params.dataset} "
-                f"-p source={params.source}{' -p allow_demo=true' if params.allow_demo else ''} -p retry_pending=true"
+                f"-p source={params.source}{extra} -p retry_pending=true"
             )
         if problems:
             error = SourceError if self.unreadable else CheckFailed

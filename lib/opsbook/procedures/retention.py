@@ -179,7 +179,9 @@ def human_bytes(n: int | None) -> str:
     return f"{value:,.1f} TB"
 
 
-def _cutoff_text(value: dt.date | dt.datetime) -> str:
+def _cutoff_text(value: dt.date | dt.datetime | None) -> str:
+    if value is None:
+        return "unused, any age"
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M") + (" UTC" if value.tzinfo else "")
     return value.isoformat()
@@ -198,7 +200,7 @@ def show_plan(plan: Plan):
             "cutoff": _cutoff_text(r.cutoff),
             "rows now": r.rows if r.status != "absent" else None,
             "rows to remove": r.remove_rows,
-            "partitions to drop": len(r.dropping) if r.rule.action == "drop_partitions" else None,
+            "partitions to drop": len(r.dropping) if r.rule.action in ("drop_partitions", "drop_staging") else None,
             "bytes to remove": ""
             if r.status in ("absent", "error")
             else human_bytes(r.remove_bytes) + (" (est.)" if r.rule.action == "delete_rows" and r.remove_bytes else ""),

@@ -36,6 +36,7 @@ BLOCK_BYTES = 8 << 20
 MAX_RAW_CHARS = 10_000  # a quarantined line keeps at most this much of its raw text
 MAX_REASON_VALUE = 60  # a reason quotes at most this much of the value that failed
 
+
 @dataclass(frozen=True)
 class Reject:
     """A quarantined input row."""

@@ -380,5 +380,3 @@ def _swap(cur, spec: DatasetSpec, year: int, staging: str, target: str) -> None:
         )
     )
     cur.execute(sql.SQL("DELETE FROM {} WHERE year = %s").format(ident(spec.rejected_table)), (year,))
-
-
