@@ -395,3 +395,188 @@ def test_every_check_type_of_the_suite_models_is_registered():
     union = get_args(get_args(s.Check)[0])
     modelled = {get_args(m.model_fields["type"].annotation)[0] for m in union}
     assert modelled == set(checks.registered())
+
+
+# --- a table that is no dataset's: a Target ---------------------------------------------------
+
+
+@pytest.fixture
+def hourly(events):
+    """Hourly readings of two sites, 2024-11-01..03 (UTC): site 2 is an hour short on the 2nd,
+    site 1 silent on the 3rd; one reading on each side of the window, and an unknown site."""
+    events.execute("DROP TABLE IF EXISTS ck_hourly, ck_site")
+    events.execute("CREATE TABLE ck_site (site int PRIMARY KEY)")
+    events.execute("INSERT INTO ck_site VALUES (1), (2)")
+    events.execute("CREATE TABLE ck_hourly (site int, at timestamptz, value float8)")
+    events.execute("""INSERT INTO ck_hourly
+        SELECT s, h, 20 FROM generate_series(1, 2) s,
+               generate_series('2024-11-01 00:00+00'::timestamptz, '2024-11-03 23:00+00', '1 hour') h
+        WHERE NOT (s = 2 AND h = '2024-11-02 05:00+00') AND NOT (s = 1 AND h >= '2024-11-03 00:00+00')""")
+    events.execute("INSERT INTO ck_hourly VALUES (1, '2024-10-31 23:30+00', 99), (1, '2024-11-04 00:30+00', 99)")
+    yield events
+    events.execute("DROP TABLE ck_hourly, ck_site")
+
+
+def run_target(conn, *items, window="2024-11-01..2024-11-03"):
+    from opsbook.windows import Days
+
+    suite = s.Suite(dataset="hourly", checks=list(items))
+    target = checks.Target("ck_hourly", "at")
+    return {r.name: r for r in checks.run_suite(conn, target, suite, Days.parse(window)).results}
+
+
+def per_site_day(max_share_off=0.0, severity="error"):
+    return s.RowsPerGroup(
+        name="hours",
+        type="rows_per_group",
+        group_by=["site"],
+        per="day",
+        expected=24,
+        max_share_off=max_share_off,
+        severity=severity,
+    )
+
+
+def test_rows_per_group_lists_the_cells_off(hourly):
+    r = run_target(hourly, per_site_day())["hours"]
+    # 2 sites x 3 days; site 2 has 23 hours on the 2nd, site 1 none on the 3rd (a cell of 0)
+    assert r.status == "fail" and r.failing_count == 2
+    assert [(f["site"], str(f["day"]), f["rows"]) for f in r.failing] == [(1, "2024-11-03", 0), (2, "2024-11-02", 23)]
+    assert r.observed == "2 of 6 (site, day) cells off (33.3%)"
+    assert "over the 0% tolerated" in r.message
+    complete = run_target(hourly, per_site_day(), window="2024-11-01")["hours"]
+    assert complete.status == "pass" and complete.failing == [] and complete.observed.startswith("0 of 2 ")
+
+
+def test_rows_per_group_tolerates_a_share_of_cells_off(hourly):
+    assert run_target(hourly, per_site_day(max_share_off=0.5))["hours"].status == "warn"  # 33 % within 50 %
+    beyond = run_target(hourly, per_site_day(max_share_off=0.2))["hours"]
+    assert beyond.status == "fail" and "33.3%; over the 20% tolerated" in beyond.message
+    assert run_target(hourly, per_site_day(max_share_off=0.2, severity="warn"))["hours"].status == "warn"
+    gone = s.RowsPerGroup(name="gone", type="rows_per_group", group_by=["site"], expected=24, table="no_such")
+    assert run_target(hourly, gone)["gone"].status == "error"
+
+
+def test_a_target_filters_its_window_column_by_utc_days(hourly):
+    # the session's zone is not UTC: the window still means UTC days (as the scan groups them)
+    hourly.execute("SET TIME ZONE 'America/Toronto'")
+    try:
+        r = run_target(
+            hourly,
+            s.RowCount(name="n", type="row_count"),
+            s.Range(name="value", type="range", column="value", min=0, max=50),
+            s.Referential(name="fk", type="referential", columns=["site"], parent="ck_site", parent_columns=["site"]),
+        )
+    finally:
+        hourly.execute("SET TIME ZONE 'UTC'")
+    assert r["n"].observed == f"{2 * 72 - 1 - 24:,} rows"  # the readings on either side are outside
+    assert r["value"].status == "pass"  # the two 99s are outside the window
+    assert r["fk"].status == "pass"
+    hourly.execute("INSERT INTO ck_hourly VALUES (3, '2024-11-02 12:00+00', 20)")
+    orphan = run_target(
+        hourly,
+        s.Referential(name="fk", type="referential", columns=["site"], parent="ck_site", parent_columns=["site"]),
+    )["fk"]
+    assert orphan.status == "fail" and orphan.failing_count == 1 and orphan.failing[0]["site"] == 3
+
+
+def test_inside_a_snapshot_a_broken_check_leaves_the_others_theirs(hourly):
+    from opsbook.windows import Days
+
+    suite = s.Suite(
+        dataset="hourly",
+        checks=[
+            s.RowCondition(name="bad_sql", type="row_condition", condition="no_such_column > 0"),
+            s.NotNull(name="nn", type="not_null", columns=["site"]),
+            s.EmptyQuery(name="bad_query", type="empty_query", query="SELECT * FROM no_such_table"),
+            s.Unique(name="uq", type="unique", columns=["site", "at"]),
+            per_site_day(),
+        ],
+    )
+    with hourly.transaction():
+        hourly.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        found = checks.run_suite(hourly, checks.Target("ck_hourly", "at"), suite, Days.parse("2024-11-01..2024-11-03"))
+    status = {r.name: r.status for r in found.results}
+    assert status == {"bad_sql": "error", "nn": "pass", "bad_query": "error", "uq": "pass", "hours": "fail"}
+    assert found.window == "2024-11-01..2024-11-03"
+
+
+def test_a_target_names_a_table_and_a_column():
+    with pytest.raises(ValueError, match="column"):
+        checks.Target("core.weather", 'observed_at"; --')
+    with pytest.raises(ValueError, match="table"):
+        checks.Target("a.b.c", "observed_at")
+
+
+# --- read-backs -------------------------------------------------------------------------------
+
+
+def test_read_back_compares_what_was_read_with_the_source():
+    from opsbook.windows import Days
+
+    def read_back(name, observed, expected, **more):
+        return s.ReadBack(
+            name=name,
+            type="read_back",
+            artifact=f"gs://bucket/{name}.geojson",
+            source="PostgreSQL",
+            observed=observed,
+            expected=expected,
+            **more,
+        )
+
+    suite = s.Suite(
+        dataset="files",
+        checks=[
+            read_back("same", {"features": 80, "tickets": 4_000}, {"features": 80, "tickets": 4_000}),
+            read_back("short", {"features": 79, "tickets": 3_950}, {"features": 80, "tickets": 4_000}),
+            read_back("unread", {"features": None}, {"features": 80, "tickets": 4_000}, severity="warn"),
+            read_back("close", {"revenue": 100.004}, {"revenue": 100.0}, tolerance=s.Tolerance(abs=0.005)),
+        ],
+    )
+    r = {c.name: c for c in checks.run_suite(None, None, suite, Days()).results}  # reads no table
+    assert r["same"].status == "pass" and r["same"].observed == "2 of 2 totals match"
+    assert r["short"].status == "fail" and r["short"].failing_count == 2
+    assert r["short"].message == (
+        "gs://bucket/short.geojson: features: 79 read back, 80 in PostgreSQL (off by -1); "
+        "tickets: 3,950 read back, 4,000 in PostgreSQL (off by -50)"
+    )
+    assert r["unread"].status == "warn" and "features: nothing read back" in r["unread"].message
+    assert "tickets: nothing read back, 4,000 in PostgreSQL" in r["unread"].message
+    assert r["close"].status == "pass"
+
+
+def test_redis_totals_per_item_of_a_list(events, redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    query = "SELECT kind AS key, count(*) AS rows FROM ck_events WHERE day < %(before)s GROUP BY kind"
+    client.set("opsbook:test:items", json.dumps({"items": [{"id": "ok", "rows": 310}, {"id": "odd", "rows": 1}]}))
+    client.set("opsbook:test:short", json.dumps({"items": [{"id": "ok", "rows": 310}]}))
+    suite = s.Suite(
+        dataset="ck",
+        checks=[
+            s.RedisTotals(
+                name=name,
+                type="redis_totals",
+                key=f"opsbook:test:{name}",
+                per="items",
+                per_key="id",
+                totals={"rows": "rows"},
+                query=query,
+            )
+            for name in ("items", "short")
+        ],
+    )
+    try:
+        found = checks.run_suite(events, SPEC, suite, Years((2016,)), params={"before": "2016-02-01"}).results
+    finally:
+        client.delete("opsbook:test:items", "opsbook:test:short")
+    r = {c.name: c for c in found}
+    assert r["items"].status == "pass" and r["items"].observed == "2 of 2 totals match"
+    assert r["short"].status == "fail" and r["short"].failing == [
+        {"group": "odd", "total": "rows", "in Redis": None, "in PostgreSQL": 1}
+    ]
+    assert r["short"].message.startswith("opsbook:test:short: 1 of 2 totals differ: odd rows: None in Redis")
+    with pytest.raises(ValueError, match="per_key"):
+        s.RedisTotals(name="x", type="redis_totals", key="k", per_key="id", totals={"a": "a"}, query="SELECT 1")

@@ -11,6 +11,7 @@ from opsbook.datasets import Column, DatasetSpec, Partition
 from opsbook.errors import UsageError
 from opsbook.ops.policy import Rule, load_policy
 from opsbook.procedures import load
+from opsbook.windows import Years
 
 HOSTILE = [
     'tickets"; DROP TABLE parking_tickets; --',
@@ -104,7 +105,7 @@ def test_hostile_values_are_data_and_reserved_words_are_quoted(db):
         ],
         sample_columns=["select", "user"],
     )
-    results = {r.name: r for r in checks.run_suite(db, order, suite, [2016], None).results}
+    results = {r.name: r for r in checks.run_suite(db, order, suite, Years((2016,)), None).results}
     assert results["accepted"].status == "fail" and results["accepted"].failing_count == 1
     assert results["accepted"].failing[0]["select"] == hostile[3]
     assert [results[n].status for n in ("nn", "uq", "rows")] == ["pass", "pass", "pass"]

@@ -83,3 +83,23 @@ def test_no_camera_sites_fails(aggregated, tmp_path):
     done = run_cli("camera_datasets", "-p", "programs=red_light", "-p", f"out={tmp_path}", "--json")
     assert done.code == 1
     assert "no camera sites for red_light" in done.json()["summary"]
+
+
+def test_a_file_that_reads_back_short_fails(aggregated, tmp_path, monkeypatch):
+    """What a truncated upload would give a map client: the check engine judges the read-back."""
+    original = cameras.uri.read_bytes
+
+    def first_feature_lost(target):
+        document = json.loads(original(target))
+        document["features"] = document["features"][1:]
+        return json.dumps(document).encode()
+
+    monkeypatch.setattr(cameras.uri, "read_bytes", first_feature_lost)
+    result = call("camera_datasets", programs="red_light", out=str(tmp_path))
+    (check,) = result.checks
+    assert check.name == "red_light_read_back" and check.status == "fail"
+    assert {f["total"] for f in check.failing} == {"features", "tickets"}
+    assert "features: 79 read back, 80 in PostgreSQL" in check.message
+    verdict = result.verdict()
+    assert verdict.status == "fail" and "disagree with PostgreSQL" in verdict.summary
+    assert "red_light_read_back" in verdict.summary and verdict.anchor == "check-red_light_read_back"

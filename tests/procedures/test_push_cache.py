@@ -67,3 +67,36 @@ def test_a_payload_that_disagrees_fails_the_check(db, demo_dir, client, monkeypa
     result = call("push_cache", years="2017")
     verdict = result.verdict()
     assert verdict.status == "fail" and KEY in verdict.summary
+
+
+def test_each_location_and_each_year_is_checked(db, demo_dir, client, monkeypatch):
+    load_and_aggregate(db, demo_dir, "2017")
+    original = cache.build_payload
+
+    def broken(conn, name, years, min_tickets):
+        payload, summary = original(conn, name, years, min_tickets)
+        if name == "tickets":
+            payload["locations"][0]["tickets"] += 1  # one location off
+        if name == "red-light":
+            summary["years"]["2017"]["locations"] -= 1  # a year's summary off
+        return payload, summary
+
+    monkeypatch.setattr(cache, "build_payload", broken)
+    result = call("push_cache", years="2017")
+    status = {c.name: c for c in result.checks}
+    assert {n: c.status for n, c in status.items()} == {
+        "tickets_payload": "fail",
+        "tickets_summary": "pass",
+        "red_light_payload": "pass",
+        "red_light_summary": "fail",
+        "ase_payload": "pass",
+        "ase_summary": "pass",
+    }
+    (off,) = status["tickets_payload"].failing
+    assert off["total"] == "tickets" and off["in Redis"] == off["in PostgreSQL"] + 1
+    (year,) = status["red_light_summary"].failing
+    assert (year["group"], year["total"]) == ("2017", "locations") and year["in Redis"] == year["in PostgreSQL"] - 1
+    verdict = result.verdict()
+    assert verdict.status == "fail" and KEY in verdict.summary
+    assert f"{cache.key_of('red-light')}:summary" in verdict.summary
+    assert [result.status_of(p) for p in result.published] == ["fail", "fail", "pass"]

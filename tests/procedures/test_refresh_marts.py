@@ -209,7 +209,7 @@ def test_checkpoint_failure_blocks_the_refresh_and_exits_1(fresh, source, tmp_pa
     assert done.code == 1, done.stderr
     out = done.json()
     assert out["status"] == "fail" and out["reports"]["html"]
-    assert "temperature range" in out["summary"] and "NOT refreshed" in out["summary"]
+    assert "temperature_range" in out["summary"] and "NOT refreshed" in out["summary"]
     # core holds the bad value (for the analyst to see); the marts do not
     assert fresh.execute("SELECT count(*) FROM core.weather WHERE temperature_celsius = 99").fetchone()[0] == 1
     assert mart_rows(fresh) == marts_before
@@ -217,8 +217,8 @@ def test_checkpoint_failure_blocks_the_refresh_and_exits_1(fresh, source, tmp_pa
 
     # the same failure, read from the result: the failing row is sampled
     result = run(planted)
-    check = next(c for c in result.checkpoint.checks if c.name == "temperature range")
-    assert check.status == "fail" and check.samples[0]["temperature_celsius"] == 99.0
+    check = next(c for c in result.checkpoint.checks if c.name == "temperature_range")
+    assert check.status == "fail" and check.failing[0]["temperature_celsius"] == 99.0
     assert result.marts[0].after is None and result.stopped == "checkpoint"
 
 
@@ -249,7 +249,8 @@ def test_cli_on_the_demo_passes_and_the_mart_matches_core(fresh, reports_dir):
 
 
 def test_verdict_names_the_marts_left_as_they_were(tmp_path):
-    from opsbook.warehouse.checkpoint import Checkpoint, CheckResult
+    from opsbook.checks import CheckResult, SuiteResult
+    from opsbook.warehouse.checkpoint import Checkpoint
     from opsbook.warehouse.land import Found, Landed
     from opsbook.warehouse.marts import MartRefresh, MartState
     from opsbook.warehouse.transform import Transformed
@@ -260,13 +261,32 @@ def test_verdict_names_the_marts_left_as_they_were(tmp_path):
         plan,
         landed=Landed(files=2, bytes=100, new=2, already=0),
         transformed=Transformed(files=2, hours=48),
-        checkpoint=Checkpoint(days, [CheckResult("humidity range", "0-100", 48, 2, "fail")]),
+        checkpoint=Checkpoint(
+            days,
+            SuiteResult(
+                [
+                    CheckResult(
+                        "humidity_range",
+                        "range",
+                        "error",
+                        "fail",
+                        "2 of 48 rows out of range (min 12.00, max 140.00)",
+                        "humidity between 0 and 100",
+                        "2 of 48 rows violate humidity between 0 and 100",
+                    )
+                ],
+                [],
+                None,
+                0.0,
+                str(days),
+            ),
+        ),
         marts=(MartRefresh("mart.daily_weather_aggregates", MartState(True, 10, days.first, days.last)),),
     )
     assert result.stopped == "checkpoint"
     verdict: Verdict = result.verdict()
     assert verdict.status == "fail" and verdict.anchor == "checkpoint"
-    assert "humidity range: 2 of 48" in verdict.summary and "10 rows, 2024-11-01..2024-11-02" in verdict.summary
+    assert "humidity_range: 2 of 48" in verdict.summary and "10 rows, 2024-11-01..2024-11-02" in verdict.summary
 
 
 def test_the_steps_one_by_one_as_the_notebook_runs_them(fresh, source, tmp_path):

@@ -63,7 +63,7 @@ def expected_from_pandas(frame: pd.DataFrame) -> pd.DataFrame:
 def test_daily_rollup_and_peak_hours_match_an_independent_computation(readings, db):
     result = build()
     assert result.verdict().status == "pass", result.verdict().summary
-    assert all(c["status"] == "pass" for c in result.checks) and len(result.checks) == 4
+    assert all(c.status == "pass" for c in result.checks) and len(result.checks) == 4
     got = daily_rows(db)
     want = expected_from_pandas(readings)
     want.index = want.index.set_names(["intersection_id", "date"])
@@ -125,7 +125,7 @@ def test_missing_intervals_are_tolerated_and_low_coverage_is_a_warning(readings,
     thin = days[dt.date(2025, 11, 5)]
     assert thin["status"] == "warn" and thin["intervals"] <= 4 * 8 and thin["coverage"] < 0.1
     assert days[dt.date(2025, 11, 4)]["status"] == "pass"
-    assert all(c["status"] == "pass" for c in result.checks)
+    assert all(c.status == "pass" for c in result.checks)
     peaks = db.execute("SELECT DISTINCT peak_hour FROM safety_indices_daily WHERE date = '2025-11-05'").fetchall()
     assert {h for (h,) in peaks} <= {7, 8}
 
@@ -160,3 +160,35 @@ def test_the_window_is_required_and_typed():
         context.make("rollups", timezone="Mars/Olympus")
     ctx = context.make("rollups", window="2025-11-03")
     assert (ctx.params.window.first, ctx.params.window.last) == (dt.date(2025, 11, 3),) * 2
+
+
+def test_a_rollup_that_disagrees_with_the_readings_fails_its_checks(readings, db):
+    from opsbook.stores import postgres
+    from opsbook.trafficsafety import rollups as building
+    from opsbook.windows import Days
+
+    assert build().verdict().status == "pass"
+    # what a broken build would leave: one hour's volume off, one day's peak off
+    db.execute(
+        "UPDATE safety_indices_hourly SET total_volume = total_volume + 1 WHERE intersection_id = 1001 "
+        "AND hour_timestamp = '2025-11-03 15:00+00'"
+    )
+    db.execute("UPDATE safety_indices_daily SET peak_si = peak_si - 1 WHERE intersection_id = 1002")
+    window = Days.parse(WINDOW)
+    with postgres.connection(autocommit=True) as conn:
+        found = building.check(conn, datasets.get("safety_indices"), window, building.window_values(window, TZ, 75))
+    status = {c.name: c for c in found}
+    assert {n: c.status for n, c in status.items()} == {
+        "hourly_rows_match_readings": "fail",
+        "daily_rows_match_readings": "pass",
+        "daily_volume_is_sum_of_hours": "fail",
+        "peak_hour_has_highest_index": "fail",
+    }
+    hourly = status["hourly_rows_match_readings"]
+    assert hourly.failing_count == 1 and hourly.failing[0]["intersection_id"] == 1001
+    assert hourly.failing[0]["total_volume"] == hourly.failing[0]["readings_volume"] + 1
+    assert status["peak_hour_has_highest_index"].failing_count == 7  # each day of intersection 1002
+    assert {r["intersection_id"] for r in status["peak_hour_has_highest_index"].failing} == {1002}
+    result = rollups.Result(rollups.Params(), readings=1, checks=found)
+    verdict = result.verdict()
+    assert verdict.status == "fail" and "hourly_rows_match_readings: 1 row(s) disagree" in verdict.summary

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, load_and_aggregate, run_cli
+from helpers import ROOT, call, load_and_aggregate, run_cli
 
 pytestmark = pytest.mark.notebook
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -71,13 +71,14 @@ def rendered_bars(dom: str, plot_id: str) -> int:
 
 
 @pytest.fixture
-def reports(db, demo_dir, reports_dir):
+def reports(db, demo_dir, reports_dir, redis_url):
     load_and_aggregate(db, demo_dir, "2017")
-    passing = run_cli("validate", "-p", "window=2017", "--json").json()
+    call("push_cache")
+    passing = run_cli("validate", "-p", "window=2017", "-p", "reference=demo", "--json").json()
     db.execute(
         "DELETE FROM parking_tickets WHERE date_of_infraction >= '2017-05-01' AND date_of_infraction < '2017-06-01'"
     )
-    failing = run_cli("validate", "-p", "window=2017", "--json").json()
+    failing = run_cli("validate", "-p", "window=2017", "-p", "reference=demo", "--json").json()
     assert (passing["status"], failing["status"]) == ("pass", "fail")
     return Path(passing["reports"]["html"]), Path(failing["reports"]["html"]), reports_dir
 

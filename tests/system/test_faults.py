@@ -32,7 +32,7 @@ from opsbook.demo import tickets as demodata
 from opsbook.errors import CheckFailed
 from opsbook.history import ledger as partitions
 from opsbook.history import runs
-from opsbook.procedures import push_cache
+from opsbook.toronto import cache
 from opsbook.trafficsafety import dualwrite
 from opsbook.trafficsafety.compare import compare
 from opsbook.windows import Days
@@ -267,7 +267,7 @@ def test_redis_gone_mid_publish_keeps_the_old_payloads(db, demo_dir, redis_behin
     direct, proxy = redis_behind_proxy
     env = {"REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}
     load_and_aggregate(db, demo_dir, "2017")
-    keys = [push_cache.key_of(n) + suffix for n in push_cache.PAYLOADS for suffix in ("", ":summary")]
+    keys = [cache.key_of(n) + suffix for n in cache.PAYLOADS for suffix in ("", ":summary")]
 
     first = run_cli("push_cache", "-p", "years=2017", "--json", env=env)
     assert first.code == 0, first.stderr

@@ -10,6 +10,12 @@ from opsbook.windows import Years, format_years, year_list
 pytestmark = pytest.mark.unit
 
 
+@pytest.fixture(autouse=True)
+def embedded_database(monkeypatch):
+    """The default source is a stand-in, which only the embedded database takes without asking."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+
 @pytest.mark.parametrize(
     ("spec", "years"),
     [

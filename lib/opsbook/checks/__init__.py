@@ -7,8 +7,12 @@ type, and each type is registered here by name with the code that runs it:
   ``not_null``, ``accepted_values``, ``range``, ``row_condition``, ``freshness``) give the
   aggregates they need; checks on the same table and filter share one aggregate scan grouped by
   the partition date (:mod:`.scan`), and each then judges its rows;
-- the others run alone (``unique``, ``referential``, ``database_size``, ``free_disk``,
-  ``redis_key``, ``redis_totals``, ``geometry``, ``empty_query``).
+- the others run alone (``unique``, ``referential``, ``rows_per_group``, ``database_size``,
+  ``free_disk``, ``redis_key``, ``redis_totals``, ``geometry``, ``empty_query``, ``read_back``).
+
+A suite checks a dataset's table (its :class:`~opsbook.datasets.DatasetSpec`: the table and its
+partition column) or any other table named by a :class:`Target` (the warehouse's
+``core.weather``, filtered by ``observed_at``); a check may name another table of its own.
 
 Failing rows are fetched (at most :data:`SAMPLE_ROWS`) only for checks that fail. A check that
 cannot run at all (bad SQL, a missing table, Redis down) ends in status ``error``, which counts
@@ -27,7 +31,24 @@ from typing import Any
 
 SAMPLE_ROWS = 20
 # the modules that register check types (imported once, when a suite first runs)
-TYPE_MODULES = ("rules", "totals", "keys", "system", "geometry", "queries")
+TYPE_MODULES = ("rules", "totals", "keys", "groups", "system", "geometry", "queries", "readback")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a suite checks when it is no dataset's table: ``table`` (``schema.table``) and the
+    date, timestamp or year column the window filters (None: the window does not apply)."""
+
+    table: str
+    window_column: str | None = None
+
+    def __post_init__(self) -> None:
+        from opsbook.checks.spec import check_table_name
+        from opsbook.datasets import check_identifier
+
+        check_table_name(self.table)
+        if self.window_column is not None:
+            check_identifier(self.window_column, "column")
 
 
 @dataclass
@@ -90,11 +111,22 @@ class SuiteResult:
     @property
     def errors(self) -> list[CheckResult]:
         """Failed or broken checks of severity error: they fail the run."""
-        return [r for r in self.results if r.status in ("fail", "error") and r.severity == "error"]
+        return errors_of(self.results)
 
     @property
     def warnings(self) -> list[CheckResult]:
-        return [r for r in self.results if not r.passed and r not in self.errors]
+        return warnings_of(self.results)
+
+
+def errors_of(results: list[CheckResult]) -> list[CheckResult]:
+    """The checks that fail a run: failed or broken, of severity error."""
+    return [r for r in results if r.status in ("fail", "error") and r.severity == "error"]
+
+
+def warnings_of(results: list[CheckResult]) -> list[CheckResult]:
+    """The checks that did not pass but do not fail a run (warn, or a broken warn-severity one)."""
+    errors = errors_of(results)
+    return [r for r in results if not r.passed and r not in errors]
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -168,12 +200,21 @@ def error_result(check, exc: Exception) -> CheckResult:
 
 def run_suite(conn, spec, suite, window, reference: str | None = None, params: dict | None = None) -> SuiteResult:
     """Run every check of ``suite`` over ``window`` (a :class:`~opsbook.windows.Years` or
-    :class:`~opsbook.windows.Days`; empty: every partition the table holds). ``params`` are
-    values a suite's queries may bind by name (``%(name)s``)."""
+    :class:`~opsbook.windows.Days`, or what ``Years.parse`` reads; empty: every partition the
+    table holds).
+
+    ``spec`` is what the suite checks: a dataset's :class:`~opsbook.datasets.DatasetSpec`, a
+    :class:`Target`, or None for a suite that reads no table (``read_back``; ``conn`` may then be
+    None too). ``params`` are values a suite's queries may bind by name (``%(name)s``). Inside a
+    transaction (a snapshot), each check runs in a savepoint, so one that cannot run leaves the
+    others theirs."""
     from opsbook.checks import scan
     from opsbook.checks.context import Context
+    from opsbook.windows import Days, Years
 
     t0 = time.monotonic()
+    if not isinstance(window, Years | Days):
+        window = Years.parse(window)
     ctx = Context(conn, spec, suite, window, reference or suite.default_reference, dict(params or {}))
     shared = [c for c in suite.checks if check_type(c.type).shared_scan]
     results: dict[str, CheckResult] = {r.name: r for r in scan.run_shared(ctx, shared)}
@@ -182,7 +223,8 @@ def run_suite(conn, spec, suite, window, reference: str | None = None, params: d
             continue
         started = time.monotonic()
         try:
-            result = check_type(check.type).run(ctx, check)
+            with ctx.isolated():
+                result = check_type(check.type).run(ctx, check)
         except Exception as exc:
             result = error_result(check, exc)
         result.seconds = time.monotonic() - started

@@ -1,7 +1,8 @@
-"""What a suite's checks share while they run: the connection, the dataset, the window, the reference."""
+"""What a suite's checks share while they run: the connection, the table checked, the window, the reference."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from opsbook.checks import PartitionCount
+from opsbook.checks import PartitionCount, Target
 from opsbook.checks import spec as s
 from opsbook.windows import Days, Years, format_years
 
@@ -27,10 +28,19 @@ def where_of(check) -> sql.Composable:
     return sql.SQL("({})").format(sql.SQL(check.where)) if check.where else sql.SQL("TRUE")
 
 
+def target_of(spec: Any) -> tuple[str | None, str | None]:
+    """(table, window column) of what a suite checks: a DatasetSpec, a Target, or None."""
+    if spec is None:
+        return None, None
+    if isinstance(spec, Target):
+        return spec.table, spec.window_column
+    return spec.table, spec.partition.column
+
+
 @dataclass
 class Context:
-    conn: psycopg.Connection
-    spec: Any  # DatasetSpec
+    conn: psycopg.Connection | None
+    spec: Any  # DatasetSpec | Target | None: what the suite checks (see target_of)
     suite: s.Suite
     window: Years | Days
     reference: str | None
@@ -40,8 +50,11 @@ class Context:
     _references: dict[str, Any] = field(default_factory=dict)
     month_rows: dict[tuple[int, int], int] | None = None
     month_expected: dict[tuple[int, int], int] = field(default_factory=dict)
+    table: str | None = field(init=False, default=None)  # the table checked (a check may name another)
+    window_column: str | None = field(init=False, default=None)  # the column the window filters
 
     def __post_init__(self) -> None:
+        self.table, self.window_column = target_of(self.spec)
         if isinstance(self.window, Days):
             self.years = sorted({d.year for d in self.window.days})
         elif self.window.everything:
@@ -67,7 +80,9 @@ class Context:
         """Every year from the first to the last the dataset's table holds (a gap inside is a
         missing year, for the coverage checks to find): from the partition bounds when the table
         is partitioned by year, else from its smallest and largest partition value."""
-        table, column = self.spec.table, self.spec.partition.column
+        table, column = self.table, self.window_column
+        if table is None or column is None:
+            return []
         bounds = self.conn.execute(
             """SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                WHERE i.inhparent = to_regclass(%s)""",
@@ -84,7 +99,17 @@ class Context:
         return list(range(min(found), max(found) + 1)) if found else []
 
     def table_of(self, check) -> str:
-        return check.table or self.spec.table
+        table = check.table or self.table
+        if table is None:
+            raise LookupError(f"check {check.name} names no table, and the suite checks none")
+        return table
+
+    def isolated(self):
+        """A savepoint when the checks run inside a transaction (a snapshot): a check that fails
+        there rolls back to it, and the transaction stays usable for the next check."""
+        if self.conn is not None and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+            return self.conn.transaction()
+        return contextlib.nullcontext()
 
     def column_types(self, table: str) -> dict[str, str]:
         if table not in self._types:
@@ -103,14 +128,16 @@ class Context:
         if isinstance(check, s.ExpectedTotals) and check.grain == "all":
             return None  # whole-table totals: no window, no partitions
         column = (
-            getattr(check, "column", None) if isinstance(check, s.Coverage | s.ExpectedTotals | s.RowCount) else None
+            getattr(check, "column", None)
+            if isinstance(check, s.Coverage | s.ExpectedTotals | s.RowCount | s.RowsPerGroup)
+            else None
         )
         if column:
             return column
         if getattr(check, "window_column", None):
             return check.window_column
-        if self.table_of(check) == self.spec.table:
-            return self.spec.partition.column
+        if self.table_of(check) == self.table:
+            return self.window_column
         return None
 
     def window_filter(self, table: str, column: str | None) -> sql.Composable:
@@ -126,6 +153,8 @@ class Context:
             spans = [(self.days.first, self.days.last + dt.timedelta(days=1))]
         else:
             spans = [(dt.date(first, 1, 1), dt.date(last + 1, 1, 1)) for first, last in _runs(self.years)]
+        if kind == "timestamp with time zone":  # UTC days, as the scan groups them (not the session's zone)
+            spans = [(_utc(lo), _utc(hi)) for lo, hi in spans]
         ranges = [
             sql.SQL("({col} >= {lo} AND {col} < {hi})").format(
                 col=sql.Identifier(column), lo=sql.Literal(lo.isoformat()), hi=sql.Literal(hi.isoformat())
@@ -153,6 +182,10 @@ class Context:
             return []
         keys = sorted(set(self.month_rows) | set(self.month_expected))
         return [PartitionCount(y, m, self.month_rows.get((y, m), 0), self.month_expected.get((y, m))) for y, m in keys]
+
+
+def _utc(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.UTC)
 
 
 def _year_of(value: Any) -> int:

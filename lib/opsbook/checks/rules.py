@@ -88,11 +88,11 @@ def _not_null(ctx, check: s.NotNull, scan, rows, aliases) -> CheckResult:
     return CheckResult(
         **_base(check),
         status=outcome(check, bool(bad)),
-        observed=", ".join(f"{c}: {n:,} NULL" for c, n in nulls.items()),
+        observed=", ".join(f"{c}: {n:,} NULL" for c, n in nulls.items()) + f" (of {total:,} rows)",
         expected="no NULL in " + ", ".join(check.columns),
         failing=failing,
         failing_count=sum(bad.values()),
-        message=", ".join(f"{n:,} rows with {c} NULL" for c, n in bad.items()),
+        message=", ".join(f"{n:,} of {total:,} rows with {c} NULL" for c, n in bad.items()),
     )
 
 
@@ -132,16 +132,17 @@ def _violation_aggregates(ctx, check, scan) -> dict[str, str]:
 
 def _violations(ctx, check, scan, rows, aliases) -> CheckResult:
     bad = sum(r[aliases["bad"]] or 0 for r in rows)
+    of = f"{bad:,} of {sum(r['n'] for r in rows):,} rows"
     if check.type == "accepted_values":
-        expected, observed = f"{check.column} in {check.values}", f"{bad:,} rows outside"
+        expected, observed = f"{check.column} in {check.values}", f"{of} outside"
     elif check.type == "range":
         expected = f"{check.column} {bounds(check.min, check.max)}"
         lows = [r[aliases["min"]] for r in rows if r[aliases["min"]] is not None]
         highs = [r[aliases["max"]] for r in rows if r[aliases["max"]] is not None]
         span = f"min {fmt(min(lows))}, max {fmt(max(highs))}" if lows else "no values"
-        observed = f"{bad:,} rows out of range ({span})"
+        observed = f"{of} out of range ({span})"
     else:
-        expected, observed = check.condition, f"{bad:,} rows fail"
+        expected, observed = check.condition, f"{of} fail"
     return CheckResult(
         **_base(check),
         status=outcome(check, bad > 0),
@@ -149,7 +150,7 @@ def _violations(ctx, check, scan, rows, aliases) -> CheckResult:
         expected=expected,
         failing=sample(ctx, check, _VIOLATIONS[check.type](check)) if bad else [],
         failing_count=bad,
-        message=f"{bad:,} rows violate {expected}" if bad else "",
+        message=f"{of} violate {expected}" if bad else "",
     )
 
 

@@ -63,7 +63,8 @@ def _run_grouped(ctx: Context, checks: list, shared: bool) -> list[CheckResult]:
     data: dict[int, list[dict[str, Any]] | Exception] = {}
     for scan in scans.values():
         try:
-            data[id(scan)] = _run_scan(ctx, scan)
+            with ctx.isolated():
+                data[id(scan)] = _run_scan(ctx, scan)
         except Exception as exc:
             data[id(scan)] = exc
     retry = []
@@ -76,10 +77,11 @@ def _run_grouped(ctx: Context, checks: list, shared: bool) -> list[CheckResult]:
                 results.append(error_result(check, rows))
             continue
         try:
-            results.append(check_type(check.type).evaluate(ctx, check, scan, rows, aliases))
+            with ctx.isolated():  # evaluating may fetch failing rows
+                results.append(check_type(check.type).evaluate(ctx, check, scan, rows, aliases))
         except Exception as exc:
             results.append(error_result(check, exc))
-        if scan.table == ctx.spec.table and ctx.month_rows is None and scan.column and not ctx.days:
+        if scan.table == ctx.table and ctx.month_rows is None and scan.column and not ctx.days:
             ctx.month_rows = roll_up(scan, rows, "month", "n")
     if retry:
         results.extend(_run_grouped(ctx, retry, shared=False))
@@ -90,15 +92,7 @@ def _run_scan(ctx: Context, scan: Scan) -> list[dict[str, Any]]:
     types = ctx.column_types(scan.table)
     if scan.column and scan.column not in types:
         raise LookupError(f"{scan.table} has no column {scan.column}")
-    group = sql.SQL("NULL")
-    if scan.column:
-        kind = types[scan.column]
-        if kind == "timestamp with time zone":
-            group = sql.SQL("({} AT TIME ZONE 'UTC')::date").format(sql.Identifier(scan.column))
-        elif kind in DATE_TYPES:
-            group = sql.SQL("{}::date").format(sql.Identifier(scan.column))
-        else:
-            group = sql.Identifier(scan.column)
+    group = date_of(types[scan.column], scan.column) if scan.column else sql.SQL("NULL")
     select = [sql.SQL("{} AS g").format(group), sql.SQL("count(*) AS n"), *scan.expressions]
     query = sql.SQL("SELECT {} FROM {} WHERE {} AND {} GROUP BY 1").format(
         sql.SQL(", ").join(select),
@@ -107,6 +101,15 @@ def _run_scan(ctx: Context, scan: Scan) -> list[dict[str, Any]]:
         sql.SQL("({})").format(sql.SQL(scan.where)) if scan.where else sql.SQL("TRUE"),
     )
     return dicts(ctx.conn, query)
+
+
+def date_of(kind: str, column: str) -> sql.Composable:
+    """The UTC date of a date or timestamp column (a year column as it is)."""
+    if kind == "timestamp with time zone":
+        return sql.SQL("({} AT TIME ZONE 'UTC')::date").format(sql.Identifier(column))
+    if kind in DATE_TYPES:
+        return sql.SQL("{}::date").format(sql.Identifier(column))
+    return sql.Identifier(column)
 
 
 # --- partitions --------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ def sample(ctx: Context, check, violation: sql.Composable) -> list[dict[str, Any
     """Up to SAMPLE_ROWS rows of the window that fail ``violation``."""
     table = ctx.table_of(check)
     column = ctx.partition_column(check)
-    if table == ctx.spec.table and ctx.suite.sample_columns:
+    if table == ctx.table and ctx.suite.sample_columns:
         wanted = list(dict.fromkeys([*ctx.suite.sample_columns, *_columns_of(check)]))
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in wanted)
     else:

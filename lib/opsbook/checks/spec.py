@@ -183,6 +183,32 @@ class Referential(_Check):
     _parent = field_validator("parent")(check_table_name)
 
 
+class RowsPerGroup(_Check):
+    """``expected`` rows for every group of ``group_by`` in every ``per`` (day, month, year) of
+    the window. A cell is a group seen in the window and one partition of the window (a group
+    silent for a whole day is a cell with 0 rows); cells with another count are off. Up to
+    ``max_share_off`` of the cells off is tolerated (WARN); beyond, the check fails by its
+    severity. The off cells are its failing rows."""
+
+    type: Literal["rows_per_group"]
+    group_by: list[str]
+    per: Grain = "day"
+    expected: int = Field(ge=0)
+    max_share_off: float = Field(0.0, ge=0, le=1)
+    column: str | None = None  # the date or timestamp column partitions are counted by (default: the window's)
+
+    _columns = field_validator("group_by")(lambda v: [check_identifier(c, "column") for c in v])
+    _column = field_validator("column")(lambda v: v if v is None else check_identifier(v, "column"))
+
+    @model_validator(mode="after")
+    def _names_free(self) -> RowsPerGroup:
+        if not self.group_by:
+            raise ValueError("rows_per_group needs at least one group_by column")
+        if {self.per, "rows"} & set(self.group_by):
+            raise ValueError(f"group_by may not name {self.per!r} or 'rows': the failing rows use those names")
+        return self
+
+
 class RowCondition(_Check):
     """A SQL boolean every row satisfies (NULL counts as false)."""
 
@@ -224,9 +250,16 @@ class RedisTotals(_Check):
     type: Literal["redis_totals"]
     key: str
     per: str | None = None
+    per_key: str | None = None  # when ``per`` holds a list of objects: the field naming each one's group
     totals: dict[str, str]
     query: str  # SQL from the suite (or the procedure); %(name)s binds a run value
     tolerance: Tolerance = Field(default_factory=Tolerance)
+
+    @model_validator(mode="after")
+    def _per_key_needs_per(self) -> RedisTotals:
+        if self.per_key and not self.per:
+            raise ValueError("per_key names the group of each item of the per field: give per too")
+        return self
 
 
 class EmptyQuery(_Check):
@@ -234,6 +267,19 @@ class EmptyQuery(_Check):
 
     type: Literal["empty_query"]
     query: str  # SQL from the suite (or the procedure); %(name)s binds a run value
+
+
+class ReadBack(_Check):
+    """What was read back from a written artifact (a file, a payload) as its client reads it,
+    against what the source holds: both given by the caller as totals by name, each compared
+    within ``tolerance``. The caller does the reading; this check judges."""
+
+    type: Literal["read_back"]
+    artifact: str  # what was read back, as the report names it
+    source: str = "the source"  # where the expected totals come from, as the report names it
+    observed: dict[str, int | float | None]  # read back
+    expected: dict[str, int | float | None]  # what the source holds
+    tolerance: Tolerance = Field(default_factory=Tolerance)
 
 
 class Geometry(_Check):
@@ -265,12 +311,14 @@ Check = Annotated[
     | Range
     | Freshness
     | Referential
+    | RowsPerGroup
     | RowCondition
     | DatabaseSize
     | FreeDisk
     | RedisKey
     | RedisTotals
     | EmptyQuery
+    | ReadBack
     | Geometry,
     Field(discriminator="type"),
 ]

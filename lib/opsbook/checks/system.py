@@ -192,7 +192,8 @@ def run_redis_totals(ctx, check: s.RedisTotals) -> CheckResult:
         raw = client.get(check.key)
     finally:
         client.close()
-    expected_text = f"{', '.join(check.totals)}{' per ' + check.per if check.per else ''} as in PostgreSQL"
+    per = f" per {check.per}" + (f" ({check.per_key})" if check.per_key else "") if check.per else ""
+    expected_text = f"{', '.join(check.totals)}{per} of {check.key} as in PostgreSQL"
     if raw is None:
         return CheckResult(
             check.name,
@@ -208,6 +209,8 @@ def run_redis_totals(ctx, check: s.RedisTotals) -> CheckResult:
     rows = dicts(ctx.conn, check.query, ctx.params or None)
     if check.per:
         groups = _dig(document, check.per) or {}
+        if check.per_key:  # a list of objects, each naming its group
+            groups = {str(item.get(check.per_key)): item for item in groups if isinstance(item, dict)}
         database = {str(r["key"]): r for r in rows}
         pairs = [(k, groups.get(k) or {}, database.get(k) or {}) for k in sorted(set(groups) | set(database))]
     else:
@@ -218,20 +221,21 @@ def run_redis_totals(ctx, check: s.RedisTotals) -> CheckResult:
             got, expected = _dig(have, field_name), want.get(column)
             if got is None or expected is None or not check.tolerance.allows(float(got), float(expected)):
                 failing.append({"group": group, "total": field_name, "in Redis": got, "in PostgreSQL": expected})
+    compared = len(pairs) * len(check.totals)
+    shown = "; ".join(
+        f"{f['group']} {f['total']}: {f['in Redis']} in Redis, {f['in PostgreSQL']} in PostgreSQL" for f in failing[:10]
+    )
     return CheckResult(
         check.name,
         check.type,
         check.severity,
         outcome(check, bool(failing)),
-        f"{len(pairs) * len(check.totals) - len(failing)} of {len(pairs) * len(check.totals)} totals match",
+        f"{compared - len(failing)} of {compared} totals match",
         expected_text,
         failing=failing[:SAMPLE_ROWS],
         failing_count=len(failing) or None,
         engine="Redis and PostgreSQL",
-        message="; ".join(
-            f"{f['group']} {f['total']}: {f['in Redis']} in Redis, {f['in PostgreSQL']} in PostgreSQL"
-            for f in failing[:10]
-        ),
+        message=f"{check.key}: {len(failing)} of {compared} totals differ: {shown}" if failing else "",
     )
 
 

@@ -43,7 +43,7 @@ def _evaluate(ctx, check: s.ExpectedTotals, scan, rows, aliases) -> CheckResult:
     for m in check.measures:
         alias = "n" if m.measure == "count" else aliases[m.reference_column]
         observed[m.reference_column] = roll_up(scan, rows, check.grain, alias)
-    if check.grain == "month" and scan.table == ctx.spec.table:
+    if check.grain == "month" and scan.table == ctx.table:
         for m in check.measures:
             if m.measure == "count":
                 for key, record in expected_by_key.items():

@@ -4,8 +4,8 @@ Reads the yearly camera tables the aggregate procedure builds, turns each site i
 (EPSG:4326), and writes per program ``<program>_locations.geojson`` and
 ``<program>_summary.json`` to ``<lake>/cameras`` (or ``out``: a folder or a gs:// prefix), each
 file whole or not at all. A site without valid coordinates inside Toronto is left off the map
-and listed (a WARN), never silently dropped. Each GeoJSON file is read back and its totals
-compared with PostgreSQL. The work is :mod:`opsbook.toronto.cameras`.
+and listed (a WARN), never silently dropped. Each GeoJSON file is read back and the check
+engine compares its totals with PostgreSQL. The work is :mod:`opsbook.toronto.cameras`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from opsbook.checks import errors_of
 from opsbook.errors import CheckFailed
 from opsbook.run.context import RunContext
 from opsbook.run.params import DatasetName, ProcedureParams
-from opsbook.run.verdict import Verdict
+from opsbook.run.verdict import Verdict, shorten
 from opsbook.toronto.cameras import PROGRAMS  # light: the domain module imports geopandas lazily
 from opsbook.windows import Years, names
 
 if TYPE_CHECKING:
+    from opsbook.checks import CheckResult
     from opsbook.toronto.cameras import Program
 
 
@@ -64,8 +66,9 @@ def run(ctx: RunContext, plan: Plan) -> Result:
 
     started = time.monotonic()
     programs = cameras.write_and_read_back(plan.programs, plan.out)
+    checks = cameras.verify(programs)
     streets = cameras.street_points() if any(p.features for p in programs) else []
-    return Result(plan, programs, streets, time.monotonic() - started)
+    return Result(plan, programs, streets, time.monotonic() - started, checks)
 
 
 @dataclass
@@ -74,6 +77,10 @@ class Result:
     programs: list[Program] = field(default_factory=list)
     streets: list[tuple[float, float]] = field(default_factory=list)  # background of the map
     seconds: float = 0.0
+    checks: list[CheckResult] = field(default_factory=list)  # each file read back against PostgreSQL
+
+    def status_of(self, program: Program) -> str:
+        return next((c.status for c in self.checks if c.name == program.check_name), "not checked")
 
     @property
     def out(self) -> str:
@@ -85,14 +92,12 @@ class Result:
             "excluded": sum(len(p.excluded) for p in self.programs),
             **{p.name: p.features for p in self.programs},
         }
-        wrong = [p for p in self.programs if not p.matches]
+        wrong = errors_of(self.checks)
         if wrong:
-            detail = "; ".join(
-                f"{p.name}: {p.features:,} features / {p.tickets:,} tickets read back, "
-                f"{p.mapped:,} sites / {p.db_tickets:,} tickets in PostgreSQL"
-                for p in wrong
+            detail = "; ".join(f"{c.name}: {c.message or c.observed}" for c in wrong)
+            return Verdict.failed(
+                shorten(f"the camera files disagree with PostgreSQL: {detail}"), figures, wrong[0].anchor, CheckFailed
             )
-            return Verdict.failed(f"the camera files disagree with PostgreSQL: {detail}", figures, "files", CheckFailed)
         empty = [p.name for p in self.programs if not p.sites]
         if empty:
             return Verdict.failed(
@@ -167,15 +172,20 @@ def show_programs(result: Result):
             "tickets read back": p.tickets,
             "revenue in PostgreSQL": p.db_revenue,
             "revenue read back": p.revenue,
-            "status": "pass" if p.matches else "fail",
+            "status": result.status_of(p),
         }
         for p in result.programs
     ]
-    return report.table(
-        rows,
-        caption=f"Built at {result.plan.built_at} for {result.plan.params.years}",
-        status_column="status",
-        element_id="programs",
+    return report.stack(
+        report.table(
+            rows,
+            caption=f"Built at {result.plan.built_at} for {result.plan.params.years}",
+            status_column="status",
+            element_id="programs",
+        ),
+        report.check_report(
+            result.checks, caption="Each GeoJSON file read back as a map client reads it, against PostgreSQL"
+        ),
     )
 
 

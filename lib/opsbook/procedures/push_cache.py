@@ -3,8 +3,9 @@
 Each payload goes under a versioned key (``toronto:map-data:tickets:aggregated:v1``) with a
 ``:summary`` beside it. Every key is switched in with RENAME inside one MULTI/EXEC transaction,
 so readers see the old payloads or the new ones, never a mix and never a gap. Large payloads
-are gzip'd; ``ttl_hours`` sets an expiry. Each payload is then read back, decoded, and its
-totals compared with PostgreSQL. The work is :mod:`opsbook.toronto.cache`.
+are gzip'd; ``ttl_hours`` sets an expiry. Each payload is then read back and decoded, and the
+check engine compares every location of each payload and every year of its summary with
+PostgreSQL. The work is :mod:`opsbook.toronto.cache`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from opsbook.checks import errors_of
 from opsbook.errors import CheckFailed
 from opsbook.run.context import RunContext
 from opsbook.run.params import DatasetName, ProcedureParams
@@ -21,6 +23,7 @@ from opsbook.run.verdict import Verdict, shorten
 from opsbook.windows import Years, format_years
 
 if TYPE_CHECKING:
+    from opsbook.checks import CheckResult
     from opsbook.toronto.cache import Payload, Published
 
 
@@ -63,8 +66,8 @@ def run(ctx: RunContext, plan: Plan) -> Result:
     ttl = int(p.ttl_hours * 3600) or None
     published = cache.publish(plan.payloads, stamp, p.gzip_over_kb, ttl, ctx.run_id)
     cache.read_back(published)
-    cache.database_totals(published, plan.years, p.min_tickets, ctx.run_id)
-    return Result(plan, published, stamp, time.monotonic() - started)
+    checks = cache.verify(published, plan.years, p.min_tickets, ctx.run_id)
+    return Result(plan, published, stamp, time.monotonic() - started, checks)
 
 
 @dataclass
@@ -73,24 +76,26 @@ class Result:
     published: list[Published] = field(default_factory=list)
     published_at: str = ""
     seconds: float = 0.0
+    checks: list[CheckResult] = field(default_factory=list)  # what Redis holds against PostgreSQL
+
+    def status_of(self, item: Published) -> str:
+        """The worst status of the payload's checks."""
+        found = [c.status for c in self.checks if c.name in item.check_names]
+        return max(found, key=("pass", "warn", "fail", "error").index) if found else "not checked"
 
     def verdict(self) -> Verdict:
-        wrong = [p for p in self.published if not p.matches]
+        wrong = errors_of(self.checks)
         figures = {
             "keys": len(self.published) * 2,
             "bytes": sum(p.bytes for p in self.published),
             **{p.name: p.items for p in self.published},
         }
         if wrong:
-            detail = "; ".join(
-                f"{p.key}: {p.tickets:,} tickets / {p.revenue:,.2f} in Redis, "
-                f"{p.db_tickets:,} / {p.db_revenue:,.2f} in PostgreSQL"
-                for p in wrong
-            )
+            detail = "; ".join(f"{c.name}: {c.message or c.observed}" for c in wrong)
             return Verdict.failed(
                 f"the published payloads disagree with PostgreSQL: {shorten(detail, 1000)}",
                 figures,
-                "published",
+                wrong[0].anchor,
                 CheckFailed,
             )
         return Verdict(
@@ -133,16 +138,20 @@ def show_published(result: Result):
             "memory usage": p.memory,
             "ttl (s)": p.ttl if p.ttl and p.ttl > 0 else "none",
             "tickets in Redis": p.tickets,
-            "tickets in PostgreSQL": p.db_tickets,
             "revenue in Redis": p.revenue,
-            "revenue in PostgreSQL": p.db_revenue,
-            "status": "pass" if p.matches else "fail",
+            "status": result.status_of(p),
         }
         for p in result.published
     ]
-    return report.table(
-        rows,
-        caption=f"Published at {result.published_at} (each with a :summary key beside it)",
-        status_column="status",
-        element_id="published",
+    return report.stack(
+        report.table(
+            rows,
+            caption=f"Published at {result.published_at} (each with a :summary key beside it)",
+            status_column="status",
+            element_id="published",
+        ),
+        report.check_report(
+            result.checks,
+            caption="What Redis holds against PostgreSQL: every location of each payload, every year of its summary",
+        ),
     )

@@ -168,7 +168,7 @@ class Result:
         failed = self.checkpoint.failed
         figures["checks failed"] = len(failed)
         if self.stopped == "checkpoint":
-            what = "; ".join(f"{c.name}: {c.failing:,} of {c.checked:,} ({c.rule})" for c in failed)
+            what = "; ".join(f"{c.name}: {c.message or c.observed}" for c in failed)
             return Verdict.failed(
                 f"data-quality checkpoint failed over {self.window_text} ({what}); the marts were NOT refreshed "
                 f"and were left as they were ({self._marts_left()})",
@@ -181,13 +181,19 @@ class Result:
             f"{m.view} {m.mode}: {m.before.rows or 0:,} -> {m.after.rows:,} rows in {m.seconds:.2f} s"
             for m in self.marts
         )
+        tolerated = self.checkpoint.warnings
+        within = (
+            " (within tolerance: " + "; ".join(f"{c.name}: {c.message or c.observed}" for c in tolerated) + ")"
+            if tolerated
+            else ""
+        )
         return Verdict(
             "pass",
             f"{self.window_text}: landed {self.landed.files} files ({self.landed.new} new), "
             f"{t.hours - t.hours_rejected:,} observations in core ({t.inserted:,} inserted, {t.updated:,} updated, "
             f"{t.unchanged:,} unchanged); quarantined {t.files_rejected} of {t.files} files ({t.files_refused} "
             f"whole, {t.hours_rejected} single hours; {t.rejected_ratio:.1%}, limit {limit:.0%}); "
-            f"checkpoint passed {len(self.checkpoint.checks)} checks; refreshed {refreshed}",
+            f"checkpoint passed {len(self.checkpoint.checks)} checks{within}; refreshed {refreshed}",
             figures,
             **counts,
         )
@@ -360,25 +366,29 @@ def show_core(result: Result):
 
 
 def show_checkpoint(result: Result):
+    """Each expectation on core: status, observed against expected, and the failing rows (with
+    the location's name beside its id)."""
     from opsbook import report
-    from opsbook.warehouse.checkpoint import plain
 
     if result.checkpoint is None:
         return report.note("Not run: the transform was rolled back (too many rejections).")
     cp = result.checkpoint
-    rows = [
-        {"check": c.name, "rule": c.rule, "checked": c.checked, "failing": c.failing, "status": c.status}
-        for c in cp.checks
-    ]
-    caption = f"Expectations on core over {cp.days or '(no dates)'}"
+    caption = f"Expectations on core over {cp.days or '(no dates)'} ({cp.suite.seconds:.2f}s)"
     if cp.repeated:
         caption += " (checked again before the refresh: another run had changed core)"
-    parts = [report.table(rows, caption=caption, status_column="status", element_id="checkpoint")]
-    for c in cp.checks:
-        if c.samples:
-            parts.append(report.heading(f"{c.name}: first failing rows", level=4))
-            parts.append(report.table([{k: plain(v) for k, v in s.items()} for s in c.samples]))
-    return report.stack(*parts)
+    names = cp.locations()
+    shown = [dataclasses.replace(c, failing=[_named(row, names) for row in c.failing]) for c in cp.checks]
+    return report.stack(
+        report.check_table(shown, caption=caption, element_id="checkpoint"),
+        report.check_failures(shown, "Every expectation holds: no failing rows to show.", level=4),
+    )
+
+
+def _named(row: dict, names: dict) -> dict:
+    """A failing row with its location's name first, when it has a location_id core knows."""
+    if "location_id" not in row or row["location_id"] not in names:
+        return row
+    return {"location": names[row["location_id"]], **row}
 
 
 def show_coverage_chart(result: Result):

@@ -12,15 +12,19 @@ from __future__ import annotations
 import time
 import zoneinfo
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, Field, field_validator
 
+from opsbook.checks import errors_of
 from opsbook.errors import CheckFailed
 from opsbook.run.context import RunContext
 from opsbook.run.params import DatasetName, ProcedureParams
-from opsbook.run.verdict import Verdict
+from opsbook.run.verdict import Verdict, shorten
 from opsbook.windows import Days
+
+if TYPE_CHECKING:
+    from opsbook.checks import CheckResult
 
 
 def _some_days(window: Days) -> Days:
@@ -88,16 +92,21 @@ class Result:
     days: list[dict] = field(default_factory=list)  # coverage per local day
     daily: list[dict] = field(default_factory=list)  # the daily rows built
     hourly: list[dict] = field(default_factory=list)  # intersection, hour, avg_si (for the chart)
-    checks: list[dict] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)  # the rollups against the readings
     seconds: float = 0.0
 
     def verdict(self) -> Verdict:
         figures = {"readings": self.readings, "hourly rows": self.hourly_rows, "daily rows": self.daily_rows}
         counts = {"rows_in": self.readings, "rows_out": self.hourly_rows + self.daily_rows}
-        wrong = [c for c in self.checks if c["status"] == "fail"]
+        wrong = errors_of(self.checks)
         if wrong:
-            detail = "; ".join(f"{c['check']}: {c['disagreeing rows']} row(s) disagree" for c in wrong)
-            return Verdict.failed(f"the rollups disagree with the readings: {detail}", figures, "checks", CheckFailed)
+            detail = "; ".join(
+                f"{c.name}: {c.failing_count:,} row(s) disagree" if c.status == "fail" else f"{c.name}: {c.message}"
+                for c in wrong
+            )
+            return Verdict.failed(
+                shorten(f"the rollups disagree with the readings: {detail}"), figures, "checks", CheckFailed
+            )
         if not self.readings:
             return Verdict.failed(
                 f"no {self.params.dataset} readings in {self.params.window} ({self.params.timezone}): "
@@ -146,10 +155,11 @@ def show_daily(result: Result):
 
 
 def show_checks(result: Result):
+    """Each check of the rollups against the readings, and the rows that disagree."""
     from opsbook import report
 
-    return report.table(
-        result.checks, caption="The rollups checked against the readings", status_column="status", element_id="checks"
+    return report.check_report(
+        result.checks, caption="The rollups checked against the readings, computed apart from the build"
     )
 
 

@@ -111,45 +111,20 @@ def show_checks(result: Result):
     """One row per check: status, what was observed against what was expected."""
     from opsbook import report
 
-    rows = [
-        {
-            "check": r.name,
-            "type": r.type,
-            "severity": r.severity,
-            "status": r.status,
-            "observed": r.observed,
-            "expected": r.expected,
-            "engine": r.engine,
-        }
-        for r in result.suite.results
-    ]
-    caption = f"{len(rows)} checks from {result.suite_path}; {result.suite.window}; {result.suite.seconds:.2f}s"
+    caption = (
+        f"{len(result.suite.results)} checks from {result.suite_path}; {result.suite.window}; "
+        f"{result.suite.seconds:.2f}s"
+    )
     if result.suite.reference:
         caption += f"; reference {result.suite.reference!r} ({result.reference_note})"
-    return report.table(
-        rows,
-        caption=caption,
-        status_column="status",
-        element_id="checks",
-        row_ids=[r.anchor for r in result.suite.results],
-    )
+    return report.check_table(result.suite.results, caption=caption, element_id="checks")
 
 
 def show_failures(result: Result):
     """Each failing check: what is wrong, and up to 20 failing rows or partitions."""
     from opsbook import report
 
-    failed = result.suite.failed
-    if not failed:
-        return report.note("Every check passed: no failing rows to show.")
-    parts = []
-    for r in failed:
-        parts.append(report.heading(f"{r.name}: {r.status.upper()}", element_id=f"{r.anchor}-failures", level=3))
-        parts.append(report.note(r.message or r.observed))
-        if r.failing:
-            shown = f"{len(r.failing)} of {r.failing_count:,}" if r.failing_count else f"{len(r.failing)}"
-            parts.append(report.table(r.failing, caption=f"failing rows or partitions ({shown})"))
-    return report.stack(*parts)
+    return report.check_failures(result.suite.results)
 
 
 def show_coverage(result: Result):

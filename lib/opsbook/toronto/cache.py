@@ -4,8 +4,9 @@ Each payload goes under a versioned key (``toronto:map-data:tickets:aggregated:v
 ``:summary`` beside it (totals per year and overall, ``published_at``). Every key is written
 under a staging name and switched in with RENAME, all in one MULTI/EXEC transaction, so readers
 see the old payloads or the new ones, never half of them, and never a key missing. Large
-payloads are gzip'd. :func:`read_back` decodes each payload as a client would, and
-:func:`database_totals` gives what PostgreSQL says it must hold.
+payloads are gzip'd. :func:`read_back` decodes each payload as a client would (for the report),
+and :func:`verify` has the check engine compare what Redis holds with PostgreSQL: every
+location of each payload and every year of its summary (``redis_totals`` checks).
 """
 
 from __future__ import annotations
@@ -53,16 +54,16 @@ class Published:
     ttl: int | None = None
     tickets: int = 0  # read back from Redis
     revenue: float = 0.0
-    db_tickets: int = 0  # what PostgreSQL holds
-    db_revenue: float = 0.0
 
     @property
     def name(self) -> str:
         return self.key.split(":")[2]
 
     @property
-    def matches(self) -> bool:
-        return self.tickets == self.db_tickets and abs(self.revenue - self.db_revenue) < 0.005
+    def check_names(self) -> tuple[str, str]:
+        """The checks of this payload: its locations, and its summary's years."""
+        slug = self.name.replace("-", "_")
+        return f"{slug}_payload", f"{slug}_summary"
 
 
 def years_held(conn) -> list[int]:
@@ -170,7 +171,8 @@ def publish(
 
 
 def read_back(published: list[Published]) -> None:
-    """Decode each published payload as a client would: its totals, memory use and expiry."""
+    """Decode each published payload as a client would: its totals, memory use and expiry (for
+    the report; :func:`verify` judges what Redis holds)."""
     from opsbook.checks.system import decode_payload
     from opsbook.stores import redis as redis_store
 
@@ -183,19 +185,59 @@ def read_back(published: list[Published]) -> None:
             item.ttl = client.ttl(item.key)
 
 
-def database_totals(published: list[Published], years: list[int], min_tickets: int, run_id: str) -> None:
-    """What PostgreSQL says each payload must hold: tickets and revenue of the locations kept,
-    computed apart from the payload's own build."""
+# PostgreSQL's side of the checks, computed apart from the payloads' own build
+LOCATIONS_KEPT = """SELECT {loc}::text AS key, sum(ticket_count) AS tickets, sum(total_revenue) AS revenue
+FROM {t} WHERE year = ANY(%(years)s) GROUP BY {loc} HAVING sum(ticket_count) >= %(min_tickets)s"""
+PER_YEAR = """SELECT year::text AS key, sum(tickets) AS tickets, sum(revenue) AS revenue, count(*) AS locations
+FROM (SELECT year, {loc}, sum(ticket_count) AS tickets, sum(total_revenue) AS revenue FROM {t}
+      WHERE year = ANY(%(years)s) GROUP BY year, {loc}) x GROUP BY year"""
+CENT = 0.005  # revenue is rounded to the cent in the payloads
+
+
+def checks_suite(conn, published: list[Published]):
+    """What each published key must hold, as ``redis_totals`` checks of the engine: every
+    location of the payload (tickets, revenue) and every year of its summary (tickets, revenue,
+    locations) as the yearly table has them over ``%(years)s``."""
+    from opsbook.checks import spec as s
+
+    checks = []
+    for item in published:
+        table, location = PAYLOADS[item.name]
+        names = {"loc": sql.Identifier(location), "t": sql.Identifier(table)}
+        payload, summary = item.check_names
+        checks += [
+            s.RedisTotals(
+                name=payload,
+                type="redis_totals",
+                description=f"each location of {item.key} as in {table}",
+                key=item.key,
+                per="locations",
+                per_key="id",
+                totals={"tickets": "tickets", "revenue": "revenue"},
+                query=sql.SQL(LOCATIONS_KEPT).format(**names).as_string(conn),
+                tolerance=s.Tolerance(abs=CENT),
+            ),
+            s.RedisTotals(
+                name=summary,
+                type="redis_totals",
+                description=f"each year of {item.key}:summary as in {table}",
+                key=f"{item.key}:summary",
+                per="years",
+                totals={"tickets": "tickets", "revenue": "revenue", "locations": "locations"},
+                query=sql.SQL(PER_YEAR).format(**names).as_string(conn),
+                tolerance=s.Tolerance(abs=CENT),
+            ),
+        ]
+    return s.Suite(dataset="push_cache", description="the published payloads against PostgreSQL", checks=checks)
+
+
+def verify(published: list[Published], years: list[int], min_tickets: int, run_id: str) -> list:
+    """The check engine's verdict on what Redis holds against PostgreSQL (a list of CheckResult)."""
+    from opsbook.checks import run_suite
     from opsbook.stores import postgres
+    from opsbook.windows import Years
 
     with postgres.connection(autocommit=True, purpose=f"push cache {run_id}") as conn:
-        for item in published:
-            table, location = PAYLOADS[item.name]
-            tickets, revenue = conn.execute(
-                sql.SQL(
-                    "SELECT coalesce(sum(t), 0), coalesce(sum(r), 0) FROM (SELECT sum(ticket_count) t, "
-                    "sum(total_revenue) r FROM {} WHERE year = ANY(%s) GROUP BY {} HAVING sum(ticket_count) >= %s) x"
-                ).format(sql.Identifier(table), sql.Identifier(location)),
-                (years, min_tickets),
-            ).fetchone()
-            item.db_tickets, item.db_revenue = int(tickets), float(revenue)
+        suite = checks_suite(conn, published)
+        values = {"years": years, "min_tickets": min_tickets}
+        return run_suite(conn, None, suite, Years(tuple(years)), params=values).results

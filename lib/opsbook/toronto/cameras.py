@@ -4,7 +4,8 @@ Reads the yearly camera tables (:mod:`opsbook.toronto.yearly` builds them), turn
 into a point with geopandas (EPSG:4326), and writes per program
 ``<program>_locations.geojson`` and ``<program>_summary.json`` through :mod:`opsbook.stores.uri`
 (a folder or a gs:// prefix, each file whole or not at all). Each GeoJSON file is then read
-back, as a map client would, for its totals to be compared with PostgreSQL.
+back, as a map client would, and the check engine compares its totals with PostgreSQL
+(:func:`verify`, a ``read_back`` check per program).
 
 A site whose coordinates are missing, invalid or outside Toronto is not written to the map; it
 is listed in the summary's ``excluded``.
@@ -52,10 +53,13 @@ class Program:
         return self.sites - len(self.excluded)
 
     @property
-    def matches(self) -> bool:
-        """The file read back holds every mappable site and its tickets."""
-        mapped_tickets = self.db_tickets - sum(e["tickets"] for e in self.excluded)
-        return self.tickets == mapped_tickets and self.features == self.mapped
+    def mapped_tickets(self) -> int:
+        """The tickets of the sites on the map, as PostgreSQL holds them."""
+        return self.db_tickets - sum(e["tickets"] for e in self.excluded)
+
+    @property
+    def check_name(self) -> str:
+        return f"{self.name}_read_back"
 
 
 def output_root(out: str) -> str:
@@ -206,6 +210,36 @@ def write_and_read_back(planned: list[Program], out: str) -> list[Program]:
             )
         )
     return written
+
+
+def read_back_suite(programs: list[Program]):
+    """The read-backs as checks of the engine: each GeoJSON file, read back as a map client
+    reads it, holds every mappable site and its tickets as PostgreSQL has them."""
+    from opsbook.checks import spec as s
+
+    return s.Suite(
+        dataset="camera_datasets",
+        description="each GeoJSON file read back against PostgreSQL",
+        checks=[
+            s.ReadBack(
+                name=p.check_name,
+                type="read_back",
+                artifact=p.files[0]["file"] if p.files else f"{p.name}_locations.geojson",
+                source="PostgreSQL",
+                observed={"features": p.features, "tickets": p.tickets},
+                expected={"features": p.mapped, "tickets": p.mapped_tickets},
+            )
+            for p in programs
+        ],
+    )
+
+
+def verify(programs: list[Program]) -> list:
+    """The check engine's verdict on each program's read-back (a list of CheckResult)."""
+    from opsbook.checks import run_suite
+    from opsbook.windows import Days
+
+    return run_suite(None, None, read_back_suite(programs), Days()).results  # reads no table
 
 
 def street_points(limit: int = 4000) -> list[tuple[float, float]]:

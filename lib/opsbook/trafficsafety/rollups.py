@@ -11,7 +11,8 @@ Missing intervals are expected (sensor outages, late batches): averages use what
 the coverage says how much that was. Volumes count every reading, also those whose index is
 NULL. The window is rebuilt in one transaction (delete, then insert), so a rerun gives the
 same tables and a reader never sees half a window. The result is then checked against the
-readings with independent queries (:data:`CHECKS`). One build of a dataset runs at a time
+readings with independent queries (:data:`CHECKS`, each the rows that disagree), which the
+check engine runs and judges. One build of a dataset runs at a time
 (the lock :func:`lock_key`).
 """
 
@@ -20,13 +21,18 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from psycopg import sql
 
+from opsbook.checks import CheckResult, Target, run_suite
 from opsbook.datasets import DatasetSpec
 from opsbook.history import locks, schema
 from opsbook.stores import postgres
 from opsbook.windows import Days
+
+if TYPE_CHECKING:
+    from opsbook.checks.spec import Suite
 
 HOURLY = "safety_indices_hourly"
 DAILY = "safety_indices_daily"
@@ -94,8 +100,9 @@ SELECT d.intersection_id, d.day, %(tz)s, d.hours, d.intervals,
        extract(hour FROM p.hour_timestamp AT TIME ZONE %(tz)s)::int, p.hour_timestamp, p.avg_si
 FROM days d LEFT JOIN peaks p USING (intersection_id, day)"""
 
-# independent checks of the built window against the readings; each row is (check, disagreeing rows)
-CHECKS = """
+# the checks of a built window against the readings, computed apart from the build: a shared
+# WITH prefix, then one query per check returning the rows that disagree (none: it passes)
+CHECKS_WITH = """
 WITH r AS ({readings}),
 raw_hours AS (SELECT intersection_id, hour_timestamp, count(*) n, sum(traffic_volume) v FROM r GROUP BY 1, 2),
 raw_days AS (SELECT intersection_id, day, count(*) n, sum(traffic_volume) v, max(si) mx FROM r GROUP BY 1, 2),
@@ -103,21 +110,80 @@ hourly AS (SELECT * FROM {hourly} WHERE hour_timestamp >= %(start)s AND hour_tim
 daily AS (SELECT * FROM {daily} WHERE date BETWEEN %(first)s AND %(last)s),
 hourly_days AS (SELECT intersection_id, (hour_timestamp AT TIME ZONE %(tz)s)::date AS day,
                        sum(total_volume) v, max(avg_si) peak FROM hourly GROUP BY 1, 2)
-SELECT 'hourly rows match the readings per hour',
-       count(*) FROM raw_hours x FULL JOIN hourly h USING (intersection_id, hour_timestamp)
-       WHERE x.n IS DISTINCT FROM h.intervals OR x.v IS DISTINCT FROM h.total_volume
-UNION ALL
-SELECT 'daily rows match the readings per day',
-       count(*) FROM raw_days x FULL JOIN daily d ON d.intersection_id = x.intersection_id AND d.date = x.day
-       WHERE x.n IS DISTINCT FROM d.intervals OR x.v IS DISTINCT FROM d.total_volume OR x.mx IS DISTINCT FROM d.max_si
-UNION ALL
-SELECT 'daily volume is the sum of its hours',
-       count(*) FROM daily d LEFT JOIN hourly_days h ON h.intersection_id = d.intersection_id AND h.day = d.date
-       WHERE d.total_volume IS DISTINCT FROM h.v
-UNION ALL
-SELECT 'the peak hour has the highest hourly index',
-       count(*) FROM daily d LEFT JOIN hourly_days h ON h.intersection_id = d.intersection_id AND h.day = d.date
-       WHERE d.peak_si IS DISTINCT FROM h.peak"""
+"""
+CHECKS = {
+    "hourly_rows_match_readings": (
+        "hourly rows match the readings per hour",
+        """SELECT intersection_id, hour_timestamp, x.n AS readings, h.intervals, x.v AS readings_volume,
+                  h.total_volume
+           FROM raw_hours x FULL JOIN hourly h USING (intersection_id, hour_timestamp)
+           WHERE x.n IS DISTINCT FROM h.intervals OR x.v IS DISTINCT FROM h.total_volume""",
+    ),
+    "daily_rows_match_readings": (
+        "daily rows match the readings per day",
+        """SELECT coalesce(x.intersection_id, d.intersection_id) AS intersection_id, coalesce(x.day, d.date) AS date,
+                  x.n AS readings, d.intervals, x.v AS readings_volume, d.total_volume, x.mx AS readings_max_si,
+                  d.max_si
+           FROM raw_days x FULL JOIN daily d ON d.intersection_id = x.intersection_id AND d.date = x.day
+           WHERE x.n IS DISTINCT FROM d.intervals OR x.v IS DISTINCT FROM d.total_volume
+              OR x.mx IS DISTINCT FROM d.max_si""",
+    ),
+    "daily_volume_is_sum_of_hours": (
+        "daily volume is the sum of its hours",
+        """SELECT d.intersection_id, d.date, d.total_volume, h.v AS hours_volume
+           FROM daily d LEFT JOIN hourly_days h ON h.intersection_id = d.intersection_id AND h.day = d.date
+           WHERE d.total_volume IS DISTINCT FROM h.v""",
+    ),
+    "peak_hour_has_highest_index": (
+        "the peak hour has the highest hourly index",
+        """SELECT d.intersection_id, d.date, d.peak_hour, d.peak_si, h.peak AS highest_hourly_si
+           FROM daily d LEFT JOIN hourly_days h ON h.intersection_id = d.intersection_id AND h.day = d.date
+           WHERE d.peak_si IS DISTINCT FROM h.peak""",
+    ),
+}
+
+
+def window_values(window: Days, timezone: str, high_risk: float) -> dict:
+    """What the build's and the checks' queries bind: the window's local days and their bounds."""
+    start, end = window.bounds(zoneinfo.ZoneInfo(timezone))
+    return {
+        "tz": timezone,
+        "start": start,
+        "end": end,
+        "first": window.first,
+        "last": window.last,
+        "high_risk": high_risk,
+    }
+
+
+def check(conn, spec: DatasetSpec, window: Days, values: dict) -> list[CheckResult]:
+    """The built window against the readings, judged by the check engine (``values``: see
+    :func:`window_values`)."""
+    return run_suite(conn, Target(DAILY, "date"), checks_suite(conn, spec), window, params=values).results
+
+
+def checks_suite(conn, spec: DatasetSpec) -> Suite:
+    """The checks of the rollups against ``spec``'s readings, as ``empty_query`` checks of the
+    engine; they bind the window's values (tz, start, end, first, last) by name."""
+    from opsbook.checks import spec as s
+
+    prefix = (
+        sql.SQL(CHECKS_WITH)
+        .format(
+            readings=sql.SQL(READINGS).format(source=sql.Identifier(spec.table)),
+            hourly=sql.Identifier(HOURLY),
+            daily=sql.Identifier(DAILY),
+        )
+        .as_string(conn)
+    )
+    return s.Suite(
+        dataset=spec.name,
+        description="the rollups against the readings",
+        checks=[
+            s.EmptyQuery(name=name, type="empty_query", description=description, query=prefix + query)
+            for name, (description, query) in CHECKS.items()
+        ],
+    )
 
 
 @dataclass
@@ -129,7 +195,7 @@ class Built:
     daily_rows: int = 0
     daily: list[dict] = field(default_factory=list)  # the daily rows built
     hourly: list[dict] = field(default_factory=list)  # intersection, local hour, avg_si (for a chart)
-    checks: list[dict] = field(default_factory=list)  # check, disagreeing rows, status
+    checks: list[CheckResult] = field(default_factory=list)  # the rollups against the readings
 
 
 def lock_key(dataset: str) -> str:
@@ -149,15 +215,7 @@ def build(spec: DatasetSpec, window: Days, timezone: str, high_risk: float, run_
     LockHeld
         Another build of the dataset holds its lock.
     """
-    start, end = window.bounds(zoneinfo.ZoneInfo(timezone))
-    args = {
-        "tz": timezone,
-        "start": start,
-        "end": end,
-        "first": window.first,
-        "last": window.last,
-        "high_risk": high_risk,
-    }
+    args = window_values(window, timezone, high_risk)
     names = {"hourly": sql.Identifier(HOURLY), "daily": sql.Identifier(DAILY)}
     readings = sql.SQL(READINGS).format(source=sql.Identifier(spec.table))
     built = Built()
@@ -188,10 +246,7 @@ def build(spec: DatasetSpec, window: Days, timezone: str, high_risk: float, run_
                 args,
             )
         built.readings = conn.execute(sql.SQL("SELECT count(*) FROM ({}) r").format(readings), args).fetchone()[0]
-        built.checks = [
-            {"check": name, "disagreeing rows": bad, "status": "pass" if bad == 0 else "fail"}
-            for name, bad in conn.execute(sql.SQL(CHECKS).format(readings=readings, **names), args).fetchall()
-        ]
+        built.checks = check(conn, spec, window, args)
         built.daily = postgres.dicts(
             conn,
             sql.SQL(

@@ -3,50 +3,98 @@ may change (the runbook's "Data Quality Checkpoint Failures").
 
 Temperature in [-50, 60] °C, humidity in [0, 100] %, keys set and unique, every location in
 ``core.location``, and 24 observations per location and day (a share of short days may be
-tolerated). Every check reads one snapshot, which also records the version of core it saw.
+tolerated). They are a suite of the check engine (:mod:`opsbook.checks`, which judges), over
+``core.weather`` filtered by ``observed_at`` (UTC days); every check reads one snapshot, which
+also records the version of core it saw and the observations per location and day the report
+charts.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 
 import psycopg
 
+from opsbook.checks import CheckResult, SuiteResult, Target, run_suite
+from opsbook.checks import spec as s
 from opsbook.warehouse import schema
 from opsbook.windows import Days
 
 TEMPERATURE_RANGE = (-50, 60)  # °C, the runbook's expectation
 HUMIDITY_RANGE = (0, 100)  # %
 HOURS_PER_DAY = 24
-SAMPLE_ROWS = 5
+TARGET = Target("core.weather", "observed_at")
+SAMPLE_COLUMNS = ["location_id", "observed_at", "temperature_celsius", "humidity", "source_file"]
 
 
-@dataclass
-class CheckResult:
-    name: str
-    rule: str
-    checked: int
-    failing: int
-    status: str  # pass, warn (failing within tolerance) or fail
-    samples: list[dict] = field(default_factory=list)
+def expectations(max_incomplete_days: float) -> s.Suite:
+    """The runbook's expectations on ``core.weather`` as checks of the engine."""
+    low, high = TEMPERATURE_RANGE
+    h_low, h_high = HUMIDITY_RANGE
+    return s.Suite(
+        dataset="weather",
+        description="the DW runbook's data-quality checkpoint on core",
+        sample_columns=SAMPLE_COLUMNS,
+        checks=[
+            s.Range(name="temperature_range", type="range", column="temperature_celsius", min=low, max=high),
+            s.Range(name="humidity_range", type="range", column="humidity", min=h_low, max=h_high),
+            s.NotNull(name="key_fields_not_null", type="not_null", columns=["location_id", "observed_at"]),
+            s.Unique(name="unique_keys", type="unique", columns=["location_id", "observed_at"]),
+            s.Referential(
+                name="referential_integrity",
+                type="referential",
+                columns=["location_id"],
+                parent="core.location",
+                parent_columns=["location_id"],
+            ),
+            s.RowsPerGroup(
+                name="observations_per_location_day",
+                type="rows_per_group",
+                group_by=["location_id"],
+                per="day",
+                expected=HOURS_PER_DAY,
+                max_share_off=max_incomplete_days,
+            ),
+        ],
+    )
+
+
+def _no_checks(days: Days) -> SuiteResult:
+    return SuiteResult([], [], None, 0.0, str(days))
 
 
 @dataclass
 class Checkpoint:
     days: Days
-    checks: list[CheckResult] = field(default_factory=list)
-    coverage: list[dict] = field(default_factory=list)  # observations per location and date
+    suite: SuiteResult | None = None  # what the engine found (no check for an empty window)
+    coverage: list[dict] = field(default_factory=list)  # observations per location and date, for the chart
     core_version: str | None = None  # the change of core the checks saw
     repeated: bool = False  # run again before the refresh: core had changed since
 
+    def __post_init__(self) -> None:
+        if self.suite is None:
+            self.suite = _no_checks(self.days)
+
+    @property
+    def checks(self) -> list[CheckResult]:
+        return self.suite.results
+
     @property
     def passed(self) -> bool:
-        return all(c.status != "fail" for c in self.checks)
+        """No check of severity error failed or broke (a tolerated share of short days warns)."""
+        return not self.suite.errors
 
     @property
     def failed(self) -> list[CheckResult]:
-        return [c for c in self.checks if c.status == "fail"]
+        return self.suite.errors
+
+    @property
+    def warnings(self) -> list[CheckResult]:
+        return self.suite.warnings
+
+    def locations(self) -> dict:
+        """location_id -> name, of the locations seen in the window."""
+        return {c["location_id"]: c["location"] for c in self.coverage}
 
 
 def checkpoint(conn: psycopg.Connection, days: Days, max_incomplete_days: float) -> Checkpoint:
@@ -56,73 +104,18 @@ def checkpoint(conn: psycopg.Connection, days: Days, max_incomplete_days: float)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         result = Checkpoint(days, core_version=schema.core_version(conn))
         if days:
-            _checks(conn, result, max_incomplete_days)
+            result.suite = run_suite(conn, TARGET, expectations(max_incomplete_days), days)
+            result.coverage = coverage(conn, days)
     return result
 
 
-def _checks(conn: psycopg.Connection, result: Checkpoint, max_incomplete_days: float) -> None:
+def coverage(conn: psycopg.Connection, days: Days) -> list[dict]:
+    """Observations per location seen in the window and UTC date of the window (0 for a date
+    without any), for the chart; the check ``observations_per_location_day`` judges them."""
     from opsbook.stores.postgres import dicts
 
-    start, end = result.days.bounds()
-    window = {"start": start, "end": end}
-    shown = (
-        "l.location_name AS location, w.location_id, w.observed_at, w.temperature_celsius, w.humidity, w.source_file"
-    )
-    low, high = TEMPERATURE_RANGE
-    h_low, h_high = HUMIDITY_RANGE
-    result.checks += [
-        _row_check(
-            conn,
-            "temperature range",
-            f"temperature_celsius between {low} and {high} °C",
-            "w.temperature_celsius NOT BETWEEN %(low)s AND %(high)s",
-            shown,
-            {**window, "low": low, "high": high},
-        ),
-        _row_check(
-            conn,
-            "humidity range",
-            f"humidity between {h_low} and {h_high} %",
-            "w.humidity NOT BETWEEN %(h_low)s AND %(h_high)s",
-            shown,
-            {**window, "h_low": h_low, "h_high": h_high},
-        ),
-        _row_check(
-            conn,
-            "key fields not null",
-            "location_id and observed_at are set",
-            "w.location_id IS NULL OR w.observed_at IS NULL",
-            shown,
-            window,
-        ),
-        _row_check(
-            conn,
-            "referential integrity",
-            "every location_id is in core.location",
-            "NOT EXISTS (SELECT 1 FROM core.location c WHERE c.location_id = w.location_id)",
-            shown,
-            window,
-        ),
-    ]
-    duplicates = dicts(
-        conn,
-        """SELECT location_id, observed_at, count(*) AS copies FROM core.weather
-           WHERE observed_at >= %(start)s AND observed_at < %(end)s
-           GROUP BY location_id, observed_at HAVING count(*) > 1 ORDER BY observed_at""",
-        window,
-    )
-    result.checks.append(
-        CheckResult(
-            "unique keys",
-            "one row per (location_id, observed_at)",
-            result.checks[0].checked,
-            len(duplicates),
-            "fail" if duplicates else "pass",
-            duplicates[:SAMPLE_ROWS],
-        )
-    )
-    # every location seen in the window, on every date of the window, has 24 hourly observations
-    result.coverage = dicts(
+    start, end = days.bounds()
+    return dicts(
         conn,
         """WITH days AS (SELECT d::date AS observation_date FROM generate_series(%(first)s::date, %(last)s::date,
                                                                                    interval '1 day') d),
@@ -138,43 +131,5 @@ def _checks(conn: psycopg.Connection, result: Checkpoint, max_incomplete_days: f
            FROM places p CROSS JOIN days d
            LEFT JOIN counts c USING (location_id, observation_date)
            ORDER BY p.location_name, d.observation_date""",
-        {**window, "first": result.days.first, "last": result.days.last},
+        {"start": start, "end": end, "first": days.first, "last": days.last},
     )
-    incomplete = [c for c in result.coverage if c["observations"] != HOURS_PER_DAY]
-    cells = len(result.coverage)
-    share = len(incomplete) / cells if cells else 0.0
-    status = "pass" if not incomplete else ("warn" if share <= max_incomplete_days else "fail")
-    result.checks.append(
-        CheckResult(
-            "observations per location per day",
-            f"{HOURS_PER_DAY} per location and date; at most {max_incomplete_days:.0%} of location-days short",
-            cells,
-            len(incomplete),
-            status,
-            incomplete[:SAMPLE_ROWS],
-        )
-    )
-
-
-def _row_check(conn, name: str, rule: str, bad: str, columns: str, values: dict) -> CheckResult:
-    """A check that each observation of the window meets ``rule`` (``bad`` selects those that don't)."""
-    from opsbook.stores.postgres import dicts
-
-    scope = "w.observed_at >= %(start)s AND w.observed_at < %(end)s"
-    checked, failing = conn.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE {bad}) FROM core.weather w WHERE {scope}", values
-    ).fetchone()
-    samples = []
-    if failing:
-        samples = dicts(
-            conn,
-            f"""SELECT {columns} FROM core.weather w LEFT JOIN core.location l USING (location_id)
-                WHERE {scope} AND ({bad}) ORDER BY w.observed_at, w.location_id LIMIT {SAMPLE_ROWS}""",
-            values,
-        )
-    return CheckResult(name, rule, checked, failing, "fail" if failing else "pass", samples)
-
-
-def plain(value):
-    """A sample's value as the report shows it."""
-    return value.isoformat() if isinstance(value, dt.date | dt.datetime) else value
