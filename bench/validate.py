@@ -64,7 +64,7 @@ def main() -> int:
     env = dict(os.environ, DATABASE_URL=url)
     for command in (
         ["load", "-p", f"source={work}", "-p", f"years={args.year}"],
-        ["aggregate", "-p", "years=2011-2023"],
+        ["aggregate", "-p", "years=2011-2023", "-p", "cameras=demo", "-p", "allow_demo=true"],
     ):
         done = subprocess.run(
             [sys.executable, str(ROOT / "run_notebook.py"), *command, "--quiet"],
