@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m opsbook.demo
 
+# the suite runs in two worker processes (pytest-xdist); each has its own database and state
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest; status=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS); status=$$?; \
 	$(BIN)/python run_notebook.py services stop >/dev/null; exit $$status
 
 lint: $(STAMP)

@@ -22,8 +22,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "lib"))
 
+# pytest-xdist runs the suite in worker processes (make test: -n 2); each keeps its own state
+# folder, database and Redis database, so workers never see each other's data
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+WORKER_NUMBER = int(WORKER.removeprefix("gw") or 0)
+
 # set before opsbook is imported anywhere: the suite never touches the developer's state
-_STATE = Path(os.environ.setdefault("OPSBOOK_TEST_STATE", str(Path("/tmp") / f"opsbook-test-{os.getpid()}")))
+_STATE = Path("/tmp") / f"opsbook-test-{os.getpid()}"
 os.environ["OPSBOOK_STATE_DIR"] = str(_STATE)
 os.environ["OPSBOOK_HOME"] = str(ROOT)
 
@@ -65,7 +70,21 @@ def _pg_admin_url() -> tuple[str, str]:
 def _redis_url() -> tuple[str, str]:
     from opsbook import services
 
-    return _service_url("Redis", ("TEST_REDIS_URL", "REDIS_URL"), 6379, LOCAL_REDIS, services.start_embedded_redis)
+    url, source = _service_url(
+        "Redis", ("TEST_REDIS_URL", "REDIS_URL"), 6379, LOCAL_REDIS, services.start_embedded_redis
+    )
+    return _worker_database(url), source
+
+
+def _worker_database(url: str) -> str:
+    """Worker N of pytest-xdist uses the Redis database N below the one configured (15, 14, ...)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not WORKER_NUMBER or parts.scheme not in ("redis", "rediss"):
+        return url
+    base = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(base - WORKER_NUMBER) % 16}"))
 
 
 @pytest.fixture(scope="session")
