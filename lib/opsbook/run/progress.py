@@ -127,12 +127,15 @@ class Progress:
 
 
 def _display_handle(title: str):
-    """A display to update in place, when running inside IPython; None elsewhere."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+    """A display to update in place, when running inside IPython; None elsewhere (without
+    importing IPython, which a script or a pool worker need not pay for)."""
+    import sys
+
+    if "IPython" not in sys.modules:
         return None
+    from IPython import get_ipython
+    from IPython.display import display
+
     if get_ipython() is None:
         return None
     from opsbook.report.display import Html
