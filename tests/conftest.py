@@ -131,6 +131,18 @@ def db(database_url):
         yield conn
 
 
+@pytest.fixture
+def clean(db):
+    """The session database with no parking tickets and no run history (a first run's state)."""
+    drop_tickets(db)
+    return db
+
+
+def drop_tickets(db) -> None:
+    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
+    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
+
+
 @pytest.fixture(autouse=True)
 def reports_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "reports"

@@ -51,8 +51,9 @@ def call(procedure: str, **values):
 
 def load_and_aggregate(db, source, years: str) -> None:
     """A fresh database holding ``years`` loaded from ``source`` and their yearly tables built."""
-    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
-    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
+    from conftest import drop_tickets
+
+    drop_tickets(db)
     call("load", source=str(source), years=years)
     call("aggregate", years="2011-2023", cameras="demo", allow_demo=True)
 

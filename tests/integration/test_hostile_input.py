@@ -60,13 +60,6 @@ def zipped(members: dict[str, bytes]) -> bytes:
 
 
 @pytest.fixture
-def clean(db):
-    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
-    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
-    return db
-
-
-@pytest.fixture
 def source(tmp_path):
     """Write one file as the year's only source file; returns a loader for it."""
     counter = iter(range(1_000_000))

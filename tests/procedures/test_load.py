@@ -27,13 +27,6 @@ def table_digest(db, table, where="true"):
     ).fetchone()
 
 
-@pytest.fixture
-def clean(db):
-    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
-    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
-    return db
-
-
 def test_loads_typed_rows_and_quarantines_bad_ones(clean, demo_dir):
     db = clean
     result = run_load(demo_dir, "2016-2018")

@@ -29,13 +29,6 @@ YEARS = (2015, 2016, 2017)
 
 
 @pytest.fixture
-def clean(db):
-    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
-    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
-    return db
-
-
-@pytest.fixture
 def started():
     """Start runs in the background; any still running at the end is killed (its kernel dies with it)."""
     procs: list[subprocess.Popen] = []

@@ -83,13 +83,6 @@ def big_year(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def clean(db):
-    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
-    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
-    return db
-
-
 def wait_for_copy(db, table: str, proc: subprocess.Popen, limit: float = 60) -> int:
     """The pid of the backend running ``COPY <table> FROM STDIN``, as soon as it runs."""
     deadline = time.monotonic() + limit

@@ -5,7 +5,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 from helpers import ROOT, run_cli
 
 
@@ -14,13 +13,6 @@ def write_runbook(folder: Path, demo_dir: Path, steps: str) -> Path:
     path = folder / "runbook.yaml"
     path.write_text(f"title: Test runbook\nschedule: '0 3 * * *'\nsteps:\n{steps}")
     return path
-
-
-@pytest.fixture
-def clean(db):
-    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected CASCADE")
-    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
-    return db
 
 
 def test_steps_run_in_order_and_the_first_failure_stops_the_rest(clean, demo_dir, tmp_path, reports_dir):

@@ -37,6 +37,19 @@ def decode_payload(raw: bytes):
     return json.loads(raw)
 
 
+def _missing_key(check, expected: str) -> CheckResult:
+    return CheckResult(
+        check.name,
+        check.type,
+        check.severity,
+        outcome(check, True),
+        "missing",
+        expected,
+        engine="Redis",
+        message=f"Redis has no key {check.key}",
+    )
+
+
 def run_redis_key(ctx, check: s.RedisKey) -> CheckResult:
     from opsbook.stores import redis as redis_store
 
@@ -45,16 +58,7 @@ def run_redis_key(ctx, check: s.RedisKey) -> CheckResult:
         raw = client.get(check.key)
         problems: list[str] = []
         if raw is None:
-            return CheckResult(
-                check.name,
-                check.type,
-                check.severity,
-                outcome(check, True),
-                "missing",
-                f"key {check.key} exists",
-                engine="Redis",
-                message=f"Redis has no key {check.key}",
-            )
+            return _missing_key(check, f"key {check.key} exists")
         ttl = client.ttl(check.key)
         memory = client.memory_usage(check.key)
     finally:
@@ -195,16 +199,7 @@ def run_redis_totals(ctx, check: s.RedisTotals) -> CheckResult:
     per = f" per {check.per}" + (f" ({check.per_key})" if check.per_key else "") if check.per else ""
     expected_text = f"{', '.join(check.totals)}{per} of {check.key} as in PostgreSQL"
     if raw is None:
-        return CheckResult(
-            check.name,
-            check.type,
-            check.severity,
-            outcome(check, True),
-            "missing",
-            expected_text,
-            engine="Redis",
-            message=f"Redis has no key {check.key}",
-        )
+        return _missing_key(check, expected_text)
     document = decode_payload(raw)
     rows = dicts(ctx.conn, check.query, ctx.params or None)
     if check.per:
