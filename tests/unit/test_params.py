@@ -159,3 +159,61 @@ def test_the_runbooks_params_name_their_inputs_by_environment_variable(configure
     monkeypatch.delenv("TORONTO_TICKETS_SOURCE", raising=False)
     with pytest.raises(UsageError, match="TORONTO_TICKETS_SOURCE"):
         resolve(load.Params, files=[runbook])
+
+
+# --- settings files are small regular UTF-8 files, plain YAML ---------------------------------
+
+
+def _params_file(tmp_path, text: str | bytes):
+    path = tmp_path / "p.yaml"
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        # nine levels of nine aliases: 387 bytes asking for 9**9 list items
+        (
+            "a: &a [x,x,x,x,x,x,x,x,x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+            )
+            + "years: *i\n",
+            "anchors and aliases",
+        ),
+        ("dataset: toronto_parking_tickets\nyears: 2016\nyears: 2017\n", "'years' is given twice (first at line 2)"),
+        ("years: [2016\n", "not valid YAML"),
+        (b"years: 2016\n\x00\x00\x00", "is a binary file"),
+        (b"years: \xff\xfe2016\n", "is not UTF-8 text"),
+    ],
+)
+def test_a_params_file_is_plain_yaml(tmp_path, text, message):
+    path = _params_file(tmp_path, text)
+    with pytest.raises(UsageError) as err:
+        resolve(load.Params, files=[path])
+    assert str(path) in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_params_file_over_a_megabyte_is_refused_before_reading(tmp_path):
+    path = _params_file(tmp_path, "years: 2016\n" + "#" * 1_100_000)
+    with pytest.raises(UsageError, match="1,100,012 bytes; a settings file holds at most 1,000,000"):
+        resolve(load.Params, files=[path])
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device", "long name"])
+def test_a_params_path_that_is_no_regular_file_is_refused_without_blocking(tmp_path, kind):
+    import os
+
+    if kind == "folder":
+        path, message = tmp_path, "is a folder"
+    elif kind == "fifo":
+        path, message = tmp_path / "pipe.yaml", "is not a regular file"
+        os.mkfifo(path)  # opening it for reading would block until a writer comes
+    elif kind == "device":
+        path, message = "/dev/zero", "is not a regular file"  # reading it never ends
+    else:
+        path, message = tmp_path / ("x" * 300 + ".yaml"), "the path is too long"
+    with pytest.raises(UsageError, match=message):
+        resolve(load.Params, files=[path])
