@@ -137,3 +137,36 @@ def test_a_credential_in_a_params_file_names_the_file(tmp_path):
     done = run_cli("load", "-f", str(params_file))
     assert done.code == 2
     assert f"parameter 'source' (from {params_file})" in done.stderr and PASSWORD not in done.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://ops:{pw}@127.0.0.1:1/parking",
+        "postgresql://ops@127.0.0.1:1/parking?password={pw}",
+        "host=127.0.0.1 port=1 dbname=parking user=ops password={pw}",
+        "host=127.0.0.1 port=1 dbname=parking user=ops password='{pw} x'",
+    ],
+)
+def test_a_database_that_cannot_be_reached_is_named_without_its_password(url, tmp_path):
+    """The connection-failure line names host, port and database; the password appears in no
+    form (plain, percent-encoded, quoted) in stdout, stderr or the JSON."""
+    from urllib.parse import quote
+
+    password = "Sh0rt&<q>'"
+    if url.startswith("postgresql://"):
+        given = url.format(pw=quote(password, safe=""))
+    else:  # inside quotes, libpq reads \' as a quote
+        given = url.format(pw=password.replace("'", "\\'") if "'{pw}" in url else password)
+    done = run_cli(
+        "validate",
+        "-f",
+        "params/demo/toronto/validate.yaml",
+        "--json",
+        env={"DATABASE_URL": given, "OPSBOOK_STATE_DIR": str(tmp_path / "state")},
+    )
+    assert done.code == 3, done.stderr
+    assert "cannot connect to PostgreSQL at 127.0.0.1:1/parking" in done.json()["error"]
+    for form in (password, quote(password, safe=""), "Sh0rt"):
+        assert form not in done.stdout + done.stderr

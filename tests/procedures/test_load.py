@@ -193,3 +193,46 @@ def test_loads_from_a_gcs_prefix(clean, demo_dir, gcs_emulator):
     assert result.years[0].status == "loaded"
     assert result.years[0].rows == local
     assert result.years[0].files == ["parking-tickets-2016.zip"]
+
+
+def test_a_swap_behind_an_open_transaction_fails_the_year_with_exit_4_naming_the_session(clean, demo_dir, monkeypatch):
+    """An analyst's transaction reading the table holds a lock the swap's DETACH needs: the load
+    waits OPSBOOK_LOCK_TIMEOUT (not forever, and not blocking other readers longer), keeps the
+    year as it was, and names the session that held it."""
+    from opsbook.stores import postgres
+
+    db = clean
+    run_load(demo_dir, "2016")
+    before = table_digest(db, "parking_tickets_2016")
+    monkeypatch.setenv("OPSBOOK_LOCK_TIMEOUT", "1s")
+    with postgres.connection(purpose="analyst's notebook") as analyst:
+        analyst.execute("SELECT count(*) FROM parking_tickets WHERE date_of_infraction >= '2016-06-01'")
+        pid = analyst.info.backend_pid
+        result = run_load(demo_dir, "2016", force=True)
+        analyst.rollback()
+    year = result.years[0]
+    assert year.status == "failed"
+    assert f"waited 1s (OPSBOOK_LOCK_TIMEOUT) for a lock on parking_tickets held by PostgreSQL pid {pid}" in year.error
+    assert "application opsbook analyst's notebook" in year.error and "count(*)" in year.error
+    verdict = result.verdict()
+    assert verdict.error is LockHeld and verdict.exit_code == 4
+    assert table_digest(db, "parking_tickets_2016") == before
+    assert ledger.get(db, "toronto_parking_tickets", "2016", "load").status == "failed"
+    leftovers = db.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'parking_tickets%%_load'")
+    assert leftovers.fetchone()[0] == 0
+
+
+def test_every_session_carries_the_timeouts_and_a_bad_value_is_a_usage_error(clean, monkeypatch):
+    from opsbook.errors import UsageError
+    from opsbook.stores import postgres
+
+    monkeypatch.setenv("OPSBOOK_STATEMENT_TIMEOUT", "2min")
+    with postgres.connection() as conn:
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "30s"
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "2min"
+    with postgres.adbc_connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_setting('statement_timeout')")
+        assert cur.fetchone()[0] == "2min"
+    monkeypatch.setenv("OPSBOOK_LOCK_TIMEOUT", "forever")
+    with pytest.raises(UsageError, match="OPSBOOK_LOCK_TIMEOUT='forever' is not a duration"):
+        postgres.connect()

@@ -333,3 +333,22 @@ def test_a_bad_policy_file_names_the_file_line_and_field(tmp_path, database_url)
         load_policy(str(path))
     with pytest.raises(UsageError, match=r"policies: .*toronto.*trafficsafety"):
         load_policy("nosuch")
+
+
+def test_apply_behind_an_open_transaction_exits_4_naming_it_and_keeps_every_row(safety_tables, monkeypatch):
+    """A delete that cannot get its lock in OPSBOOK_LOCK_TIMEOUT stops the run (exit 4) naming
+    the session in its way; the rule's transaction is rolled back, nothing is half-deleted."""
+    from opsbook.errors import LockHeld
+    from opsbook.stores import postgres
+
+    db = safety_tables
+    before = state(db, "safety_indices", "safety_indices_hourly")
+    monkeypatch.setenv("OPSBOOK_LOCK_TIMEOUT", "1s")
+    with postgres.connection(purpose="migration") as other:
+        other.execute("LOCK TABLE safety_indices IN SHARE MODE")
+        pid = other.info.backend_pid
+        with pytest.raises(LockHeld, match=rf"lock on public\.safety_indices held by PostgreSQL pid {pid} \("):
+            call("retention", policy="trafficsafety", as_of=AS_OF, apply=True)
+        other.rollback()
+    assert state(db, "safety_indices", "safety_indices_hourly") == before
+    assert count(db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0

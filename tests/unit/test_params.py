@@ -176,9 +176,7 @@ def _params_file(tmp_path, text: str | bytes):
         # nine levels of nine aliases: 387 bytes asking for 9**9 list items
         (
             "a: &a [x,x,x,x,x,x,x,x,x]\n"
-            + "".join(
-                f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
-            )
+            + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
             + "years: *i\n",
             "anchors and aliases",
         ),

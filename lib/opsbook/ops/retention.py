@@ -336,6 +336,9 @@ def apply(
 
 
 def _apply_rules(conn, rules: list[RulePlan], max_rows: int, vacuum: bool, outcome: Outcome, progress) -> None:
+    from opsbook.errors import LockHeld
+    from opsbook.stores import postgres
+
     removed_total = 0
     stopped = False
     for planned in rules:
@@ -348,10 +351,18 @@ def _apply_rules(conn, rules: list[RulePlan], max_rows: int, vacuum: bool, outco
             continue
         done.bytes_before = table_bytes(conn, planned.oid)
         try:
-            with conn.transaction():
+            with (
+                postgres.lock_wait(conn, f"{planned.schema}.{planned.table}", f"retention of {done.table}"),
+                conn.transaction(),
+            ):
                 _ACTIONS[planned.rule.action](conn, planned, done)
                 if removed_total + done.removed_rows > max_rows:
                     raise _OverLimit
+        except LockHeld as exc:
+            finished = [a.table for a in outcome.applied if a.status == "removed"]
+            if finished:
+                exc.args = (f"{exc.args[0]} (already applied, committed: {', '.join(finished)})",)
+            raise
         except _OverLimit:
             done.note = (
                 f"rolled back: {done.removed_rows:,} rows here would bring the run to "

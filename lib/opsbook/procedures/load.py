@@ -125,7 +125,12 @@ class Result:
                 f"{len(failed)} year(s) failed ({rerun}) and kept their previous contents: {reasons}. "
                 f"Otherwise {summary}. Rerun only them with -p years={rerun}"
             )
+            # the years' common reason decides the exit code (all waited on a lock: 4, all had too
+            # many rejects: 1); mixed reasons are a failed procedure (3)
+            kinds = {y.error_type for y in failed}
             error_type = CheckFailed if len(too_many) == len(failed) else ProcedureFailed
+            if len(kinds) == 1 and None not in kinds:
+                error_type = kinds.pop()
             return Verdict.failed(summary, figures, "load-years", error_type, **counts)
         return Verdict("pass", summary, figures, **counts)
 

@@ -7,6 +7,8 @@ always quoted with ``psycopg.sql.Identifier``; values are always bound, never fo
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -14,8 +16,7 @@ from psycopg import sql
 
 from opsbook import services
 from opsbook.datasets import DatasetSpec
-from opsbook.errors import ServiceError
-from opsbook.run.redaction import redact_url
+from opsbook.errors import LockHeld, ServiceError, UsageError
 
 
 def normalize_url(url: str) -> str:
@@ -26,15 +27,109 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def connect(url: str | None = None, autocommit: bool = False, purpose: str = "") -> psycopg.Connection:
-    """A new psycopg connection to ``url`` (default: the configured or embedded database)."""
+# every session opsbook opens waits at most this long for a lock, and runs no statement longer:
+# an analyst's open transaction makes a load fail with exit 4 naming it, never hang the night
+TIMEOUTS = {"lock_timeout": ("OPSBOOK_LOCK_TIMEOUT", "30s"), "statement_timeout": ("OPSBOOK_STATEMENT_TIMEOUT", "6h")}
+_DURATION = re.compile(r"^\d+\s*(ms|s|min|h|d)?$")
+
+
+def session_options() -> str:
+    """The libpq ``options`` every opsbook session starts with: its lock and statement timeouts."""
+    parts = []
+    for setting, (variable, default) in TIMEOUTS.items():
+        value = os.environ.get(variable, "").strip() or default
+        if not _DURATION.match(value):
+            raise UsageError(f"{variable}={value!r} is not a duration (examples: 30s, 500ms, 10min, 6h; 0 = none)")
+        parts.append(f"-c {setting}={value.replace(' ', '')}")
+    return " ".join(parts)
+
+
+def session_conninfo(url: str | None = None, **extra) -> str:
+    """The connection string of an opsbook session: ``url`` (default: the configured or
+    embedded database) with its timeouts added to whatever ``options`` it already has."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
     url = normalize_url(url or services.database_url())
-    name = "opsbook" + (f" {purpose}" if purpose else "")
     try:
-        return psycopg.connect(url, autocommit=autocommit, application_name=name[:63], connect_timeout=15)
+        given = conninfo_to_dict(url).get("options") or ""
+    except psycopg.ProgrammingError:
+        raise ServiceError(f"{services.database_label(url)}: not a PostgreSQL URL or connection string") from None
+    return make_conninfo(url, options=f"{given} {session_options()}".strip(), **extra)
+
+
+def session_url(url: str | None = None) -> str:
+    """:func:`session_conninfo` as a ``postgresql://`` URL (for ADBC and SQLAlchemy)."""
+    return as_url(session_conninfo(url))
+
+
+def connect(url: str | None = None, autocommit: bool = False, purpose: str = "") -> psycopg.Connection:
+    """A new psycopg connection to ``url`` (default: the configured or embedded database),
+    with opsbook's lock and statement timeouts."""
+    name = "opsbook" + (f" {purpose}" if purpose else "")
+    conninfo = session_conninfo(url)
+    try:
+        return psycopg.connect(conninfo, autocommit=autocommit, application_name=name[:63], connect_timeout=15)
     except psycopg.OperationalError as exc:
-        # the message can carry the DSN; redact before it travels anywhere
-        raise ServiceError(f"cannot connect to PostgreSQL at {redact_url(url)}: {_first_line(exc)}") from None
+        raise _unreachable(url, exc) from None
+
+
+def adbc_connect(url: str | None = None):
+    """An ADBC PostgreSQL connection (binary COPY of Arrow data), with opsbook's timeouts."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    uri = session_url(url)
+    try:
+        return adbc.connect(uri)
+    except Exception as exc:
+        raise _unreachable(url, exc) from None
+
+
+def _unreachable(url: str | None, exc: Exception) -> ServiceError:
+    """The error for a database that cannot be reached: which host and database (never the
+    URL itself, which may carry a password in any of its forms), and libpq's reason."""
+    from opsbook.run.redaction import Redactor, url_password
+
+    url = url or services.database_url()
+    password = url_password(normalize_url(url))
+    reason = Redactor([password] if password else [])(_first_line(exc))
+    return ServiceError(f"cannot connect to PostgreSQL at {services.database_label(url)}: {reason}")
+
+
+def blockers(conn: psycopg.Connection, relation: str | None = None) -> str:
+    """The other sessions that hold a lock on ``relation`` (or that block this session), in
+    words: PostgreSQL pid, user, application, since when, and what it runs."""
+    rows = conn.execute(
+        """SELECT DISTINCT a.pid, a.usename, a.application_name, a.state,
+                  coalesce(a.xact_start, a.query_start) AS since, left(a.query, 80)
+           FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+           WHERE l.granted AND l.pid <> pg_backend_pid()
+             AND (l.relation = to_regclass(%s) OR l.pid = ANY (pg_blocking_pids(pg_backend_pid())))
+           ORDER BY since""",
+        (relation,),
+    ).fetchall()
+    if not rows:
+        return "a session that has since ended"
+    return "; ".join(
+        f"PostgreSQL pid {pid} (user {user}, application {app or '-'}, {state or 'state unknown'}"
+        f"{f' since {since:%Y-%m-%d %H:%M:%S %Z}' if since else ''}; last query: {query.strip()!r})"
+        for pid, user, app, state, since, query in rows
+    )
+
+
+@contextlib.contextmanager
+def lock_wait(conn: psycopg.Connection, relation: str, what: str) -> Iterator[None]:
+    """Run DDL on ``relation`` in the block; if it waited past ``lock_timeout`` for another
+    session's lock, raise LockHeld (exit 4) naming that session, after rolling back."""
+    try:
+        yield
+    except psycopg.errors.LockNotAvailable:
+        conn.rollback()
+        waited = conn.execute("SHOW lock_timeout").fetchone()[0]
+        conn.rollback()
+        raise LockHeld(
+            f"{what}: waited {waited} (OPSBOOK_LOCK_TIMEOUT) for a lock on {relation} held by "
+            f"{blockers(conn, relation)}; nothing was changed. Run again once that session ends"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -47,7 +142,7 @@ def connection(url: str | None = None, autocommit: bool = False, purpose: str = 
 
 
 def sqlalchemy_url(url: str | None = None) -> str:
-    return "postgresql+psycopg://" + as_url(url or services.database_url()).removeprefix("postgresql://")
+    return "postgresql+psycopg://" + session_url(url).removeprefix("postgresql://")
 
 
 # libpq's messages for a connection the server ended: backend terminated, restart, crash
@@ -154,7 +249,7 @@ def as_url(dsn: str) -> str:
     where = f"{host}:{port}" if host and port else host
     if not host and port:
         params["port"] = port
-    query = f"?{urlencode(params)}" if params else ""
+    query = f"?{urlencode(params, quote_via=quote)}" if params else ""  # libpq reads %20, not +
     return f"postgresql://{auth}{where}/{database}{query}"
 
 
@@ -250,12 +345,8 @@ def copy_arrow(url: str | None, setup: list[str], table: str, schema, tables) ->
                 return
             yield item
 
-    url = normalize_url(url or services.database_url())
     producer = threading.Thread(target=produce, name=f"opsbook-read-{table}", daemon=True)
-    try:
-        conn = adbc.connect(url)
-    except Exception as exc:
-        raise ServiceError(f"cannot connect to PostgreSQL at {redact_url(url)}: {_first_line(exc)}") from None
+    conn = adbc_connect(url)
     try:
         cur = conn.cursor()
         try:

@@ -55,6 +55,7 @@ class YearResult:
     previous_rows: int | None = None
     seconds: float = 0.0
     error: str | None = None
+    error_type: type | None = None  # the OpsbookError class that failed the year (its exit code)
     reject_reasons: Counter = field(default_factory=Counter)
     reject_sample: list[city_csv.Reject] = field(default_factory=list)
 
@@ -169,6 +170,7 @@ def load_year(control, job: LoadJob, year: int, run_id: str) -> YearResult:
         except Exception as exc:
             result.status = "rejected-too-many" if isinstance(exc, CheckFailed) else "failed"
             result.error = _message(exc)
+            result.error_type = type(exc) if isinstance(exc, OpsbookError) else None
             ledger.failed(control, spec.name, str(year), STEP, run_id, result.error)
             if not isinstance(exc, OpsbookError | OSError) and not _is_database_error(exc):
                 raise  # a bug, not a data or service problem: let it surface with its traceback
@@ -333,7 +335,8 @@ def _replace_year(
                 f"Most common: {_top(spool.reasons)}"
             )
         with postgres.connection(purpose=f"load {run_id} {year}") as conn, conn.cursor() as cur:
-            _swap(cur, spec, year, staging, target)
+            with postgres.lock_wait(conn, spec.table, f"{year}: replacing the partition {target}"):
+                _swap(cur, spec, year, staging, target)
             spool.copy_into(cur, spec.rejected_table)
             oid = cur.execute("SELECT to_regclass(%s)::oid::bigint", (f"public.{target}",)).fetchone()[0]
             # every row of the partition carries the COPY transaction's id as xmin: a later

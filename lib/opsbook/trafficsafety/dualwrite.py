@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from opsbook import config, services
+from opsbook import config
 from opsbook.datasets import DatasetSpec
 from opsbook.errors import SourceError
 from opsbook.history import schema, writes
@@ -134,7 +134,6 @@ def write_archive(spec: DatasetSpec, batch_id: str, table: pa.Table, root: str |
 
 def write_postgres(spec: DatasetSpec, table: pa.Table) -> int:
     """Upsert on the key; a row whose values are unchanged is not rewritten."""
-    import adbc_driver_postgresql.dbapi as adbc
 
     columns = spec.column_names
     others = [c for c in columns if c not in spec.key]
@@ -152,7 +151,7 @@ def write_postgres(spec: DatasetSpec, table: pa.Table) -> int:
         new=sql.SQL(", ").join(sql.SQL("excluded.{}").format(ident(c)) for c in others),
     )
     statement = upsert.as_string()  # psycopg quotes identifiers without a connection
-    with adbc.connect(postgres.normalize_url(services.database_url())) as conn:
+    with postgres.adbc_connect() as conn:
         with conn.cursor() as cur:
             cur.adbc_ingest(staging, table, mode="create", temporary=True)
             cur.execute(statement)

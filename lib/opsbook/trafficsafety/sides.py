@@ -48,9 +48,7 @@ def read_lake(spec: DatasetSpec, files: list[str]) -> pa.Table:
 
 def read_postgres(spec: DatasetSpec, window: Days, where: str = "") -> pa.Table:
     """The window's rows from PostgreSQL as Arrow, through ADBC (binary COPY), not pd.read_sql."""
-    import adbc_driver_postgresql.dbapi as adbc
 
-    from opsbook import services
     from opsbook.stores import postgres
 
     start, end = window.bounds()
@@ -65,7 +63,7 @@ def read_postgres(spec: DatasetSpec, window: Days, where: str = "") -> pa.Table:
         sql.SQL(f" AND ({where})" if where else ""),
     )
     text = query.as_string()  # psycopg renders identifiers and literals without a connection
-    with adbc.connect(postgres.normalize_url(services.database_url())) as conn, conn.cursor() as cur:
+    with postgres.adbc_connect() as conn, conn.cursor() as cur:
         cur.execute(text)
         table = cur.fetch_arrow_table()
     return table.cast(arrow_schema(spec))
