@@ -8,6 +8,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lib"))
 
 from opsbook.run.cli import main
+from opsbook.run.redaction import guard_streams
 
 if __name__ == "__main__":
-    sys.exit(main())
+    guard_streams()  # whatever is printed (progress, notes, JSON, a traceback) passes the redactor
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)

@@ -170,3 +170,119 @@ def test_a_database_that_cannot_be_reached_is_named_without_its_password(url, tm
     assert "cannot connect to PostgreSQL at 127.0.0.1:1/parking" in done.json()["error"]
     for form in (password, quote(password, safe=""), "Sh0rt"):
         assert form not in done.stdout + done.stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "text, redacted",
+    [
+        ("postgresql://ops:pw@db/parking", "postgresql://ops:***@db/parking"),  # a short password, by position
+        ("redis://:x@cache:6379/0", "redis://:***@cache:6379/0"),
+        (
+            "postgresql://ops@db/parking?sslmode=require&password=pw",
+            "postgresql://ops@db/parking?sslmode=require&password=***",
+        ),
+        ("host=db user=ops password=pw dbname=p", "host=db user=ops password=*** dbname=p"),
+        ("host=db password='p w\\'x' user=ops", "host=db password='***' user=ops"),
+        ("<a href='x?a=1&amp;password=pw'>", "<a href='x?a=1&amp;password=***'>"),
+        ('{"password": "pw", "n": 1}', '{"password": "***", "n": 1}'),
+        ('"{\\"private_key\\": \\"-----BEGIN PRIVATE KEY-----\\\\nMIIE\\\\n\\"}"', '"{\\"private_key\\": \\"***\\"}"'),
+        (
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQ\nAbC=\n-----END PRIVATE KEY-----",
+            "-----BEGIN PRIVATE KEY-----\n***\n-----END PRIVATE KEY-----",
+        ),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEvQ\nAb", "-----BEGIN RSA PRIVATE KEY-----\n***"),  # cut short
+        ("http://host:8080/path at 10:20:30", "http://host:8080/path at 10:20:30"),  # nothing secret
+        ("postgresql://ops:***@db/parking", "postgresql://ops:***@db/parking"),  # already redacted
+    ],
+)
+def test_secrets_are_found_by_position_whatever_their_length(text, redacted):
+    redact = Redactor([])
+    assert redact(text, "here") == redacted
+    assert redact.leaks == (["here"] if text != redacted else [])
+
+
+@pytest.mark.unit
+def test_every_printed_form_of_a_secret_is_redacted():
+    import html
+    import json
+    from urllib.parse import quote
+
+    from markupsafe import escape
+
+    secret = "s3cr&t<\"q'>ö"
+    redact = Redactor([secret])
+    forms = [
+        secret,
+        quote(secret, safe=""),
+        html.escape(secret),
+        str(escape(secret)),  # Jinja's spelling: &#39; and &#34;
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        json.dumps(html.escape(secret))[1:-1],  # an HTML output inside an ipynb
+    ]
+    for form in forms:
+        assert redact(f"before {form} after") == "before *** after", form
+
+
+@pytest.mark.unit
+def test_a_stream_joins_pieces_before_redacting():
+    import io
+
+    out = io.StringIO()
+    stream = redaction.RedactingStream(out, Redactor(["abcdef-secret"]))
+    stream.write("the password is abcdef")
+    stream.write("-secret and more\n")
+    stream.write("tail abcdef-")
+    stream.write("secret")
+    stream.flush()
+    assert out.getvalue() == "the password is *** and more\ntail ***"
+
+
+@pytest.mark.integration
+def test_the_write_ledger_and_run_log_store_errors_redacted(db, monkeypatch):
+    from opsbook.history import ledger, runs, schema, writes
+
+    monkeypatch.setenv("LAKE_URL", "gs://lake-user:lake-Pa55word@storage.example.org/lake")
+    schema.ensure_schema(db)
+    writes.stage(db, "safety_indices", "b1", "lake", 10, None, None, "staged/b1.parquet")
+    writes.record(
+        db, "safety_indices", "b1", "lake", "pending", True, "upload to gs://lake-user:lake-Pa55word@storage failed"
+    )
+    ledger.running(db, "safety_indices", "2016", "load", "r1", "h", "f")
+    ledger.failed(db, "safety_indices", "2016", "load", "r1", "gs://u:tiny@x refused; host=h password=pw")
+    runs.mark_failed(db, "nonexistent", "postgresql://a:b@c/d")
+    stored = db.execute(
+        "SELECT (SELECT last_error FROM opsbook.writes WHERE batch_id = 'b1'),"
+        " (SELECT error FROM opsbook.partitions WHERE run_id = 'r1')"
+    ).fetchone()
+    assert stored == ("upload to gs://lake-user:***@storage failed", "gs://u:***@x refused; host=h password=***")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("how", ["pieces", "html", "json", "url", "pem"])
+def test_a_secret_shown_in_any_form_reaches_no_artifact(how, database_url, db, reports_dir, tmp_path):
+    """The executed notebook, the HTML report, runs.jsonl, the run log, stdout and stderr."""
+    import html
+    import json
+
+    secret = "Opsbook&<Secret>'7f\""
+    key_lines = ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7", "XyZ="]  # the last line is short
+    key = tmp_path / "sa.json"
+    pem = "-----BEGIN PRIVATE KEY-----\n" + "\n".join(key_lines) + "\n-----END PRIVATE KEY-----\n"
+    key.write_text(json.dumps({"type": "service_account", "private_key": pem}))
+    env = {"OPSBOOK_SECRET_TEST": secret, "SHORT_PASSWORD": "q7", "GOOGLE_APPLICATION_CREDENTIALS": str(key)}
+    done = run_cli(str(ROOT / "tests/notebooks/leak.ipynb"), "-p", f"how={how}", "--json", env=env)
+    assert done.code == 0, done.stderr
+    outcome = done.json()
+    assert outcome["status"] == "warn" and any("redacted from: executed notebook" in n for n in outcome["notes"])
+    text = artifacts_text(reports_dir, db, outcome["run_id"]) + done.stdout + done.stderr
+    leaked = {
+        "pieces": [secret, secret[5:]],
+        "html": [html.escape(secret), json.dumps(html.escape(secret))[1:-1], "Secret"],
+        "json": [json.dumps(secret)[1:-1], "Secret"],
+        "url": [":q7@"],
+        "pem": key_lines,
+    }[how]
+    for form in leaked:
+        assert form not in text, form

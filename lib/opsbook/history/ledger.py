@@ -117,10 +117,12 @@ def success(
 
 
 def failed(conn: psycopg.Connection, dataset: str, partition: str, step: str, run_id: str, error: str) -> None:
+    from opsbook.run.redaction import redact
+
     conn.execute(
         """UPDATE opsbook.partitions SET status = 'failed', error = %s, finished_at = now()
            WHERE dataset = %s AND partition = %s AND step = %s AND run_id = %s""",
-        (error, dataset, partition, step, run_id),
+        (redact(error), dataset, partition, step, run_id),
     )
 
 

@@ -130,6 +130,9 @@ def finish(
     report_path: str | None = None,
     html_path: str | None = None,
 ) -> None:
+    from opsbook.run.redaction import redact
+
+    error = redact(error) if error else error
     conn.execute(
         """UPDATE opsbook.runs SET status = %s, exit_code = %s, finished_at = now(),
                rows_in = coalesce(%s, rows_in), rows_out = coalesce(%s, rows_out),
@@ -216,6 +219,9 @@ def running_longer_than(conn: psycopg.Connection, minutes: int, exclude_run: str
 def mark_failed(conn: psycopg.Connection, run_id: str, note: str) -> bool:
     """Mark a run still 'running' failed, appending ``note`` to its error; False when it had
     finished meanwhile (then it is left alone)."""
+    from opsbook.run.redaction import redact
+
+    note = redact(note)
     row = conn.execute(
         """UPDATE opsbook.runs SET status = 'failed', finished_at = now(),
                error = CASE WHEN error IS NULL THEN %s ELSE error || E'\\n' || %s END

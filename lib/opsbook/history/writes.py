@@ -35,7 +35,11 @@ def stage(
 def record(
     conn: psycopg.Connection, dataset: str, batch_id: str, target: str, status: str, tried: bool, error: str | None
 ) -> int:
-    """The outcome of one write (or of not trying it); returns the attempts so far."""
+    """The outcome of one write (or of not trying it); returns the attempts so far. The error is
+    redacted: it often quotes a URL of the store that failed."""
+    from opsbook.run.redaction import redact
+
+    error = redact(error) if error else error
     return conn.execute(
         """UPDATE opsbook.writes SET status = %s, attempts = attempts + %s, last_error = %s, updated_at = now()
            WHERE dataset = %s AND batch_id = %s AND target = %s RETURNING attempts""",

@@ -43,6 +43,9 @@ def write_notebook(nb, path: Path, redact: Redactor) -> str:
     """Write the executed notebook (redacted); return its SHA-256."""
     import nbformat
 
+    from opsbook.run.redaction import scrub_notebook
+
+    scrub_notebook(nb, redact)  # the report's HTML is made from the same, redacted notebook
     text = redact(nbformat.writes(nb), "executed notebook")
     write_text(path, text)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
