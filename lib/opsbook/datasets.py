@@ -75,6 +75,11 @@ class Source(BaseModel):
     file_pattern: str = r"(?<!\d)(?P<year>(19|20)\d\d)(?!\d)"
     encodings: list[str] = Field(default_factory=lambda: ["utf-8", "cp1252"])
     delimiter: str = ","
+    # files in subfolders of the source belong to it only when this says so (a backup copy in
+    # old/ must not be loaded beside the original)
+    recursive: bool = False
+    # a longer line is refused while it is read: the file is damaged (NUL padding) or foreign
+    max_line_bytes: int = Field(1 << 20, ge=1024)
 
 
 class Partition(BaseModel):

@@ -351,4 +351,5 @@ def test_apply_behind_an_open_transaction_exits_4_naming_it_and_keeps_every_row(
             call("retention", policy="trafficsafety", as_of=AS_OF, apply=True)
         other.rollback()
     assert state(db, "safety_indices", "safety_indices_hourly") == before
-    assert count(db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    held = "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory'"
+    assert count(db, held + " AND d.datname = current_database()") == 0

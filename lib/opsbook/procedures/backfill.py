@@ -54,6 +54,8 @@ class Params(ProcedureParams):
         description='camera charges for the aggregate step, as in aggregate; "" skips the cameras',
     )
     max_rejected_ratio: float = Field(0.01, ge=0, le=1, description="as in load")
+    max_shrink_ratio: float = Field(0.10, ge=0, le=1, description="as in load")
+    allow_shrink: bool = Field(False, description="as in load: replace years with markedly fewer rows")
 
     @field_validator("executor")
     @classmethod
@@ -100,6 +102,8 @@ def plan(ctx: RunContext) -> Started:
         source_label=params.source,
         cameras=standins.resolve(CAMERAS_KIND, params.cameras) if aggregate else None,
         max_rejected_ratio=params.max_rejected_ratio,
+        max_shrink_ratio=params.max_shrink_ratio,
+        allow_shrink=params.allow_shrink,
     )
     return backfill.start(request, ctx.run_id)
 
@@ -149,7 +153,7 @@ class Result:
             "steps": ",".join(p.steps),
         }
         defaults = Params.model_fields
-        for name in ("cameras", "max_rejected_ratio"):
+        for name in ("cameras", "max_rejected_ratio", "max_shrink_ratio", "allow_shrink"):
             if getattr(p, name) != defaults[name].default:
                 values[name] = getattr(p, name)
         values["only_failed"] = "true"

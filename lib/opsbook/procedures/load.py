@@ -41,8 +41,12 @@ class Params(ProcedureParams):
     )
     force: bool = Field(False, description="reload years whose files and table are unchanged")
     max_rejected_ratio: float = Field(
-        0.01, ge=0, le=1, description="a year with a larger share of rejected rows is not swapped in"
+        0.01, ge=0, le=1, description="a year with a larger share of rejected rows (or bytes) is not swapped in"
     )
+    max_shrink_ratio: float = Field(
+        0.10, ge=0, le=1, description="a year that would lose a larger share of the rows it holds is refused"
+    )
+    allow_shrink: bool = Field(False, description="replace a year with markedly fewer rows (a real correction)")
 
 
 def locks(params: Params) -> list[str]:
@@ -69,7 +73,16 @@ def plan(ctx: RunContext) -> Plan:
     params: Params = ctx.params
     spec = datasets.get(params.dataset)
     location = standins.resolve(SOURCE_KIND, params.source, years=None if params.years.latest else list(params.years))
-    job = tickets.plan(spec, location, params.years, params.source, params.force, params.max_rejected_ratio)
+    job = tickets.plan(
+        spec,
+        location,
+        params.years,
+        params.source,
+        params.force,
+        params.max_rejected_ratio,
+        params.max_shrink_ratio,
+        params.allow_shrink,
+    )
     return Plan(params, location, job)
 
 
@@ -100,7 +113,7 @@ class Result:
         return sum(y.rejected for y in self.years if y.status in ("loaded", "unchanged"))
 
     def verdict(self) -> Verdict:
-        failed = [y for y in self.years if y.status in ("failed", "rejected-too-many")]
+        failed = [y for y in self.years if y.status in ("failed", "rejected-too-many", "refused")]
         loaded = [y.year for y in self.years if y.status == "loaded"]
         unchanged = [y.year for y in self.years if y.status == "unchanged"]
         figures = {
@@ -119,7 +132,7 @@ class Result:
         summary = f"{', '.join(parts) or 'nothing loaded'}: {self.rows:,} rows, {self.rejected:,} quarantined"
         if failed:
             rerun = format_years(y.year for y in failed)
-            too_many = [y for y in failed if y.status == "rejected-too-many"]
+            too_many = [y for y in failed if y.status in ("rejected-too-many", "refused")]
             reasons = "; ".join(shorten(y.error or y.status, 300) for y in failed)
             summary = (
                 f"{len(failed)} year(s) failed ({rerun}) and kept their previous contents: {reasons}. "

@@ -19,6 +19,7 @@ STATUS_COLOURS = {
     "unchanged": ("#57606a", "#f6f8fa"),
     "failed": ("#cf222e", "#ffebe9"),
     "rejected-too-many": ("#cf222e", "#ffebe9"),
+    "refused": ("#cf222e", "#ffebe9"),
     "success": ("#1a7f37", "#dafbe1"),
     "built": ("#1a7f37", "#dafbe1"),
     "skipped": ("#57606a", "#f6f8fa"),

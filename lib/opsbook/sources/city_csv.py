@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import io
 import zipfile
 import zlib
@@ -32,12 +33,12 @@ from opsbook.datasets import DatasetSpec
 from opsbook.errors import SourceError
 from opsbook.sources.city_types import arrow_schema, convert
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 4 << 20  # also bounds the rejects a block of junk lines makes at once
 MAX_RAW_CHARS = 10_000  # a quarantined line keeps at most this much of its raw text
 MAX_REASON_VALUE = 60  # a reason quotes at most this much of the value that failed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a junk block can make hundreds of thousands
 class Reject:
     """A quarantined input row."""
 
@@ -69,6 +70,22 @@ class PartStats:
     lines: int = 0
     # encoding -> lines decoded with it (UTF-8 lines of the fast path are not counted: 0)
     encodings: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0  # bytes of data lines read (the header excluded)
+    rejected_bytes: int = 0  # bytes of the lines quarantined
+    # a hash of each data line, one array per block: a line that appears again in another part
+    # of the same year is input given twice (see repeated_lines)
+    line_hashes: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    def add_block(self, block: bytes, first_line: int, rejects: list[Reject]) -> None:
+        """Count a block's bytes, its rejected lines' bytes, and hash each of its lines."""
+        lines = block.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        self.bytes += len(block)
+        self.line_hashes.append(np.fromiter(map(hash, lines), dtype=np.int64, count=len(lines)))
+        for r in rejects:
+            index = r.line_number - first_line
+            self.rejected_bytes += len(lines[index]) + 1 if 0 <= index < len(lines) else len(r.raw)
 
     @property
     def encoding(self) -> str:
@@ -167,8 +184,18 @@ def _binary_kind(first: bytes) -> str | None:
 # --- blocks ----------------------------------------------------------------------------------
 
 
-def iter_blocks(stream: IO[bytes], first_line: int, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes, int]]:
-    """Yield ``(line number of the block's first line, bytes, line count)``; blocks end at a newline."""
+def iter_blocks(
+    stream: IO[bytes],
+    first_line: int,
+    block_bytes: int = BLOCK_BYTES,
+    max_line_bytes: int | None = None,
+    label: str = "",
+) -> Iterator[tuple[int, bytes, int]]:
+    """Yield ``(line number of the block's first line, bytes, line count)``; blocks end at a newline.
+
+    A line that runs on past ``max_line_bytes`` without a line break stops the read at once
+    (SourceError): memory stays within a block and one line, whatever the input holds.
+    """
     carry = b""
     line = first_line
     while True:
@@ -178,14 +205,25 @@ def iter_blocks(stream: IO[bytes], first_line: int, block_bytes: int = BLOCK_BYT
         data = carry + chunk if carry else chunk
         cut = data.rfind(b"\n")
         if cut < 0:
+            _refuse_long_line(data, line, max_line_bytes, label)
             carry = data
             continue
         block, carry = data[: cut + 1], data[cut + 1 :]
+        _refuse_long_line(carry, line + block.count(b"\n"), max_line_bytes, label)
         count = block.count(b"\n")
         yield line, block, count
         line += count
     if carry:
         yield line, carry, 1
+
+
+def _refuse_long_line(pending: bytes, line: int, max_line_bytes: int | None, label: str) -> None:
+    if max_line_bytes and len(pending) > max_line_bytes:
+        nul = " (NUL bytes: a damaged or padded file)" if pending[-4096:].count(b"\0") > 2048 else ""
+        raise SourceError(
+            f"{label}:{line:,}: the line runs on past {max_line_bytes:,} bytes without a line break{nul}; "
+            "the file is damaged or not this dataset's CSV (the spec's source.max_line_bytes sets the limit)"
+        )
 
 
 def read_part(
@@ -222,10 +260,11 @@ def read_part(
         raise SourceError(f"{label}:1: unreadable: {exc}") from exc
     checker = _Checker(spec, names, label, partition_year)
     try:
-        for first_line, block, lines in iter_blocks(stream, 2, block_bytes):
+        for first_line, block, lines in iter_blocks(stream, 2, block_bytes, spec.source.max_line_bytes, label):
             batch = checker.fast(block, first_line, lines, stats)
             if batch is None:
                 batch = checker.exact(block, first_line, stats)
+            stats.add_block(block, first_line, batch.rejects)
             stats.rows += batch.rows.num_rows
             stats.rejected += len(batch.rejects)
             yield batch
@@ -280,7 +319,9 @@ class _Checker:
         invalid: list[tuple[int, str]] = []
 
         def on_invalid(row) -> str:
-            invalid.append((row.number, row.text))
+            # the threaded pass only learns that there are invalid rows (it is parsed again
+            # without threads, which knows their line numbers): keep no text from it
+            invalid.append((row.number, "" if threads else row.text))
             return "skip"
 
         try:
@@ -303,6 +344,7 @@ class _Checker:
             return None  # not UTF-8, or a quoting problem
         if threads and invalid:
             # the threaded parser does not know the invalid rows' line numbers
+            del invalid, table
             return self._parse(block, first_line, lines, threads=False)
         if table.num_rows + len(invalid) != lines or any(n is None for n, _ in invalid):
             return None  # blank lines or quoted line breaks: line numbers need the exact path
@@ -324,7 +366,7 @@ class _Checker:
 
     def _width_reason(self, text: str) -> str:
         got = len(next(csv.reader([text], delimiter=self.spec.source.delimiter), []))
-        return f"wrong column count: {got} fields, expected {self.width}"
+        return _width_text(got, self.width)
 
     # -- exact path: line by line ------------------------------------------------------------
 
@@ -462,6 +504,12 @@ class _Checker:
             rejects.append(Reject(self.label, int(line_numbers[i]), name, "; ".join(texts), raw[k][:MAX_RAW_CHARS]))
         keep = pa.array(~bad)
         return good_table.filter(keep), rejects
+
+
+@functools.lru_cache(maxsize=256)
+def _width_text(got: int, expected: int) -> str:
+    """One string per field count, shared by every reject that has it."""
+    return f"wrong column count: {got} fields, expected {expected}"
 
 
 class _Shown:

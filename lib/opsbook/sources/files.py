@@ -46,12 +46,12 @@ class SourcePlan:
         return [y for y in self.years if not self.found.get(y)]
 
 
-def _entries(source: str) -> list[tuple[str, str, int, str]]:
+def _entries(source: str, recursive: bool) -> list[tuple[str, str, int, str]]:
     from opsbook.stores import uri
 
     uri.check_folder(source)
     try:
-        found = uri.listing(source)
+        found = uri.listing(source, recursive=recursive)
     except Exception as exc:  # google.api_core errors; the message says what failed
         if not uri.is_remote(source):
             raise
@@ -64,7 +64,7 @@ def discover(source: str, spec: DatasetSpec, years) -> SourcePlan:
     asked for, ``latest`` the newest the source holds."""
     pattern = re.compile(spec.source.file_pattern)
     plan = SourcePlan(source)
-    for uri, name, size, fingerprint in _entries(source):
+    for uri, name, size, fingerprint in _entries(source, spec.source.recursive):
         match = pattern.search(name)
         if not name.lower().endswith(SUFFIXES) or name.startswith(".") or not match:
             plan.ignored.append(name)
@@ -75,13 +75,29 @@ def discover(source: str, spec: DatasetSpec, years) -> SourcePlan:
     return plan
 
 
-def iter_parts(file: SourceFile) -> Iterator[tuple[str, IO[bytes]]]:
-    """Yield ``(label, binary stream)`` for each CSV part of a file, in name order."""
+def content_digest(file: SourceFile) -> str:
+    """A digest of the file's content: a local file is hashed (SHA-256, read once); an object in
+    GCS has its MD5 (or CRC32C) from the store. Never size and modification time, which
+    ``cp -p``, ``rsync -t`` and unzip keep while the content changes."""
+    from opsbook.stores import uri
+
+    if uri.is_remote(file.uri):
+        md5 = file.fingerprint.partition("md5:")[2]
+        # a composite object has no MD5: its generation changes with every write of it
+        return f"md5:{md5}" if md5 and md5 != "None" else file.fingerprint
+    import hashlib
+
+    with uri.open_read(file.uri) as handle:
+        return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def iter_parts(file: SourceFile) -> Iterator[tuple[str, IO[bytes], int]]:
+    """Yield ``(label, binary stream, size in bytes)`` for each CSV part of a file, in name order."""
     from opsbook.stores import uri
 
     with uri.open_read(file.uri) as handle:
         if not file.name.lower().endswith(".zip"):
-            yield file.name, handle
+            yield file.name, handle, file.size
             return
         try:
             archive = zipfile.ZipFile(handle)
@@ -105,4 +121,4 @@ def iter_parts(file: SourceFile) -> Iterator[tuple[str, IO[bytes]]]:
                 except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
                     raise SourceError(f"{file.name}:{member.filename}: cannot open: {exc}") from exc
                 with stream:
-                    yield f"{file.name}:{member.filename}", stream
+                    yield f"{file.name}:{member.filename}", stream, member.file_size

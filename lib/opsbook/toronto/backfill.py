@@ -46,7 +46,7 @@ def lock_key(dataset: str) -> str:
 @dataclass
 class StepOutcome:
     step: str
-    status: str  # loaded | built | unchanged | failed | rejected-too-many | not run
+    status: str  # loaded | built | unchanged | failed | rejected-too-many | refused | not run
     rows: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -112,7 +112,7 @@ def run_partition(task: PartitionTask) -> PartitionOutcome:
             except Exception as exc:  # any other failure ends this year, not the backfill
                 done = StepOutcome(step, "failed", error=f"{type(exc).__name__}: {exc}")
             outcome.steps.append(done)
-            if done.status in ("failed", "rejected-too-many"):
+            if done.status in ("failed", "rejected-too-many", "refused"):
                 outcome.status = "failed"
     outcome.seconds = time.monotonic() - t0
     return outcome
@@ -133,6 +133,8 @@ class Request:
     source_label: str  # what the ledger records as the load's origin (the parameter as given)
     cameras: str | None  # where the aggregate step reads the camera charges (None: no cameras)
     max_rejected_ratio: float
+    max_shrink_ratio: float = 0.10
+    allow_shrink: bool = False
 
     @property
     def force(self) -> bool:
@@ -185,7 +187,14 @@ def start(request: Request, run_id: str) -> Started:
         job = None
         if "load" in request.steps:
             job = tickets.plan(
-                spec, request.source, request.window, request.source_label, request.force, request.max_rejected_ratio
+                spec,
+                request.source,
+                request.window,
+                request.source_label,
+                request.force,
+                request.max_rejected_ratio,
+                request.max_shrink_ratio,
+                request.allow_shrink,
             )
             tickets.prepare(control, spec)
             years = job.years

@@ -27,6 +27,7 @@ from opsbook.history import ledger, locks, schema
 from opsbook.sources import files
 from opsbook.stores import postgres
 from opsbook.stores.postgres import ident
+from opsbook.toronto import intake
 
 if TYPE_CHECKING:
     from opsbook.sources import city_csv
@@ -47,7 +48,7 @@ def some(names, limit: int = 8) -> str:
 @dataclass
 class YearResult:
     year: int
-    status: str  # loaded | unchanged | failed | rejected-too-many
+    status: str  # loaded | unchanged | failed | rejected-too-many | refused (see intake)
     files: list[str] = field(default_factory=list)
     parts: list[city_csv.PartStats] = field(default_factory=list)
     rows: int = 0
@@ -73,7 +74,8 @@ def params_hash(spec: DatasetSpec) -> str:
 
 
 def input_fingerprint(year_files: list[files.SourceFile]) -> list[dict]:
-    return [{"name": f.name, "size": f.size, "fingerprint": f.fingerprint} for f in year_files]
+    """What decides whether a year's input changed: each file's name, size and content digest."""
+    return [{"name": f.name, "size": f.size, "digest": files.content_digest(f)} for f in year_files]
 
 
 @dataclass(frozen=True)
@@ -85,13 +87,24 @@ class LoadJob:
     source: str  # what the ledger records as the input's origin: a folder, a gs:// prefix, a stand-in
     force: bool = False
     max_rejected_ratio: float = 0.01
+    max_shrink_ratio: float = 0.10  # a year losing a larger share of its rows is refused...
+    allow_shrink: bool = False  # ...unless this says the loss is intended
 
     @property
     def years(self) -> list[int]:
         return self.found.years
 
 
-def plan(spec: DatasetSpec, location: str, years, source: str, force: bool, max_rejected_ratio: float) -> LoadJob:
+def plan(
+    spec: DatasetSpec,
+    location: str,
+    years,
+    source: str,
+    force: bool,
+    max_rejected_ratio: float,
+    max_shrink_ratio: float = 0.10,
+    allow_shrink: bool = False,
+) -> LoadJob:
     """Find the files of each year in ``location``; refuse (SourceError) when a year has none."""
     from opsbook.windows import format_years
 
@@ -110,7 +123,7 @@ def plan(spec: DatasetSpec, location: str, years, source: str, force: bool, max_
             f"the years {held}: {some(f.name for fs in found.found.values() for f in fs)}"
             f"{'; ignored: ' + some(found.ignored) if found.ignored else ''}"
         )
-    return LoadJob(spec, found, source, force, max_rejected_ratio)
+    return LoadJob(spec, found, source, force, max_rejected_ratio, max_shrink_ratio, allow_shrink)
 
 
 def load_years(job: LoadJob, run_id: str, progress=None) -> list[YearResult]:
@@ -168,7 +181,13 @@ def load_year(control, job: LoadJob, year: int, run_id: str) -> YearResult:
         try:
             _replace_year(control, job, year, year_files, run_id, phash, fingerprint, result)
         except Exception as exc:
-            result.status = "rejected-too-many" if isinstance(exc, CheckFailed) else "failed"
+            result.status = (
+                "refused"
+                if isinstance(exc, intake.InputRefused)
+                else "rejected-too-many"
+                if isinstance(exc, CheckFailed)
+                else "failed"
+            )
             result.error = _message(exc)
             result.error_type = type(exc) if isinstance(exc, OpsbookError) else None
             ledger.failed(control, spec.name, str(year), STEP, run_id, result.error)
@@ -295,13 +314,16 @@ def _replace_year(
     heartbeat = ledger.Heartbeat(control, spec.name, str(year), STEP)
 
     def batches():
+        total_bytes = sum(size for f in year_files for _, size in _part_sizes(f))
+        budget = intake.RejectBudget(year, total_bytes, job.max_rejected_ratio)
         for source_file in year_files:
-            for label, stream in files.iter_parts(source_file):
+            for label, stream, _ in files.iter_parts(source_file):
                 stats = city_csv.PartStats(label)
                 result.parts.append(stats)
                 for batch in city_csv.read_part(stream, label, spec, year, stats):
                     if batch.rejects:
                         spool.add(batch.rejects)
+                        budget.check(result.parts)  # stop as soon as the limit cannot be met
                     heartbeat()
                     if batch.rows.num_rows:
                         yield batch.rows
@@ -334,6 +356,11 @@ def _replace_year(
                 f"{job.max_rejected_ratio:.1%}); the previous contents were kept. "
                 f"Most common: {_top(spool.reasons)}"
             )
+        intake.check_rejected_bytes(year, result.parts, job.max_rejected_ratio)
+        intake.check_repeats(year, result.parts)
+        held = _rows_held(control, target)
+        result.previous_rows = held
+        intake.check_shrink(year, held, result.rows, job.max_shrink_ratio, job.allow_shrink, some(result.files))
         with postgres.connection(purpose=f"load {run_id} {year}") as conn, conn.cursor() as cur:
             with postgres.lock_wait(conn, spec.table, f"{year}: replacing the partition {target}"):
                 _swap(cur, spec, year, staging, target)
@@ -362,6 +389,29 @@ def _replace_year(
         if result.status != "loaded":
             with contextlib.suppress(Exception):
                 control.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging)))
+
+
+def _part_sizes(source_file: files.SourceFile) -> list[tuple[str, int]]:
+    """Each CSV part's label and uncompressed size, read from the ZIP directory (no data)."""
+    import zipfile
+
+    from opsbook.stores import uri
+
+    if not source_file.name.lower().endswith(".zip"):
+        return [(source_file.name, source_file.size)]
+    with uri.open_read(source_file.uri) as handle:
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                return [(f"{source_file.name}:{m.filename}", m.file_size) for m in archive.infolist()]
+        except (zipfile.BadZipFile, EOFError, OSError):
+            return [(source_file.name, source_file.size)]  # iter_parts says what is wrong with it
+
+
+def _rows_held(control, table: str) -> int | None:
+    """The rows the year's partition holds now (None: it does not exist)."""
+    if control.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone()[0] is None:
+        return None
+    return control.execute(sql.SQL("SELECT count(*) FROM {}").format(ident(table))).fetchone()[0]
 
 
 def _top(reasons: Counter) -> str:

@@ -1,0 +1,119 @@
+"""What a year's input must satisfy before it may replace the year's rows.
+
+A load replaces a whole year, so input that is worse than what the table holds must never
+get that far with a PASS. Four guards, each refusing with the files and figures in words:
+
+- **rejects**: the share of rejected rows *and* of rejected bytes stays within
+  ``max_rejected_ratio`` (a good head followed by megabytes of garbage is one bad "line" but
+  most of the bytes); reading stops as soon as the limit can no longer be met;
+- **repeats**: no data line of one part appears again in another part of the same year (a
+  ZIP beside the CSV it holds, a member stored twice, a copy under another name, parts that
+  overlap);
+- **shrink**: the year does not lose more than ``max_shrink_ratio`` of the rows the table
+  holds, unless ``allow_shrink`` says that is intended (a truncated export);
+- (line length is bounded while reading, in :mod:`opsbook.sources.city_csv`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from opsbook.errors import CheckFailed
+
+if TYPE_CHECKING:
+    from opsbook.sources.city_csv import PartStats
+
+
+class InputRefused(CheckFailed):
+    """The year's input would replace the year with less, or doubled, data (too many rejects
+    are a plain CheckFailed: the year's status says "rejected-too-many")."""
+
+
+class RejectBudget:
+    """The rejected bytes a year may have, known before reading (its parts' sizes), so that
+    reading stops once the limit cannot be met instead of spooling every bad line first."""
+
+    def __init__(self, year: int, total_bytes: int, max_ratio: float) -> None:
+        self.year = year
+        self.total_bytes = total_bytes
+        self.max_ratio = max_ratio
+
+    def check(self, parts: Sequence[PartStats]) -> None:
+        rejected = sum(p.rejected_bytes for p in parts)
+        if rejected > self.max_ratio * self.total_bytes:
+            read = sum(p.bytes for p in parts)
+            raise CheckFailed(
+                f"{self.year}: stopped reading after {read:,} of {self.total_bytes:,} bytes: {rejected:,} bytes "
+                f"of rejected lines already, more than {self.max_ratio:.1%} of the year's input can hold "
+                f"(in {_worst(parts)}); the previous contents were kept"
+            )
+
+
+def check_rejected_bytes(year: int, parts: Sequence[PartStats], max_ratio: float) -> None:
+    total = sum(p.bytes for p in parts)
+    rejected = sum(p.rejected_bytes for p in parts)
+    if total and rejected / total > max_ratio:
+        raise CheckFailed(
+            f"{year}: rejected lines make {rejected:,} of {total:,} bytes ({rejected / total:.1%}, limit "
+            f"{max_ratio:.1%}), in {_worst(parts)}; the previous contents were kept"
+        )
+
+
+def _worst(parts: Sequence[PartStats]) -> str:
+    part = max(parts, key=lambda p: p.rejected_bytes)
+    return f"{part.label} ({part.rejected_bytes:,} bytes rejected)"
+
+
+def repeated_lines(parts: Sequence[PartStats]) -> list[tuple[str, str, int]]:
+    """``(earlier part, later part, lines)`` for each pair of parts whose data lines repeat:
+    each line of the later part that is also a line of the earlier one counts once."""
+    if len(parts) < 2:
+        return []
+    hashes = [np.unique(np.concatenate(p.line_hashes)) if p.line_hashes else np.empty(0, np.int64) for p in parts]
+    every = np.concatenate(hashes)
+    owner = np.repeat(np.arange(len(parts)), [len(h) for h in hashes])
+    order = np.argsort(every, kind="stable")  # equal hashes keep part order: first owner first
+    every, owner = every[order], owner[order]
+    same = np.flatnonzero(every[1:] == every[:-1]) + 1
+    if not len(same):
+        return []
+    # each repeat is charged to (the first part holding the line, the part repeating it)
+    first_owner = owner[np.maximum.accumulate(np.where(np.r_[True, every[1:] != every[:-1]], np.arange(len(every)), 0))]
+    pairs: dict[tuple[int, int], int] = {}
+    for earlier, later in zip(first_owner[same].tolist(), owner[same].tolist(), strict=True):
+        pairs[(earlier, later)] = pairs.get((earlier, later), 0) + 1
+    return [(parts[a].label, parts[b].label, n) for (a, b), n in sorted(pairs.items())]
+
+
+def check_repeats(year: int, parts: Sequence[PartStats]) -> None:
+    repeats = repeated_lines(parts)
+    if not repeats:
+        return
+    said = "; ".join(
+        f"{n:,} of the {_lines(parts, later):,} lines of {later} are lines of {earlier}"
+        for earlier, later, n in repeats
+    )
+    raise InputRefused(
+        f"{year}: the input holds the same rows twice: {said}. Remove the copy (a ZIP beside the CSV it "
+        "holds, a member stored twice, a backup under another name) and load again; the previous contents "
+        "were kept"
+    )
+
+
+def _lines(parts: Sequence[PartStats], label: str) -> int:
+    return next(sum(len(h) for h in p.line_hashes) for p in parts if p.label == label)
+
+
+def check_shrink(year: int, held: int | None, rows: int, max_ratio: float, allow: bool, files: str) -> None:
+    """Refuse when ``rows`` (the input's good rows) is markedly fewer than ``held`` (what the
+    year's partition holds now), unless ``allow``."""
+    if allow or not held or rows >= held * (1 - max_ratio):
+        return
+    raise InputRefused(
+        f"{year}: the input ({files}) holds {rows:,} good rows; the table holds {held:,} for the year "
+        f"({(held - rows) / held:.1%} fewer, limit {max_ratio:.0%}). The previous contents were kept. If the "
+        f"year really has fewer rows now, load it with -p allow_shrink=true"
+    )
