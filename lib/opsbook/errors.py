@@ -10,6 +10,9 @@ Exit codes (also in ``run_notebook.py --help`` and the README):
 4   another run holds the lock
 5   timeout
 6   the kernel died
+129 stopped by SIGHUP (128 + the signal's number)
+130 stopped by SIGINT (Ctrl-C)
+143 stopped by SIGTERM (timeout, cron, systemd)
 ==  =====================================================
 """
 
@@ -23,6 +26,9 @@ EXIT_CODES: dict[int, str] = {
     4: "another run holds the lock",
     5: "timeout",
     6: "the kernel died",
+    129: "stopped by SIGHUP",
+    130: "stopped by SIGINT",
+    143: "stopped by SIGTERM",
 }
 
 

@@ -33,8 +33,8 @@ def started():
     """Start runs in the background; any still running at the end is killed (its kernel dies with it)."""
     procs: list[subprocess.Popen] = []
 
-    def start(*args: str) -> subprocess.Popen:
-        proc = start_cli(*args)
+    def start(*args: str, env: dict | None = None) -> subprocess.Popen:
+        proc = start_cli(*args, env=env)
         procs.append(proc)
         return proc
 

@@ -134,6 +134,15 @@ def mark_interrupted(conn: psycopg.Connection, entry: Entry, note: str) -> None:
     )
 
 
+def interrupt_run(conn: psycopg.Connection, run_id: str, note: str) -> int:
+    """Mark 'interrupted' every entry of ``run_id`` still 'running'; returns how many."""
+    return conn.execute(
+        """UPDATE opsbook.partitions SET status = 'interrupted', finished_at = now(), error = %s
+           WHERE run_id = %s AND status = 'running'""",
+        (note, run_id),
+    ).rowcount
+
+
 def recover_interrupted(conn: psycopg.Connection, dataset: str) -> list[Entry]:
     """Mark 'interrupted' every 'running' entry of ``dataset`` whose worker is gone.
 

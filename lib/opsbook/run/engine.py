@@ -29,6 +29,8 @@ class Hooks:
     cell_seconds: dict[int, float] = field(default_factory=dict)
     failed_cell: int | None = None
     kernel_log: str | None = None  # the kernel process's own stdout and stderr go here, not to the terminal
+    client: Any = None  # the nbclient NotebookClient running the notebook
+    trap: Any = None  # opsbook.run.signals.Trap: a stop signal interrupts the kernel
 
     def time_left(self) -> float | None:
         if self.deadline is None:
@@ -72,6 +74,8 @@ class OpsbookEngine(NBClientEngine):
 
         def cell_start(cell, cell_index=None, **kw):
             started[cell_index] = time.monotonic()
+            if hooks.trap is not None and hooks.trap.received:
+                hooks.trap.interrupt()  # the signal came before the kernel ran: stop at this cell
             return original_start(cell, cell_index, **kw)
 
         def cell_exception(cell, cell_index=None, **kw):
@@ -97,14 +101,13 @@ class OpsbookEngine(NBClientEngine):
         nb_man.cell_start, nb_man.cell_complete, nb_man.cell_exception = cell_start, cell_complete, cell_exception
         if hooks.deadline is not None:
             kwargs["timeout_func"] = lambda cell: hooks.time_left()
-        if hooks.kernel_log is None:
-            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
-        return cls._execute_logged(nb_man, kernel_name, hooks.kernel_log, **kwargs)
+        return cls._execute_logged(nb_man, kernel_name, hooks, **kwargs)
 
     @classmethod
-    def _execute_logged(cls, nb_man, kernel_name, log_path: str, start_timeout=60, execution_timeout=None, **kwargs):
-        """As NBClientEngine does, with the kernel process's output in a log file: its own log
-        lines (shutdown notices, warnings) are not the run's output."""
+    def _execute_logged(cls, nb_man, kernel_name, hooks: Hooks, start_timeout=60, execution_timeout=None, **kwargs):
+        """As NBClientEngine does, keeping the client (the runner stops its kernel on a signal),
+        with the kernel process's output in a log file: its own log lines (shutdown notices,
+        warnings) are not the run's output."""
         from papermill.clientwrap import PapermillNotebookClient
         from papermill.engines import logger
         from papermill.utils import merge_kwargs, remove_args
@@ -118,8 +121,13 @@ class OpsbookEngine(NBClientEngine):
             kernel_name=kernel_name,
             log=logger,
         )
-        with open(log_path, "ab") as log:
-            return PapermillNotebookClient(nb_man, **final_kwargs).execute(stdout=log, stderr=log)
+        client = hooks.client = PapermillNotebookClient(nb_man, **final_kwargs)
+        if hooks.trap is not None:
+            hooks.trap.client = client
+        if hooks.kernel_log is None:
+            return client.execute()
+        with open(hooks.kernel_log, "ab") as log:
+            return client.execute(stdout=log, stderr=log)
 
 
 papermill_engines.register(ENGINE_NAME, OpsbookEngine)

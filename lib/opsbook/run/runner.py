@@ -17,7 +17,6 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +112,8 @@ def execute(
     progress: TextIO | None = sys.stderr,
 ) -> Outcome:
     """Run one procedure end to end and return its outcome (never raises for a failed run)."""
+    from opsbook.run import signals
+
     target, values = prepare(name, list(files or []), list(overrides or []))
     _probe_locks(target, values)
     run_id = new_run_id(target.name)
@@ -124,62 +125,93 @@ def execute(
     safe_params = redact.scrub(values)
     dataset, window = values.get("dataset"), window_of(values)
 
-    log = _RunLog(run_id, notes)
-    log.start(target.name, dataset, window, safe_params)
+    # a stop signal while the notebook runs stops it (see opsbook.run.signals); one arriving
+    # later waits until the report is written
+    with signals.trap() as trap:
+        log = _RunLog(run_id, notes)
+        log.start(target.name, dataset, window, safe_params)
+        nb, error_text, exit_code = _run_notebook(target, values, run_id, timeout, progress, trap)
+        if trap.received:  # the run ends as stopped, whatever the interrupted cell raised
+            how = trap.outcome or "before the notebook started"
+            error_text, exit_code = f"stopped by {trap.name}: {how}; the run did not finish", trap.exit_code
+            if progress is not None:
+                progress.write(f"[{target.name}] {error_text}\n")
+            log.interrupt_ledger(f"run {run_id} was stopped by {trap.name}")
+            if len(trap.received) > 1:
+                notes.append(f"received {', '.join(signal_names(trap.received))}; the first stopped the run")
+        duration = time.monotonic() - t0
 
-    nb, error_text, exit_code = _run_notebook(target, values, run_id, timeout, progress)
-    duration = time.monotonic() - t0
+        results: dict[str, Any] = {}
+        if nb is not None:
+            _drop_papermill_error_cells(nb)
+            try:
+                from opsbook.run import results as results_mod
 
-    results: dict[str, Any] = {}
-    if nb is not None:
-        _drop_papermill_error_cells(nb)
-        try:
-            from opsbook.run import results as results_mod
+                results = results_mod.read(nb)
+            except Exception as exc:  # a notebook that recorded nothing readable is still reported
+                notes.append(f"could not read recorded results: {exc}")
+        verdict = results.get("verdict") or {}
+        if exit_code is None:  # the notebook raised: the error it recorded says how the run ends
+            exit_code = _raised_exit_code(verdict, results.get(FAILURE))
+        status, summary = _classify(exit_code, verdict, error_text)
 
-            results = results_mod.read(nb)
-        except Exception as exc:  # a notebook that recorded nothing readable is still reported
-            notes.append(f"could not read recorded results: {exc}")
-    verdict = results.get("verdict") or {}
-    if exit_code is None:  # the notebook raised: the error it recorded says how the run ends
-        exit_code = _raised_exit_code(verdict, results.get(FAILURE))
-    status, summary = _classify(exit_code, verdict, error_text)
+        # artifacts, redacted; a leak found while redacting turns PASS into WARN
+        outcome = Outcome(
+            run_id,
+            target.name,
+            status,
+            exit_code,
+            redact(summary),
+            results=redact.scrub(results),
+            error=redact(error_text) if error_text else None,
+            duration_s=duration,
+            notes=notes,
+            dataset=dataset,
+            window=window,
+            params=safe_params,
+            started_at=started_at,
+            verdict=redact.scrub(verdict),
+        )
+        if nb is not None:
+            outcome.sha256 = _write_ipynb(nb, paths.ipynb, redact, notes)
+            outcome.ipynb = paths.ipynb if outcome.sha256 else None
+        if redact.leaks:
+            notes.append("secret value(s) redacted from: " + ", ".join(redact.leaks))
+            if outcome.status == "pass":
+                outcome.status = "warn"
+        if nb is not None:
+            try:
+                from opsbook.report import html
 
-    # artifacts, redacted; a leak found while redacting turns PASS into WARN
-    outcome = Outcome(
-        run_id,
-        target.name,
-        status,
-        exit_code,
-        redact(summary),
-        results=redact.scrub(results),
-        error=redact(error_text) if error_text else None,
-        duration_s=duration,
-        notes=notes,
-        dataset=dataset,
-        window=window,
-        params=safe_params,
-        started_at=started_at,
-        verdict=redact.scrub(verdict),
+                html.export_html(nb, paths.html, _report_context(outcome, paths), redact)
+                outcome.html = paths.html
+            except Exception as exc:
+                notes.append(f"HTML report not written: {type(exc).__name__}: {exc}")
+            _unreported(outcome)
+        _append_history(outcome, redact)
+        log.finish(outcome, redact)
+        return outcome
+
+
+def _unreported(outcome: Outcome) -> None:
+    """A run whose executed notebook or HTML report could not be written is not signed off as
+    passed: nobody can review it. It fails with exit 3, whatever its checks said."""
+    from opsbook.errors import OpsbookError
+
+    missing = [what for what, path in (("executed notebook", outcome.ipynb), ("HTML report", outcome.html)) if not path]
+    if not missing or outcome.status == "fail":
+        return
+    outcome.summary = (
+        f"the run's {' and '.join(missing)} could not be written (see the notes), so it cannot be reviewed; "
+        f"it ended {outcome.status.upper()}: {outcome.summary}"
     )
-    if nb is not None:
-        outcome.sha256 = _write_ipynb(nb, paths.ipynb, redact, notes)
-        outcome.ipynb = paths.ipynb if outcome.sha256 else None
-    if redact.leaks:
-        notes.append("secret value(s) redacted from: " + ", ".join(redact.leaks))
-        if outcome.status == "pass":
-            outcome.status = "warn"
-    if nb is not None:
-        try:
-            from opsbook.report import html
+    outcome.status, outcome.exit_code = "fail", OpsbookError.exit_code
 
-            html.export_html(nb, paths.html, _report_context(outcome, paths), redact)
-            outcome.html = paths.html
-        except Exception as exc:
-            notes.append(f"HTML report not written: {type(exc).__name__}: {exc}")
-            traceback.print_exc(file=sys.stderr)
-    _append_history(outcome, redact)
-    log.finish(outcome, redact)
-    return outcome
+
+def signal_names(numbers: list[int]) -> list[str]:
+    import signal
+
+    return [signal.Signals(n).name for n in numbers]
 
 
 def _probe_locks(target: Target, values: dict[str, Any]) -> None:
@@ -206,12 +238,28 @@ def _probe_locks(target: Target, values: dict[str, Any]) -> None:
 
 
 def _report_paths(run_id: str):
+    """Where the run's reports go; a folder that cannot be written is a UsageError (exit 2)
+    before anything starts, not a run that cannot leave its report."""
+    from opsbook.errors import UsageError
     from opsbook.report.html import ReportPaths
 
-    return ReportPaths.for_run(run_id)
+    try:
+        paths = ReportPaths.for_run(run_id)
+        probe = paths.html.with_name(f".{run_id}.probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        where = os.environ.get("OPSBOOK_REPORTS_DIR") or str(config.project_root() / "reports")
+        raise UsageError(
+            f"the reports folder {where} cannot be written ({exc.strerror or exc}): every run leaves its "
+            "report there. Fix its permissions or set OPSBOOK_REPORTS_DIR to a writable folder"
+        ) from None
+    return paths
 
 
-def _run_notebook(target: Target, values: dict[str, Any], run_id: str, timeout: float | None, progress: TextIO | None):
+def _run_notebook(
+    target: Target, values: dict[str, Any], run_id: str, timeout: float | None, progress: TextIO | None, trap
+):
     """Execute with papermill; returns (notebook or None, error text, exit code). The exit code is
     None when a cell raised: what the notebook recorded decides it."""
     import logging
@@ -239,6 +287,7 @@ def _run_notebook(target: Target, values: dict[str, Any], run_id: str, timeout: 
     hooks.kernel_log = str(Path(kernel_dir) / "kernel.log")
     try:
         relay.start()
+        hooks.trap = trap
         nb = papermill.execute_notebook(
             str(target.notebook),
             None,
@@ -439,3 +488,14 @@ class _RunLog:
                 )
         except Exception as exc:
             outcome.notes.append(f"run log not finished: {exc}")
+
+    def interrupt_ledger(self, note: str) -> None:
+        """Mark this run's ledger entries still 'running' interrupted (its kernel is gone)."""
+        from opsbook.history import ledger
+        from opsbook.stores import postgres
+
+        try:
+            with postgres.connection(autocommit=True, purpose=f"runner {self.run_id}") as conn:
+                ledger.interrupt_run(conn, self.run_id, note)
+        except Exception as exc:
+            self.notes.append(f"ledger entries of the run not marked interrupted: {exc}")

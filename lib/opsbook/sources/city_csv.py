@@ -32,8 +32,8 @@ import pyarrow.csv as pa_csv
 from opsbook.datasets import DatasetSpec
 from opsbook.errors import SourceError
 from opsbook.sources.city_types import arrow_schema, convert
+from opsbook.sources.text import BLOCK_BYTES, decode_line, is_utf8, iter_blocks, non_ascii_lines, raw_lines, transcode
 
-BLOCK_BYTES = 4 << 20  # also bounds the rejects a block of junk lines makes at once
 MAX_RAW_CHARS = 10_000  # a quarantined line keeps at most this much of its raw text
 MAX_REASON_VALUE = 60  # a reason quotes at most this much of the value that failed
 
@@ -100,15 +100,6 @@ class PartStats:
 # --- header ----------------------------------------------------------------------------------
 
 
-def _decode_line(raw: bytes, encodings: list[str]) -> tuple[str | None, str | None]:
-    for encoding in encodings:
-        try:
-            return raw.decode(encoding), encoding
-        except UnicodeDecodeError:
-            continue
-    return None, None
-
-
 def read_header(stream: IO[bytes], label: str, spec: DatasetSpec) -> tuple[list[str], int]:
     """Read and check the header line; returns the source's column names and its byte length.
 
@@ -126,7 +117,7 @@ def read_header(stream: IO[bytes], label: str, spec: DatasetSpec) -> tuple[list[
         )
     if not first.endswith(b"\n") and len(first) >= 1 << 20:
         raise SourceError(f"{label}:1: the first line is over 1 MiB: not a CSV header")
-    text, _ = _decode_line(first.removeprefix(codecs.BOM_UTF8), spec.source.encodings)
+    text, _ = decode_line(first.removeprefix(codecs.BOM_UTF8), spec.source.encodings)
     if text is None or "\x00" in text:
         raise SourceError(f"{label}:1: the header is not text in {' or '.join(spec.source.encodings)}")
     text = text.rstrip("\r\n")
@@ -179,51 +170,6 @@ def _binary_kind(first: bytes) -> str | None:
     if len(head) >= 8 and head[::2].count(0) >= len(head) // 2 - 1 and head[1::2].count(0) == 0:
         return "UTF-16 big-endian without a byte order mark (a NUL byte before every character)"
     return None
-
-
-# --- blocks ----------------------------------------------------------------------------------
-
-
-def iter_blocks(
-    stream: IO[bytes],
-    first_line: int,
-    block_bytes: int = BLOCK_BYTES,
-    max_line_bytes: int | None = None,
-    label: str = "",
-) -> Iterator[tuple[int, bytes, int]]:
-    """Yield ``(line number of the block's first line, bytes, line count)``; blocks end at a newline.
-
-    A line that runs on past ``max_line_bytes`` without a line break stops the read at once
-    (SourceError): memory stays within a block and one line, whatever the input holds.
-    """
-    carry = b""
-    line = first_line
-    while True:
-        chunk = stream.read(block_bytes)
-        if not chunk:
-            break
-        data = carry + chunk if carry else chunk
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            _refuse_long_line(data, line, max_line_bytes, label)
-            carry = data
-            continue
-        block, carry = data[: cut + 1], data[cut + 1 :]
-        _refuse_long_line(carry, line + block.count(b"\n"), max_line_bytes, label)
-        count = block.count(b"\n")
-        yield line, block, count
-        line += count
-    if carry:
-        yield line, carry, 1
-
-
-def _refuse_long_line(pending: bytes, line: int, max_line_bytes: int | None, label: str) -> None:
-    if max_line_bytes and len(pending) > max_line_bytes:
-        nul = " (NUL bytes: a damaged or padded file)" if pending[-4096:].count(b"\0") > 2048 else ""
-        raise SourceError(
-            f"{label}:{line:,}: the line runs on past {max_line_bytes:,} bytes without a line break{nul}; "
-            "the file is damaged or not this dataset's CSV (the spec's source.max_line_bytes sets the limit)"
-        )
 
 
 def read_part(
@@ -296,14 +242,14 @@ class _Checker:
         # Arrow's parser would meet the bytes that are not UTF-8 anyway; checking first (fast)
         # keeps it from handing undecodable rows to the invalid-row handler, which pyarrow
         # reports as an ignored exception on stderr
-        batch = self._parse(block, first_line, lines) if ascii_only or _is_utf8(block) else None
+        batch = self._parse(block, first_line, lines) if ascii_only or is_utf8(block) else None
         # UTF-8 lines are not counted (it would cost a pass); other encodings are
         encodings = {} if ascii_only or batch is None else {"utf-8": 0}
         if batch is None and not ascii_only:
-            spans = _non_ascii_lines(block)
+            spans = non_ascii_lines(block)
             # not UTF-8: decode each non-ASCII line with the first encoding that fits (ASCII
             # lines read the same in all of them) and parse the UTF-8 re-encoding
-            transcoded = _transcode(block, spans, self.encodings)
+            transcoded = transcode(block, spans, self.encodings)
             if transcoded is None:
                 return None  # a line fits no encoding: the exact path quarantines it
             block, encodings = transcoded
@@ -360,7 +306,7 @@ class _Checker:
             for n, text in invalid
         ]
         table = table.select(self.spec.column_names)
-        good, more = self.check(table, line_numbers, lambda idx: _raw_lines(block, idx - first_line, "utf-8"))
+        good, more = self.check(table, line_numbers, lambda idx: raw_lines(block, idx - first_line, "utf-8"))
         rejects = sorted(rejects + more, key=lambda r: r.line_number)
         return Batch(good, rejects, first_line, first_line + lines - 1)
 
@@ -379,7 +325,7 @@ class _Checker:
         usable: list[int] = []  # indexes into raw_lines that decoded
         for i, raw in enumerate(raw_lines):
             raw = raw.removesuffix(b"\r")
-            text, encoding = _decode_line(raw, self.encodings)
+            text, encoding = decode_line(raw, self.encodings)
             if text is None:
                 reason = f"bytes not valid in {' or '.join(self.encodings)}"
                 rejects.append(Reject(self.label, first_line + i, "", reason, raw.decode("latin-1")[:MAX_RAW_CHARS]))
@@ -541,47 +487,3 @@ class _LineFeed:
             raise StopIteration
         self._next += 1
         return self._lines[self._next - 1] + "\n"
-
-
-def _is_utf8(block: bytes) -> bool:
-    try:
-        pa.array([block], pa.large_binary()).cast(pa.large_string())  # Arrow's validator: ~5 GB/s
-    except pa.ArrowInvalid:
-        return False
-    return True
-
-
-def _non_ascii_lines(block: bytes) -> list[tuple[int, int]]:
-    """(start, end) byte spans of the lines holding a byte >= 0x80, in order."""
-    data = np.frombuffer(block, dtype=np.uint8)
-    high = np.flatnonzero(data >= 0x80)
-    if not len(high):
-        return []
-    newlines = np.flatnonzero(data == 0x0A)
-    if not len(newlines):
-        return [(0, len(block))]  # one line, without a newline
-    lines = np.unique(np.searchsorted(newlines, high))
-    starts = np.where(lines > 0, newlines[np.maximum(lines - 1, 0)] + 1, 0)
-    ends = np.where(lines < len(newlines), newlines[np.minimum(lines, len(newlines) - 1)], len(block))
-    return list(zip(starts.tolist(), ends.tolist(), strict=True))
-
-
-def _transcode(block: bytes, spans: list[tuple[int, int]], encodings: list[str]):
-    """The block re-encoded as UTF-8, decoding each listed line with the first encoding that
-    fits; also the count of lines per encoding. None when a line fits none of them."""
-    pieces, counts, last = [], {}, 0
-    for start, end in spans:
-        text, encoding = _decode_line(block[start:end], encodings)
-        if text is None:
-            return None
-        counts[encoding] = counts.get(encoding, 0) + 1
-        pieces.append(block[last:start])
-        pieces.append(text.encode("utf-8"))
-        last = end
-    pieces.append(block[last:])
-    return b"".join(pieces), counts
-
-
-def _raw_lines(block: bytes, offsets: np.ndarray, encoding: str) -> list[str]:
-    lines = block.split(b"\n")
-    return [lines[int(i)].removesuffix(b"\r").decode(encoding, "replace") for i in offsets]

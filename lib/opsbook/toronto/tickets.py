@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import psycopg
 from psycopg import sql
 
 from opsbook.datasets import DatasetSpec
@@ -132,12 +133,16 @@ def load_years(job: LoadJob, run_id: str, progress=None) -> list[YearResult]:
     ``progress(message, transient=False)`` is told when each year starts (transient) and ends.
     """
     notify = progress or (lambda message, transient=False: None)
-    with postgres.connection(autocommit=True, purpose=f"load {run_id}") as control:
+    control = postgres.connect(autocommit=True, purpose=f"load {run_id}")
+    try:
         prepare(control, job.spec)
         results = []
         for index, year in enumerate(job.years, 1):
             count = len(job.found.found[year])
             notify(f"{year}: loading ({index}/{len(job.years)}, {count} file(s))...", transient=True)
+            if control.closed or control.broken:  # the server ended the session: the next year gets a new one
+                control.close()
+                control = postgres.connect(autocommit=True, purpose=f"load {run_id}")
             result = load_year(control, job, year, run_id)
             notify(
                 f"{year} ({index}/{len(job.years)}): {result.status}, {result.rows:,} rows, "
@@ -145,6 +150,8 @@ def load_years(job: LoadJob, run_id: str, progress=None) -> list[YearResult]:
                 f"{result.seconds:.1f}s" + (f" ({result.error})" if result.error else "")
             )
             results.append(result)
+    finally:
+        control.close()
     return results
 
 
@@ -190,13 +197,37 @@ def load_year(control, job: LoadJob, year: int, run_id: str) -> YearResult:
             )
             result.error = _message(exc)
             result.error_type = type(exc) if isinstance(exc, OpsbookError) else None
-            ledger.failed(control, spec.name, str(year), STEP, run_id, result.error)
+            _record_failure(control, spec, year, run_id, result.error)
             if not isinstance(exc, OpsbookError | OSError) and not _is_database_error(exc):
                 raise  # a bug, not a data or service problem: let it surface with its traceback
         return result
     finally:
         result.seconds = time.monotonic() - t0
-        locks.unlock(control, lock_key)
+        with contextlib.suppress(psycopg.OperationalError):  # a session the server ended took its lock along
+            locks.unlock(control, lock_key)
+
+
+def _drop_staging(control, staging: str) -> None:
+    """Drop a year's staging table, through a new session when the control one is gone; a
+    database that cannot be reached leaves it to the next load of the year (which drops it)."""
+    drop = sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging))
+    try:
+        control.execute(drop)
+    except psycopg.OperationalError:
+        with contextlib.suppress(Exception), postgres.connection(autocommit=True, purpose="load cleanup") as conn:
+            conn.execute(drop)
+    except Exception:
+        pass  # the next load of the year drops it
+
+
+def _record_failure(control, spec: DatasetSpec, year: int, run_id: str, error: str) -> None:
+    """The year's ledger entry says failed, through a new session when the server ended the
+    control session (the entry must never stay 'running' for a run that is over)."""
+    try:
+        ledger.failed(control, spec.name, str(year), STEP, run_id, error)
+    except psycopg.OperationalError:
+        with postgres.connection(autocommit=True, purpose=f"load {run_id}") as conn:
+            ledger.failed(conn, spec.name, str(year), STEP, run_id, error)
 
 
 def _is_database_error(exc: Exception) -> bool:
@@ -387,8 +418,7 @@ def _replace_year(
     finally:
         spool.close()
         if result.status != "loaded":
-            with contextlib.suppress(Exception):
-                control.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging)))
+            _drop_staging(control, staging)
 
 
 def _part_sizes(source_file: files.SourceFile) -> list[tuple[str, int]]:
