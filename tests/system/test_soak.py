@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:No kernel detected for 'glue':UserWarning"),
 ]
 
-ROUNDS = 50  # the issue asks for 50; a round takes about 0.3 s here
+ROUNDS = 50  # a round takes about 0.3 s here
 YEAR = 2016
 
 

@@ -191,7 +191,7 @@ def _mask_secret(match: re.Match, changed: list[bool]) -> str:
     """The match with its "secret" group masked (quotes around it, and the line breaks around a
     key's body, kept); a secret that is already the mask, or empty, is left as it is."""
     secret = match.group("secret")
-    core = secret.strip("'").replace("\\n", "").replace("\\r", "").strip()
+    core = secret.strip("'").replace("\\n", "").replace("\\r", "").strip(" \r\n\t")
     if not core or core == MASK:
         return match.group(0)
     changed[0] = True
