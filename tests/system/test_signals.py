@@ -6,7 +6,9 @@ while a staging table exists and the year's lock is held: the overlap does not d
 """
 
 import json
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -41,13 +43,14 @@ def staging_tables(db) -> int:
     "signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)], ids=["TERM", "INT", "HUP"]
 )
 def test_a_signalled_run_ends_failed_with_its_report_and_nothing_left(
-    signum, code, clean, demo_dir, started, reports_dir, tmp_path
+    signum, code, clean, demo_dir, started, reports_dir
 ):
     db = clean
     assert call("load", source=str(demo_dir), years="2016").years[0].status == "loaded"
     before = digest(db)
-    temp = tmp_path / "tmp"  # the runner's temporary folder: the kernel's sockets and logs go there
-    temp.mkdir()
+    # the runner's temporary folder, where the kernel's sockets and logs go (short: a socket's
+    # path is limited to about 100 bytes)
+    temp = Path(tempfile.mkdtemp(prefix="sig-", dir="/tmp"))
     with postgres.connection(purpose="test gate") as gate:
         gate.execute("LOCK TABLE parking_tickets IN SHARE UPDATE EXCLUSIVE MODE")
         proc = started(*LOAD, "-p", f"source={demo_dir}", env={"TMPDIR": str(temp)})
@@ -76,6 +79,7 @@ def test_a_signalled_run_ends_failed_with_its_report_and_nothing_left(
     assert advisory_locks(db) == []
     assert kernels_of_this_session() == []
     assert list(temp.iterdir()) == []
+    shutil.rmtree(temp)
     assert digest(db) == before
 
 

@@ -272,7 +272,7 @@ def _run_notebook(
     from opsbook.run import engine
 
     logging.getLogger("papermill").setLevel(logging.WARNING)
-    kernel_dir = tempfile.mkdtemp(prefix="opsbook-kernel-")
+    kernel_dir = _kernel_dir()
     hooks = engine.Hooks(target.name, stream=progress, deadline=time.monotonic() + timeout if timeout else None)
     from opsbook.run.progress import PROGRESS_ENV, Relay
 
@@ -330,6 +330,20 @@ def _drop_papermill_error_cells(nb) -> None:
     from papermill.execute import ERROR_MARKER_TAG
 
     nb.cells = [c for c in nb.cells if ERROR_MARKER_TAG not in c.get("metadata", {}).get("tags", [])]
+
+
+# a Unix socket's path holds at most 107 bytes; the kernel's are <folder>/kernel-<n>
+_SOCKET_PATH_MAX = 100
+
+
+def _kernel_dir() -> str:
+    """A private folder for the kernel's sockets and logs: in the temporary folder, or in /tmp
+    when that one's path is too long for a Unix socket."""
+    folder = tempfile.mkdtemp(prefix="opsbook-kernel-")
+    if len(os.fsencode(folder)) + len("/kernel-99") > _SOCKET_PATH_MAX and os.path.isdir("/tmp"):
+        os.rmdir(folder)
+        folder = tempfile.mkdtemp(prefix="opsbook-kernel-", dir="/tmp")
+    return folder
 
 
 def _kernel_config(kernel_dir: str):
