@@ -61,6 +61,18 @@ def format_years(years: Iterable[int]) -> str:
     return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
+def format_days(days: Iterable[dt.date]) -> str:
+    """The shortest spec for a set of days: consecutive days as ``first..last``, the rest by
+    commas (``2025-11-03..2025-11-05,2025-11-09``)."""
+    runs: list[list[dt.date]] = []
+    for day in sorted(set(days)):
+        if runs and day == runs[-1][-1] + dt.timedelta(days=1):
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs)
+
+
 class _TextType:
     """A value validated from its text and serialized back to it (pydantic core schema)."""
 

@@ -20,8 +20,8 @@ HOURLY_CUTOFF = "2025-10-10 00:00+00"  # 90 days before AS_OF
 
 @pytest.fixture
 def safety_tables(db):
-    """safety_indices (hourly readings 2026-01-01..10) and safety_indices_hourly (2025-09-01..
-    2026-01-08, one row a day); safety_indices_daily does not exist."""
+    """safety_indices (hourly readings 2026-01-01..10), safety_indices_hourly (2025-09-01..
+    2026-01-08, one row a day) and safety_indices_daily (one row a day since 2020: kept for good)."""
     db.execute("DROP TABLE IF EXISTS safety_indices, safety_indices_hourly, safety_indices_daily")
     db.execute(
         "CREATE TABLE safety_indices (intersection_id integer, timestamp timestamptz, combined_index double precision,"
@@ -32,12 +32,17 @@ def safety_tables(db):
         "generate_series('2026-01-01 00:00+00'::timestamptz, '2026-01-10 23:00+00', '1 hour') t"
     )
     db.execute("CREATE TABLE safety_indices_hourly (intersection_id integer, hour_timestamp timestamptz, avg_si real)")
+    db.execute("CREATE TABLE safety_indices_daily (intersection_id integer, date date, avg_si real)")
+    db.execute(
+        "INSERT INTO safety_indices_daily SELECT 1001, d, 0.5 "
+        "FROM generate_series('2020-01-01'::date, '2026-01-08', '1 day') d"
+    )
     db.execute(
         "INSERT INTO safety_indices_hourly SELECT 1001, t, 0.5 FROM "
         "generate_series('2025-09-01 00:00+00'::timestamptz, '2026-01-08 00:00+00', '1 day') t"
     )
     yield db
-    db.execute("DROP TABLE IF EXISTS safety_indices, safety_indices_hourly")
+    db.execute("DROP TABLE IF EXISTS safety_indices, safety_indices_hourly, safety_indices_daily")
 
 
 def state(db, *tables: str) -> dict:
@@ -65,7 +70,7 @@ def test_plan_changes_nothing_and_counts_match_an_independent_count(safety_table
     plan = result.plan
 
     rules = {r.table: r for r in plan.rules}
-    assert rules["safety_indices_daily"].status == "absent"
+    assert "safety_indices_daily" not in rules  # the runbook keeps daily roll-ups for good
     realtime = rules["safety_indices"]
     old = count(db, "SELECT count(*) FROM safety_indices WHERE timestamp < %s", TS_CUTOFF)
     assert old == 3 * 5 * 24  # 2026-01-01..05
@@ -88,6 +93,8 @@ def test_plan_changes_nothing_and_counts_match_an_independent_count(safety_table
 def test_apply_deletes_exactly_the_planned_rows_and_vacuums(safety_tables):
     db = safety_tables
     kept_before = state(db, "safety_indices")  # digest of the rows that must stay, taken below
+    daily_before = state(db, "safety_indices_daily")
+    assert daily_before["safety_indices_daily"][0] > 2000
     kept_digest = db.execute(
         "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM safety_indices t WHERE timestamp >= %s",
         (TS_CUTOFF,),
@@ -98,7 +105,7 @@ def test_apply_deletes_exactly_the_planned_rows_and_vacuums(safety_tables):
     assert applied["safety_indices"].status == "removed"
     assert applied["safety_indices"].removed_rows == applied["safety_indices"].planned_rows == 360
     assert applied["safety_indices_hourly"].removed_rows == 39
-    assert applied["safety_indices_daily"].status == "absent"
+    assert "safety_indices_daily" not in applied and state(db, "safety_indices_daily") == daily_before
     assert count(db, "SELECT count(*) FROM safety_indices") == kept_before["safety_indices"][0] - 360
     assert count(db, "SELECT count(*) FROM safety_indices WHERE timestamp < %s", TS_CUTOFF) == 0
     assert (
@@ -115,7 +122,6 @@ def test_apply_deletes_exactly_the_planned_rows_and_vacuums(safety_tables):
     assert {a.table: a.status for a in again.applied} == {
         "safety_indices": "nothing to remove",
         "safety_indices_hourly": "nothing to remove",
-        "safety_indices_daily": "absent",
     }
 
 

@@ -192,3 +192,48 @@ def test_a_rollup_that_disagrees_with_the_readings_fails_its_checks(readings, db
     result = rollups.Result(rollups.Params(), readings=1, checks=found)
     verdict = result.verdict()
     assert verdict.status == "fail" and "hourly_rows_match_readings: 1 row(s) disagree" in verdict.summary
+
+
+def table_hash(db, table: str, where: str = "true") -> str:
+    return db.execute(f"SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t WHERE {where}").fetchone()[
+        0
+    ]
+
+
+def test_a_day_whose_readings_are_gone_keeps_its_rollups_and_warns(readings, db):
+    """Retention purges the readings after 48 hours; rebuilding an older day must not replace
+    its hourly and daily rows with nothing."""
+    assert build().verdict().status == "pass"
+    hourly, daily = table_hash(db, HOURLY), table_hash(db, DAILY)
+    db.execute("DELETE FROM safety_indices WHERE \"timestamp\" < '2025-11-06 05:00+00'")  # what retention does
+
+    purged = build("2025-11-03")
+    verdict = purged.verdict()
+    assert verdict.status == "warn" and verdict.exit_code == 0
+    assert verdict.summary.startswith("nothing rebuilt: 1 day(s) without readings kept their rollups as they were")
+    assert "2025-11-03: purged by retention, or never arrived" in verdict.summary
+    assert (table_hash(db, HOURLY), table_hash(db, DAILY)) == (hourly, daily)
+
+    # the whole window: the days that still have readings are rebuilt (to the same rows), the
+    # others are kept; every row reads as before
+    again = build()
+    assert again.verdict().status == "warn" and again.kept_days == [dt.date(2025, 11, d) for d in range(1, 6)]
+    assert {c.name: c.status for c in again.checks} == dict.fromkeys(building_checks(), "pass")
+    assert (table_hash(db, HOURLY), table_hash(db, DAILY)) == (hourly, daily)
+
+
+def test_a_day_partly_purged_is_rebuilt_from_its_hours(readings, db):
+    """The purge cutoff falls inside a local day: the day's early hours keep their hourly rows,
+    the rest are rebuilt, and the day (built from the hourly table) reads as before."""
+    assert build().verdict().status == "pass"
+    daily = table_hash(db, DAILY)
+    db.execute("DELETE FROM safety_indices WHERE \"timestamp\" < '2025-11-04 17:00+00'")  # mid-day in Toronto
+    result = build("2025-11-04")
+    assert result.verdict().status == "pass", result.verdict().summary
+    assert table_hash(db, DAILY) == daily
+
+
+def building_checks() -> list[str]:
+    from opsbook.trafficsafety.rollups import CHECKS
+
+    return list(CHECKS)

@@ -21,7 +21,7 @@ from opsbook.errors import CheckFailed
 from opsbook.run.context import RunContext
 from opsbook.run.params import DatasetName, ProcedureParams
 from opsbook.run.verdict import Verdict, shorten
-from opsbook.windows import Days
+from opsbook.windows import Days, format_days
 
 if TYPE_CHECKING:
     from opsbook.checks import CheckResult
@@ -80,6 +80,7 @@ def run(ctx: RunContext, plan: None) -> Result:
         built.hourly,
         built.checks,
         time.monotonic() - started,
+        built.kept_days,
     )
 
 
@@ -94,6 +95,7 @@ class Result:
     hourly: list[dict] = field(default_factory=list)  # intersection, hour, avg_si (for the chart)
     checks: list[CheckResult] = field(default_factory=list)  # the rollups against the readings
     seconds: float = 0.0
+    kept_days: list = field(default_factory=list)  # days without readings whose rollups were left as they were
 
     def verdict(self) -> Verdict:
         figures = {"readings": self.readings, "hourly rows": self.hourly_rows, "daily rows": self.daily_rows}
@@ -107,6 +109,14 @@ class Result:
             return Verdict.failed(
                 shorten(f"the rollups disagree with the readings: {detail}"), figures, "checks", CheckFailed
             )
+        kept = (
+            f"{len(self.kept_days)} day(s) without readings kept their rollups as they were "
+            f"({format_days(self.kept_days)}: purged by retention, or never arrived)"
+            if self.kept_days
+            else ""
+        )
+        if not self.readings and self.kept_days:
+            return Verdict("warn", f"nothing rebuilt: {kept}", figures, anchor="coverage", **counts)
         if not self.readings:
             return Verdict.failed(
                 f"no {self.params.dataset} readings in {self.params.window} ({self.params.timezone}): "
@@ -120,9 +130,13 @@ class Result:
             f"built {self.hourly_rows:,} hourly and {self.daily_rows:,} daily rows from {self.readings:,} readings "
             f"over {self.params.window} ({self.params.timezone})"
         )
+        if kept:
+            built = f"{built}; {kept}"
         if low:
             names = ", ".join(f"{d['day']} ({d['coverage']:.0%})" for d in low)
             return Verdict("warn", f"{built}; low coverage on {names}", figures, anchor="coverage", **counts)
+        if kept:
+            return Verdict("warn", built, figures, anchor="coverage", **counts)
         return Verdict("pass", f"{built}; every check against the readings passes", figures, **counts)
 
 

@@ -3,17 +3,24 @@
 ``safety_indices_hourly`` holds one row per intersection and hour that has readings: the
 combined index (empirical-Bayes adjusted) average, minimum, maximum and spread, traffic volume,
 the 15-minute intervals at high risk, and the share of the hour's four intervals present.
-``safety_indices_daily`` holds one row per intersection and local day (``timezone``): the same
-figures over the day, the intervals present against those the day should have (a daylight-
-saving day has 23 or 25 hours), and the peak hour (the hour with the highest average index).
+``safety_indices_daily`` holds one row per intersection and local day (``timezone``), built
+from the hourly rows: the same figures over the day, the intervals present against those the
+day should have (a daylight-saving day has 23 or 25 hours), and the peak hour (the hour with
+the highest average index).
 
 Missing intervals are expected (sensor outages, late batches): averages use what is there and
 the coverage says how much that was. Volumes count every reading, also those whose index is
-NULL. The window is rebuilt in one transaction (delete, then insert), so a rerun gives the
-same tables and a reader never sees half a window. The result is then checked against the
-readings with independent queries (:data:`CHECKS`, each the rows that disagree), which the
-check engine runs and judges. One build of a dataset runs at a time
-(the lock :func:`lock_key`).
+NULL. The window is rebuilt in one transaction, so a rerun gives the same tables and a reader
+never sees half a window.
+
+A rollup is never replaced with nothing: only the hours that have readings are rebuilt, and
+only the days that have hourly rows. Hours whose readings are gone (purged by retention after
+48 hours, or never arrived) keep their hourly rows, and the days are rebuilt from the hourly
+table, so the daily rows survive the realtime purge; the days left as they were are reported.
+
+The result is then checked with independent queries (:data:`CHECKS`, each the rows that
+disagree: hours against their readings, days against their hours), which the check engine
+runs and judges. One build of a dataset runs at a time (the lock :func:`lock_key`).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ CREATE TABLE IF NOT EXISTS {hourly} (
     high_risk_intervals integer NOT NULL,
     data_quality_score double precision NOT NULL,
     PRIMARY KEY (intersection_id, hour_timestamp));
+ALTER TABLE {hourly} ADD COLUMN IF NOT EXISTS si_intervals integer;
 CREATE TABLE IF NOT EXISTS {daily} (
     intersection_id integer NOT NULL,
     date date NOT NULL,
@@ -71,28 +79,46 @@ READINGS = """
     FROM {source}
     WHERE "timestamp" >= %(start)s AND "timestamp" < %(end)s"""
 
+# the hours of the window that have readings: only those are rebuilt
+CLEAR_HOURS = """
+DELETE FROM {hourly} WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(end)s
+  AND hour_timestamp IN (SELECT DISTINCT hour_timestamp FROM ({readings}) r)"""
+
 BUILD_HOURLY = """
-INSERT INTO {hourly}
+INSERT INTO {hourly} (intersection_id, hour_timestamp, intervals, avg_si, min_si, max_si, std_si, avg_vru,
+                      avg_vehicle, total_volume, avg_volume, high_risk_intervals, data_quality_score, si_intervals)
 SELECT intersection_id, hour_timestamp, count(*), avg(si), min(si), max(si), stddev_samp(si),
        avg(vru_index), avg(vehicle_index), sum(traffic_volume), avg(traffic_volume),
-       count(*) FILTER (WHERE si > %(high_risk)s), count(*) / 4.0
+       count(*) FILTER (WHERE si > %(high_risk)s), count(*) / 4.0, count(si)
 FROM ({readings}) r
 GROUP BY intersection_id, hour_timestamp"""
 
-# the hours a local day has (23, 24 or 25), from the time zone's rules
+# the window's hourly rows with their local day (what the days are built from)
+HOURS = """
+    SELECT *, (hour_timestamp AT TIME ZONE %(tz)s)::date AS day FROM {hourly}
+    WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(end)s"""
+
+# the days of the window that have hourly rows: only those are rebuilt
+CLEAR_DAYS = """
+DELETE FROM {daily} WHERE date BETWEEN %(first)s AND %(last)s
+  AND date IN (SELECT DISTINCT day FROM ({hours}) h)"""
+
+# the hours a local day has (23, 24 or 25), from the time zone's rules; an hour's index
+# average weighs by its readings that have an index (si_intervals; older rows: intervals)
 BUILD_DAILY = """
 INSERT INTO {daily}
-WITH days AS (
-    SELECT intersection_id, day, count(DISTINCT hour_timestamp) AS hours, count(*) AS intervals,
-           avg(si) AS avg_si, min(si) AS min_si, max(si) AS max_si, sum(traffic_volume) AS total_volume,
-           count(*) FILTER (WHERE si > %(high_risk)s) AS high_risk
-    FROM ({readings}) r GROUP BY intersection_id, day),
+WITH h AS ({hours}),
+days AS (
+    SELECT intersection_id, day, count(*) AS hours, sum(intervals) AS intervals,
+           sum(avg_si * coalesce(si_intervals, intervals)) FILTER (WHERE avg_si IS NOT NULL)
+             / nullif(sum(coalesce(si_intervals, intervals)) FILTER (WHERE avg_si IS NOT NULL), 0) AS avg_si,
+           min(min_si) AS min_si, max(max_si) AS max_si, sum(total_volume) AS total_volume,
+           sum(high_risk_intervals) AS high_risk
+    FROM h GROUP BY intersection_id, day),
 peaks AS (
-    SELECT DISTINCT ON (intersection_id, (hour_timestamp AT TIME ZONE %(tz)s)::date)
-           intersection_id, (hour_timestamp AT TIME ZONE %(tz)s)::date AS day, hour_timestamp, avg_si
-    FROM {hourly}
-    WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(end)s AND avg_si IS NOT NULL
-    ORDER BY intersection_id, (hour_timestamp AT TIME ZONE %(tz)s)::date, avg_si DESC, hour_timestamp)
+    SELECT DISTINCT ON (intersection_id, day) intersection_id, day, hour_timestamp, avg_si
+    FROM h WHERE avg_si IS NOT NULL
+    ORDER BY intersection_id, day, avg_si DESC, hour_timestamp)
 SELECT d.intersection_id, d.day, %(tz)s, d.hours, d.intervals,
        4 * (extract(epoch FROM ((d.day + 1)::timestamp AT TIME ZONE %(tz)s)
                               - (d.day::timestamp AT TIME ZONE %(tz)s)) / 3600)::int,
@@ -100,13 +126,18 @@ SELECT d.intersection_id, d.day, %(tz)s, d.hours, d.intervals,
        extract(hour FROM p.hour_timestamp AT TIME ZONE %(tz)s)::int, p.hour_timestamp, p.avg_si
 FROM days d LEFT JOIN peaks p USING (intersection_id, day)"""
 
-# the checks of a built window against the readings, computed apart from the build: a shared
-# WITH prefix, then one query per check returning the rows that disagree (none: it passes)
+# the checks of a built window, computed apart from the build: a shared WITH prefix, then one
+# query per check returning the rows that disagree (none: it passes). Hours are checked against
+# their readings where they were rebuilt, days against their hours; the hours and days kept
+# because their readings are gone are left out of the comparison with readings
 CHECKS_WITH = """
 WITH r AS ({readings}),
 raw_hours AS (SELECT intersection_id, hour_timestamp, count(*) n, sum(traffic_volume) v FROM r GROUP BY 1, 2),
 raw_days AS (SELECT intersection_id, day, count(*) n, sum(traffic_volume) v, max(si) mx FROM r GROUP BY 1, 2),
 hourly AS (SELECT * FROM {hourly} WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(end)s),
+rebuilt AS (SELECT * FROM hourly WHERE hour_timestamp IN (SELECT hour_timestamp FROM raw_hours)),
+kept_days AS (SELECT DISTINCT (hour_timestamp AT TIME ZONE %(tz)s)::date AS day FROM hourly
+              WHERE hour_timestamp NOT IN (SELECT hour_timestamp FROM raw_hours)),
 daily AS (SELECT * FROM {daily} WHERE date BETWEEN %(first)s AND %(last)s),
 hourly_days AS (SELECT intersection_id, (hour_timestamp AT TIME ZONE %(tz)s)::date AS day,
                        sum(total_volume) v, max(avg_si) peak FROM hourly GROUP BY 1, 2)
@@ -116,15 +147,18 @@ CHECKS = {
         "hourly rows match the readings per hour",
         """SELECT intersection_id, hour_timestamp, x.n AS readings, h.intervals, x.v AS readings_volume,
                   h.total_volume
-           FROM raw_hours x FULL JOIN hourly h USING (intersection_id, hour_timestamp)
+           FROM raw_hours x FULL JOIN rebuilt h USING (intersection_id, hour_timestamp)
            WHERE x.n IS DISTINCT FROM h.intervals OR x.v IS DISTINCT FROM h.total_volume""",
     ),
     "daily_rows_match_readings": (
-        "daily rows match the readings per day",
+        "daily rows match the readings per day (days whose every hour has its readings)",
         """SELECT coalesce(x.intersection_id, d.intersection_id) AS intersection_id, coalesce(x.day, d.date) AS date,
                   x.n AS readings, d.intervals, x.v AS readings_volume, d.total_volume, x.mx AS readings_max_si,
                   d.max_si
-           FROM raw_days x FULL JOIN daily d ON d.intersection_id = x.intersection_id AND d.date = x.day
+           FROM (SELECT * FROM raw_days WHERE day NOT IN (SELECT day FROM kept_days)) x
+           FULL JOIN (SELECT * FROM daily WHERE date IN (SELECT day FROM raw_days)
+                                          AND date NOT IN (SELECT day FROM kept_days)) d
+             ON d.intersection_id = x.intersection_id AND d.date = x.day
            WHERE x.n IS DISTINCT FROM d.intervals OR x.v IS DISTINCT FROM d.total_volume
               OR x.mx IS DISTINCT FROM d.max_si""",
     ),
@@ -132,13 +166,13 @@ CHECKS = {
         "daily volume is the sum of its hours",
         """SELECT d.intersection_id, d.date, d.total_volume, h.v AS hours_volume
            FROM daily d LEFT JOIN hourly_days h ON h.intersection_id = d.intersection_id AND h.day = d.date
-           WHERE d.total_volume IS DISTINCT FROM h.v""",
+           WHERE d.date IN (SELECT day FROM hourly_days) AND d.total_volume IS DISTINCT FROM h.v""",
     ),
     "peak_hour_has_highest_index": (
         "the peak hour has the highest hourly index",
         """SELECT d.intersection_id, d.date, d.peak_hour, d.peak_si, h.peak AS highest_hourly_si
            FROM daily d LEFT JOIN hourly_days h ON h.intersection_id = d.intersection_id AND h.day = d.date
-           WHERE d.peak_si IS DISTINCT FROM h.peak""",
+           WHERE d.date IN (SELECT day FROM hourly_days) AND d.peak_si IS DISTINCT FROM h.peak""",
     ),
 }
 
@@ -196,6 +230,7 @@ class Built:
     daily: list[dict] = field(default_factory=list)  # the daily rows built
     hourly: list[dict] = field(default_factory=list)  # intersection, local hour, avg_si (for a chart)
     checks: list[CheckResult] = field(default_factory=list)  # the rollups against the readings
+    kept_days: list[dt.date] = field(default_factory=list)  # days without readings whose rollups were kept
 
 
 def lock_key(dataset: str) -> str:
@@ -226,18 +261,13 @@ def build(spec: DatasetSpec, window: Days, timezone: str, high_risk: float, run_
         with conn.transaction():  # taken right after the dataset's lock (a test holds it to pause a build here)
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('opsbook.ddl.rollups'))")
             ensure_tables(conn)
+        hours = sql.SQL(HOURS).format(**names)
         with conn.transaction():  # the whole window or nothing
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(end)s").format(
-                    names["hourly"]
-                ),
-                args,
-            )
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE date BETWEEN %(first)s AND %(last)s").format(names["daily"]), args
-            )
+            # hours with readings, then days with hourly rows: the rest is kept as it is
+            conn.execute(sql.SQL(CLEAR_HOURS).format(readings=readings, **names), args)
             built.hourly_rows = conn.execute(sql.SQL(BUILD_HOURLY).format(readings=readings, **names), args).rowcount
-            built.daily_rows = conn.execute(sql.SQL(BUILD_DAILY).format(readings=readings, **names), args).rowcount
+            conn.execute(sql.SQL(CLEAR_DAYS).format(hours=hours, **names), args)
+            built.daily_rows = conn.execute(sql.SQL(BUILD_DAILY).format(hours=hours, **names), args).rowcount
             conn.execute(
                 sql.SQL(
                     "UPDATE {} SET data_quality_score = intervals::float / expected_intervals "
@@ -246,6 +276,16 @@ def build(spec: DatasetSpec, window: Days, timezone: str, high_risk: float, run_
                 args,
             )
         built.readings = conn.execute(sql.SQL("SELECT count(*) FROM ({}) r").format(readings), args).fetchone()[0]
+        with_readings = {
+            row[0] for row in conn.execute(sql.SQL("SELECT DISTINCT day FROM ({}) r").format(readings), args)
+        }
+        held = conn.execute(
+            sql.SQL("SELECT date, count(*) FROM {} WHERE date BETWEEN %(first)s AND %(last)s GROUP BY 1").format(
+                names["daily"]
+            ),
+            args,
+        ).fetchall()
+        built.kept_days = sorted(day for day, _ in held if day not in with_readings)
         built.checks = check(conn, spec, window, args)
         built.daily = postgres.dicts(
             conn,
