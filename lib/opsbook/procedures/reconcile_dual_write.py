@@ -16,16 +16,17 @@ The steps, each a notebook cell an analyst can stop after:
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, field_validator
 
 from opsbook.errors import CheckFailed
 from opsbook.run.context import RunContext
 from opsbook.run.params import DatasetName, ProcedureParams
 from opsbook.run.verdict import Verdict
-from opsbook.windows import Days
+from opsbook.windows import Days, format_days
 
 if TYPE_CHECKING:
     from opsbook.trafficsafety.compare import Comparison
@@ -57,6 +58,56 @@ class Params(ProcedureParams):
     repair: bool = Field(False, description="re-apply the source of truth to the differing keys, then check again")
     source_of_truth: Literal["lake", "postgres"] = Field("lake", description="which side a repair copies from")
     row_limit: int = Field(5_000_000, ge=0, description="above this many rows, compare bucketed checksums first")
+    horizon_policy: str = Field(
+        "",
+        description="retention policy whose rule on the dataset's table says which days PostgreSQL keeps: "
+        "days of the window before its cutoff are left out (the runbook's: trafficsafety)",
+    )
+
+    @field_validator("horizon_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        from opsbook.errors import UsageError
+        from opsbook.ops.policy import load_policy
+
+        if value.strip():
+            try:
+                load_policy(value.strip())
+            except UsageError as exc:
+                raise ValueError(str(exc)) from None
+        return value.strip()
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """The days of the window both sides are meant to hold, and those left out and why."""
+
+    window: Days | None  # None: no day of the window is within the horizon
+    left_out: list  # days of the window before the cutoff
+    reason: str = ""
+
+    @classmethod
+    def of(cls, params: Params, today: dt.date | None = None) -> Horizon:
+        from opsbook import datasets
+        from opsbook.ops.policy import load_policy
+        from opsbook.ops.retention import cutoff_of
+
+        window = params.window
+        if not params.horizon_policy:
+            return cls(window, [])
+        table = datasets.get(params.dataset).table
+        policy, _ = load_policy(params.horizon_policy)
+        rule = next((r for r in policy.rules if r.table == table and r.keep_days), None)
+        if rule is None:
+            return cls(window, [], f"policy {policy.name} removes nothing by age from {table}")
+        cutoff = cutoff_of(today or dt.datetime.now(dt.UTC).date(), rule.keep_days, "date")
+        left_out = [d for d in window.days if d < cutoff]
+        reason = (
+            f"{table} keeps {rule.keep_days} day(s) (policy {policy.name}): rows before {cutoff} are purged "
+            "on purpose, so those days are not compared"
+        )
+        kept = Days(max(window.first, cutoff), window.last) if window.last >= cutoff else None
+        return cls(kept, left_out, reason)
 
 
 def locks(params: Params) -> list[str]:
@@ -80,6 +131,7 @@ class Plan:
     comparison: Comparison
     writes: Writes
     repair: RepairPlan  # what a repair would change; applied only with repair=true
+    horizon: Horizon | None = None  # the days compared and those left out
 
 
 # --- the steps -------------------------------------------------------------------------------
@@ -91,7 +143,11 @@ def compare(ctx: RunContext) -> Comparison:
     from opsbook.trafficsafety import compare as comparing
 
     params: Params = ctx.params
-    return comparing.compare(datasets.get(params.dataset), params.window, row_limit=params.row_limit)
+    horizon = Horizon.of(params)
+    spec = datasets.get(params.dataset)
+    if horizon.window is None:  # every day is before the horizon: an empty comparison says so
+        return comparing.Comparison(days=[], lake_rows={}, postgres_rows={}, differences=[], method="nothing compared")
+    return comparing.compare(spec, horizon.window, row_limit=params.row_limit)
 
 
 def check_writes(ctx: RunContext) -> Writes:
@@ -112,7 +168,10 @@ def plan_repair(ctx: RunContext, comparison: Comparison, writes: Writes) -> Plan
     from opsbook.trafficsafety import repair as repairing
 
     params: Params = ctx.params
-    return Plan(params, comparison, writes, repairing.plan(comparison, params.window, params.source_of_truth))
+    horizon = Horizon.of(params)
+    # a repair covers the days compared only: never a day PostgreSQL purged on purpose
+    window = horizon.window or Days()
+    return Plan(params, comparison, writes, repairing.plan(comparison, window, params.source_of_truth), horizon)
 
 
 def plan(ctx: RunContext) -> Plan:
@@ -187,6 +246,15 @@ class Result:
                 f"{retried}repair from {params.source_of_truth} answered {self.repaired.plan.differences} "
                 f"difference(s) ({done}); "
             )
+        horizon = self.plan.horizon or Horizon(params.window, [])
+        compared = horizon.window
+        left_out = (
+            f"; {len(horizon.left_out)} day(s) left out ({format_days(horizon.left_out)}): {horizon.reason}"
+            if horizon.left_out
+            else ""
+        )
+        if compared is None and not (self.pending or self.archive):
+            return Verdict("warn", f"nothing compared{left_out}", figures, anchor="reconcile-days")
         if remaining or self.pending or self.archive:
             parts = [f"{v:,} {k}" for k, v in counts.items() if v]
             if self.pending:
@@ -194,13 +262,14 @@ class Result:
             if self.archive:
                 parts.append(f"{len(self.archive)} archive finding(s)")
             hint = "" if params.repair else "; -p repair=true re-applies the source of truth and retries pending writes"
-            summary = f"{repaired}the dual-write disagrees over {params.window}: {', '.join(parts)}{hint}"
+            summary = f"{repaired}the dual-write disagrees over {compared or params.window}: {', '.join(parts)}{hint}"
+            summary += left_out
             return Verdict.failed(summary, figures, self._anchor(), CheckFailed)
         rows = sum(self.final.lake_rows.values())
         return Verdict(
             "pass",
-            f"{repaired}lake and PostgreSQL agree over {params.window}: {rows:,} rows, "
-            f"{self.final.method}; archive complete",
+            f"{repaired}lake and PostgreSQL agree over {compared}: {rows:,} rows, "
+            f"{self.final.method}; archive complete{left_out}",
             figures,
         )
 
