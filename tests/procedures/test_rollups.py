@@ -237,3 +237,16 @@ def building_checks() -> list[str]:
     from opsbook.trafficsafety.rollups import CHECKS
 
     return list(CHECKS)
+
+
+def test_a_day_whose_hours_are_partly_purged_keeps_its_daily_row(readings, db):
+    """Hourly retention cuts at midnight UTC, inside a Toronto day: with its readings gone too,
+    rebuilding that day must not replace its whole-day row with one from the hours left."""
+    assert build().verdict().status == "pass"
+    daily = table_hash(db, DAILY)
+    db.execute("DELETE FROM safety_indices WHERE \"timestamp\" < '2025-11-06 05:00+00'")
+    db.execute("DELETE FROM safety_indices_hourly WHERE hour_timestamp < '2025-11-04 00:00+00'")
+    result = build()
+    assert result.verdict().status == "warn", result.verdict().summary
+    assert all(c.status == "pass" for c in result.checks), [(c.name, c.message) for c in result.checks]
+    assert table_hash(db, DAILY) == daily

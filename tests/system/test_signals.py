@@ -125,3 +125,15 @@ def test_a_lost_session_fails_its_year_and_the_next_year_loads(session, clean, d
     assert staging_tables(db) == 0
     assert advisory_locks(db) == []
     assert kernels_of_this_session() == []
+
+
+def test_a_signal_between_cells_starts_no_further_cell(tmp_path, database_url, reports_dir):
+    """The kernel may be idle when the signal comes (an idle kernel ignores SIGINT): the cell
+    after it must not start, and the run ends stopped."""
+    from helpers import ROOT, run_cli
+
+    marker = tmp_path / "ran"
+    done = run_cli(str(ROOT / "tests/notebooks/stop_self.ipynb"), "-p", f"marker={marker}", "--json")
+    assert done.code == 143, done.stderr
+    assert done.json()["error"].startswith("stopped by SIGTERM: ")
+    assert not marker.exists()

@@ -74,8 +74,8 @@ class OpsbookEngine(NBClientEngine):
 
         def cell_start(cell, cell_index=None, **kw):
             started[cell_index] = time.monotonic()
-            if hooks.trap is not None and hooks.trap.received:
-                hooks.trap.interrupt()  # the signal came before the kernel ran: stop at this cell
+            if hooks.trap is not None:
+                hooks.trap.before_cell()  # a stop signal received meanwhile: no further cell starts
             return original_start(cell, cell_index, **kw)
 
         def cell_exception(cell, cell_index=None, **kw):
@@ -83,6 +83,8 @@ class OpsbookEngine(NBClientEngine):
             return original_exception(cell, cell_index, **kw)
 
         def cell_complete(cell, cell_index=None, **kw):
+            if hooks.trap is not None:
+                hooks.trap.after_cell()
             result = original_complete(cell, cell_index, **kw)
             if cell_index in position:
                 seconds = time.monotonic() - started.get(cell_index, time.monotonic())

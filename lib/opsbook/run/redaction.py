@@ -126,17 +126,24 @@ def _variants(secret: str) -> set[str]:
 # replaced. Masked text ("***") matches too and is left as it is.
 _POSITIONAL = [
     # scheme://user:PASSWORD@host (up to the last @ of the authority)
-    re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/?#@\[\]\"'<>]*:(?P<secret>[^\s/?#\"'<>]+)@"),
+    # (a scheme is at most 32 characters, and starts where no scheme character precedes it: a
+    # long run of such characters must not be rescanned from each of its positions)
+    re.compile(r"(?<![A-Za-z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s:/?#@\[\]\"'<>]*:(?P<secret>[^\s/?#\"'<>]+)@"),
     # password=... in a query string or a libpq keyword DSN (quoted or not; &amp; in HTML)
     re.compile(
         r"(?:(?<=[?&;\s'\"(])|^)(?:password|passwd|sslpassword)\s*=\s*"
         r"(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&;'\"<>]+)",
         re.IGNORECASE | re.MULTILINE,
     ),
-    # "password": "..." and "private_key": "..." in JSON (and the same with escaped quotes)
+    # "password": "..." and "private_key": "..." in JSON (and the same with escaped quotes), and
+    # 'password': '...' in a Python dict's repr
     re.compile(
-        r"(?:\\?[\"'])(?:password|private_key|client_secret|refresh_token)(?:\\?[\"'])\s*:\s*(?:\\?[\"'])"
-        r"(?P<secret>(?:[^\"'\\]|\\[^\"'])+)",
+        r"\\?\"(?:password|private_key|client_secret|refresh_token)\\?\"\s*:\s*\\?\""
+        r"(?P<secret>(?:[^\"\\]|\\[^\"])+)",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"'(?:password|private_key|client_secret|refresh_token)'\s*:\s*'(?P<secret>(?:[^'\\]|\\.)+)'",
         re.IGNORECASE,
     ),
     # the body of a PEM private key: its base64 lines (real or escaped line breaks between them)
@@ -265,8 +272,10 @@ def scrub_notebook(nb, redact: Redactor, where: str = "executed notebook"):
         for output in cell.get("outputs", []):
             if isinstance(output.get("text"), str):
                 output.text = redact(output.text, where)
-            if "data" in output:
-                output.data = type(output.data)(redact.scrub(dict(output.data), where))
+            if "data" in output:  # images are base64 of bytes: no secret is readable there, nor replaceable
+                output.data = type(output.data)(
+                    {k: v if k.startswith("image/") else redact.scrub(v, where) for k, v in output.data.items()}
+                )
             if "evalue" in output:
                 output.evalue = redact(output.evalue, where)
             if "traceback" in output:

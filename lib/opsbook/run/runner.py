@@ -131,7 +131,9 @@ def execute(
         log = _RunLog(run_id, notes)
         log.start(target.name, dataset, window, safe_params)
         nb, error_text, exit_code = _run_notebook(target, values, run_id, timeout, progress, trap)
-        if trap.received:  # the run ends as stopped, whatever the interrupted cell raised
+        if trap.received and exit_code == 0:  # every cell had run: the result stands
+            notes.append(f"received {', '.join(signal_names(trap.received))} once the notebook had finished")
+        elif trap.received:  # the run ends as stopped, whatever the interrupted cell raised
             how = trap.outcome or "before the notebook started"
             error_text, exit_code = f"stopped by {trap.name}: {how}; the run did not finish", trap.exit_code
             if progress is not None:
@@ -315,6 +317,7 @@ def _run_notebook(
             return nb, f"the run exceeded --timeout {timeout:g}s: {exc}", RunTimeout.exit_code
         return nb, f"{type(exc).__name__}: {exc}", OpsbookError.exit_code
     finally:
+        trap.cancel()  # the kernel is gone: no kill is due
         relay.stop()
         shutil.rmtree(kernel_dir, ignore_errors=True)
         for key, value in env_before.items():

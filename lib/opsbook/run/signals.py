@@ -3,10 +3,10 @@
 ``timeout``, cron, systemd and a terminal's Ctrl-C stop a run with a signal. The runner does
 not die of it; it stops the notebook the way Jupyter's "interrupt" does:
 
-1. the kernel gets SIGINT: ``KeyboardInterrupt`` in the running cell, so the procedure's
-   ``finally`` blocks run (staging tables dropped, locks released, open transactions rolled
-   back, a waiting query cancelled), and papermill ends the run at that cell; a signal that
-   comes before the first cell interrupts the first cell as it starts;
+1. a cell running: the kernel gets SIGINT, ``KeyboardInterrupt`` in that cell, so the
+   procedure's ``finally`` blocks run (staging tables dropped, locks released, open
+   transactions rolled back, a waiting query cancelled), and papermill ends the run at that
+   cell; no cell running (before the first, between two): the next cell does not start;
 2. a kernel still busy ``OPSBOOK_STOP_GRACE`` seconds later (default 20: stuck in a call that
    cannot be interrupted) is killed, with its child processes;
 3. the runner marks the run's ledger entries still 'running' as interrupted, and reports the
@@ -40,6 +40,7 @@ class Trap:
     def __init__(self) -> None:
         self.received: list[int] = []
         self.client = None  # the nbclient NotebookClient, once the engine has made it
+        self.busy = False  # a cell is executing (the engine says when one starts and ends)
         self.outcome = ""  # what stopping the kernel did, in words
         self._timer: threading.Timer | None = None
 
@@ -53,29 +54,53 @@ class Trap:
 
     def _handle(self, signum, frame) -> None:
         self.received.append(signum)
-        if len(self.received) == 1:
+        if len(self.received) == 1 and self.busy:
             self.interrupt()
 
     def interrupt(self) -> None:
-        """Interrupt the kernel if it runs (else the first cell is, as it starts), and arm the
-        kill that follows the grace period. Safe to call more than once."""
+        """Interrupt the running cell (an idle kernel ignores SIGINT: then the engine keeps the
+        next cell from starting), and arm the kill that follows the grace period."""
+        import psutil
+
         pid = kernel_pid(self.client)
         if pid is None or self._timer is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-            self.outcome = "the kernel was interrupted"
-        self._timer = threading.Timer(grace_seconds(), self._kill, args=(pid,))
+        try:
+            kernel = psutil.Process(pid)
+            kernel.send_signal(signal.SIGINT)
+        except psutil.Error:
+            return
+        self.outcome = "the kernel was interrupted"
+        self._timer = threading.Timer(grace_seconds(), self._kill, args=(kernel,))
         self._timer.daemon = True
         self._timer.start()
 
-    def _kill(self, pid: int) -> None:
-        if kill_process_tree(pid):
+    def before_cell(self) -> None:
+        """Called as a cell is about to start: a stop signal received meanwhile ends the run
+        here (Stopped), else the cell counts as running."""
+        if self.received:
+            self.outcome = self.outcome or "no further cell was started"
+            raise Stopped(self.received[0])
+        self.busy = True
+
+    def after_cell(self) -> None:
+        self.busy = False
+
+    def _kill(self, kernel) -> None:
+        if kill_process_tree(kernel):
             self.outcome = f"the kernel did not stop within {grace_seconds():g}s of the interrupt and was killed"
 
     def cancel(self) -> None:
+        """The notebook has ended: no kill is due any more."""
         if self._timer is not None:
             self._timer.cancel()
+
+
+class Stopped(Exception):
+    """A stop signal came between two cells: the next one is not started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 @contextlib.contextmanager
@@ -86,7 +111,9 @@ def trap() -> Iterator[Trap]:
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return
-    previous = {s: signal.signal(s, caught._handle) for s in HANDLED}
+    # a signal ignored by whoever started the run (nohup ignores SIGHUP) stays ignored
+    previous = {s: signal.getsignal(s) for s in HANDLED}
+    previous = {s: signal.signal(s, caught._handle) for s, h in previous.items() if h is not signal.SIG_IGN}
     try:
         yield caught
     finally:
@@ -101,12 +128,12 @@ def kernel_pid(client) -> int | None:
     return getattr(process, "pid", None)
 
 
-def kill_process_tree(pid: int) -> bool:
-    """SIGKILL a process and its descendants; True when anything was still alive."""
+def kill_process_tree(root) -> bool:
+    """SIGKILL a process (a psutil.Process, so a reused pid is never hit) and its descendants;
+    True when anything was still alive."""
     import psutil
 
     try:
-        root = psutil.Process(pid)
         family = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return False

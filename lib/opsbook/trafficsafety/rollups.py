@@ -13,9 +13,10 @@ the coverage says how much that was. Volumes count every reading, also those who
 NULL. The window is rebuilt in one transaction, so a rerun gives the same tables and a reader
 never sees half a window.
 
-A rollup is never replaced with nothing: only the hours that have readings are rebuilt, and
-only the days that have hourly rows. Hours whose readings are gone (purged by retention after
-48 hours, or never arrived) keep their hourly rows, and the days are rebuilt from the hourly
+A rollup is never replaced with nothing, nor with less: only the hours that have readings are
+rebuilt, and only the days that have readings (from all their hourly rows). Hours whose
+readings are gone (purged by retention after 48 hours, or never arrived) keep their hourly
+rows, days without readings keep their daily rows, and the days are built from the hourly
 table, so the daily rows survive the realtime purge; the days left as they were are reported.
 
 The result is then checked with independent queries (:data:`CHECKS`, each the rows that
@@ -98,16 +99,17 @@ HOURS = """
     SELECT *, (hour_timestamp AT TIME ZONE %(tz)s)::date AS day FROM {hourly}
     WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(end)s"""
 
-# the days of the window that have hourly rows: only those are rebuilt
+# the days of the window that have readings: only those are rebuilt (from all their hourly
+# rows); a day without readings keeps its row, even when some of its hours are still there
 CLEAR_DAYS = """
 DELETE FROM {daily} WHERE date BETWEEN %(first)s AND %(last)s
-  AND date IN (SELECT DISTINCT day FROM ({hours}) h)"""
+  AND date IN (SELECT DISTINCT day FROM ({readings}) r)"""
 
 # the hours a local day has (23, 24 or 25), from the time zone's rules; an hour's index
 # average weighs by its readings that have an index (si_intervals; older rows: intervals)
 BUILD_DAILY = """
 INSERT INTO {daily}
-WITH h AS ({hours}),
+WITH h AS ({hours} AND (hour_timestamp AT TIME ZONE %(tz)s)::date IN (SELECT DISTINCT day FROM ({readings}) r)),
 days AS (
     SELECT intersection_id, day, count(*) AS hours, sum(intervals) AS intervals,
            sum(avg_si * coalesce(si_intervals, intervals)) FILTER (WHERE avg_si IS NOT NULL)
@@ -128,8 +130,8 @@ FROM days d LEFT JOIN peaks p USING (intersection_id, day)"""
 
 # the checks of a built window, computed apart from the build: a shared WITH prefix, then one
 # query per check returning the rows that disagree (none: it passes). Hours are checked against
-# their readings where they were rebuilt, days against their hours; the hours and days kept
-# because their readings are gone are left out of the comparison with readings
+# their readings where they were rebuilt, the days rebuilt (those with readings) against their
+# hours; the hours and days kept because their readings are gone are not compared
 CHECKS_WITH = """
 WITH r AS ({readings}),
 raw_hours AS (SELECT intersection_id, hour_timestamp, count(*) n, sum(traffic_volume) v FROM r GROUP BY 1, 2),
@@ -166,13 +168,13 @@ CHECKS = {
         "daily volume is the sum of its hours",
         """SELECT d.intersection_id, d.date, d.total_volume, h.v AS hours_volume
            FROM daily d LEFT JOIN hourly_days h ON h.intersection_id = d.intersection_id AND h.day = d.date
-           WHERE d.date IN (SELECT day FROM hourly_days) AND d.total_volume IS DISTINCT FROM h.v""",
+           WHERE d.date IN (SELECT day FROM raw_days) AND d.total_volume IS DISTINCT FROM h.v""",
     ),
     "peak_hour_has_highest_index": (
         "the peak hour has the highest hourly index",
         """SELECT d.intersection_id, d.date, d.peak_hour, d.peak_si, h.peak AS highest_hourly_si
            FROM daily d LEFT JOIN hourly_days h ON h.intersection_id = d.intersection_id AND h.day = d.date
-           WHERE d.date IN (SELECT day FROM hourly_days) AND d.peak_si IS DISTINCT FROM h.peak""",
+           WHERE d.date IN (SELECT day FROM raw_days) AND d.peak_si IS DISTINCT FROM h.peak""",
     ),
 }
 
@@ -266,8 +268,10 @@ def build(spec: DatasetSpec, window: Days, timezone: str, high_risk: float, run_
             # hours with readings, then days with hourly rows: the rest is kept as it is
             conn.execute(sql.SQL(CLEAR_HOURS).format(readings=readings, **names), args)
             built.hourly_rows = conn.execute(sql.SQL(BUILD_HOURLY).format(readings=readings, **names), args).rowcount
-            conn.execute(sql.SQL(CLEAR_DAYS).format(hours=hours, **names), args)
-            built.daily_rows = conn.execute(sql.SQL(BUILD_DAILY).format(hours=hours, **names), args).rowcount
+            conn.execute(sql.SQL(CLEAR_DAYS).format(readings=readings, **names), args)
+            built.daily_rows = conn.execute(
+                sql.SQL(BUILD_DAILY).format(hours=hours, readings=readings, **names), args
+            ).rowcount
             conn.execute(
                 sql.SQL(
                     "UPDATE {} SET data_quality_score = intervals::float / expected_intervals "
