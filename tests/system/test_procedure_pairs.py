@@ -123,3 +123,16 @@ def test_retention_after_any_removes_only_what_its_policy_says(first, written):
     # hourly rollups are within 90 days, daily ones are kept for good, the lake is not retention's
     for what in ("safety_indices_hourly", "safety_indices_daily", "lake"):
         assert after[what] == before[what], what
+
+
+def test_a_repair_from_postgres_never_empties_a_lake_day(written):
+    """Without the horizon (an ad-hoc run), the purged days differ; rewriting them from
+    PostgreSQL would leave empty files: those lake days are kept, and the run says so."""
+    db, start, today = written
+    retention()
+    before = state(db)["lake"]
+    window = f"{start}..{today - dt.timedelta(days=1)}"
+    result = call("reconcile_dual_write", window=window, repair=True, source_of_truth="postgres")
+    assert result.repaired.done.get("lake days kept (no rows in PostgreSQL)") == 4
+    assert state(db)["lake"] == before
+    assert result.verdict().exit_code == 1  # the days still differ: said, not hidden

@@ -137,13 +137,19 @@ class Plan:
 # --- the steps -------------------------------------------------------------------------------
 
 
+def _horizon(ctx: RunContext) -> Horizon:
+    """The run's horizon, as of the day the run started (UTC): a run that passes midnight
+    keeps one cutoff for its comparison and its repair."""
+    return Horizon.of(ctx.params, today=ctx.started.astimezone(dt.UTC).date())
+
+
 def compare(ctx: RunContext) -> Comparison:
     """Step 1: the lake against PostgreSQL over the window (bucketed checksums past ``row_limit``)."""
     from opsbook import datasets
     from opsbook.trafficsafety import compare as comparing
 
     params: Params = ctx.params
-    horizon = Horizon.of(params)
+    horizon = _horizon(ctx)
     spec = datasets.get(params.dataset)
     if horizon.window is None:  # every day is before the horizon: an empty comparison says so
         return comparing.Comparison(days=[], lake_rows={}, postgres_rows={}, differences=[], method="nothing compared")
@@ -168,7 +174,7 @@ def plan_repair(ctx: RunContext, comparison: Comparison, writes: Writes) -> Plan
     from opsbook.trafficsafety import repair as repairing
 
     params: Params = ctx.params
-    horizon = Horizon.of(params)
+    horizon = _horizon(ctx)
     # a repair covers the days compared only: never a day PostgreSQL purged on purpose
     window = horizon.window or Days()
     return Plan(params, comparison, writes, repairing.plan(comparison, window, params.source_of_truth), horizon)

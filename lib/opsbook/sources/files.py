@@ -91,6 +91,18 @@ def content_digest(file: SourceFile) -> str:
         return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def csv_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The CSV parts a ZIP holds, in name order (folders and macOS resource forks left out)."""
+    return sorted(
+        (
+            m
+            for m in archive.infolist()
+            if not m.is_dir() and m.filename.lower().endswith(".csv") and "__MACOSX" not in m.filename
+        ),
+        key=lambda m: m.filename,
+    )
+
+
 def iter_parts(file: SourceFile) -> Iterator[tuple[str, IO[bytes], int]]:
     """Yield ``(label, binary stream, size in bytes)`` for each CSV part of a file, in name order."""
     from opsbook.stores import uri
@@ -104,14 +116,7 @@ def iter_parts(file: SourceFile) -> Iterator[tuple[str, IO[bytes], int]]:
         except (zipfile.BadZipFile, EOFError, OSError) as exc:
             raise SourceError(f"{file.name}: not a readable ZIP archive ({exc}); is it truncated?") from exc
         with archive:
-            members = sorted(
-                (
-                    m
-                    for m in archive.infolist()
-                    if not m.is_dir() and m.filename.lower().endswith(".csv") and "__MACOSX" not in m.filename
-                ),
-                key=lambda m: m.filename,
-            )
+            members = csv_members(archive)
             if not members:
                 names = ", ".join(m.filename for m in archive.infolist()[:10]) or "nothing"
                 raise SourceError(f"{file.name}: the ZIP holds no CSV file (it holds {names})")

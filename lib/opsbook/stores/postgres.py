@@ -138,12 +138,17 @@ def connection(url: str | None = None, autocommit: bool = False, purpose: str = 
     try:
         yield conn
     finally:
-        # the server drops a closed session's advisory locks only once it notices the close; a
-        # run or step starting right after would find them still held
-        if not conn.closed and not conn.broken:
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT pg_advisory_unlock_all()")
-        conn.close()
+        close(conn)
+
+
+def close(conn: psycopg.Connection) -> None:
+    """Release the session's advisory locks, then close it. The server drops a closed session's
+    locks only once it notices the close: a run or step starting right after would find them
+    still held."""
+    if not conn.closed and not conn.broken:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_advisory_unlock_all()")
+    conn.close()
 
 
 def sqlalchemy_url(url: str | None = None) -> str:

@@ -162,11 +162,12 @@ class Started:
 
     def release(self) -> None:
         from opsbook.history import locks
+        from opsbook.stores import postgres
 
         try:
             locks.unlock(self.control, self.lock)
         finally:
-            self.control.close()
+            postgres.close(self.control)
 
 
 def start(request: Request, run_id: str) -> Started:
@@ -217,7 +218,7 @@ def start(request: Request, run_id: str) -> Started:
                 )
         return Started(request, run_id, control, plans, interrupted, tasks, key)
     except BaseException:
-        control.close()  # releases the lock
+        postgres.close(control)  # releases the lock
         raise
 
 

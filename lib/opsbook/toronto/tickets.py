@@ -151,7 +151,7 @@ def load_years(job: LoadJob, run_id: str, progress=None) -> list[YearResult]:
             )
             results.append(result)
     finally:
-        control.close()
+        postgres.close(control)
     return results
 
 
@@ -432,7 +432,7 @@ def _part_sizes(source_file: files.SourceFile) -> list[tuple[str, int]]:
     with uri.open_read(source_file.uri) as handle:
         try:
             with zipfile.ZipFile(handle) as archive:
-                return [(f"{source_file.name}:{m.filename}", m.file_size) for m in archive.infolist()]
+                return [(f"{source_file.name}:{m.filename}", m.file_size) for m in files.csv_members(archive)]
         except (zipfile.BadZipFile, EOFError, OSError):
             return [(source_file.name, source_file.size)]  # iter_parts says what is wrong with it
 

@@ -87,6 +87,11 @@ def apply(spec: DatasetSpec, planned: RepairPlan) -> dict[str, int]:
         one = Days(day, day)
         table = read_postgres(spec, one)
         old = lake_files(spec, one)
+        if not table.num_rows and old:
+            # PostgreSQL holds nothing for a day the lake has: purged on purpose (retention), or
+            # lost; either way an empty file must not replace the lake's copy
+            done["lake days kept (no rows in PostgreSQL)"] = done.get("lake days kept (no rows in PostgreSQL)", 0) + 1
+            continue
         uri.write_bytes(layout.lake_file(spec, day, f"repair-{_stamp()}"), layout.parquet_bytes(table))
         for stale in old:
             uri.delete(stale)
