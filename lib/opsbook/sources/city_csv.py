@@ -72,17 +72,16 @@ class PartStats:
     encodings: dict[str, int] = field(default_factory=dict)
     bytes: int = 0  # bytes of data lines read (the header excluded)
     rejected_bytes: int = 0  # bytes of the lines quarantined
-    # a hash of each data line, one array per block: a line that appears again in another part
-    # of the same year is input given twice (see repeated_lines)
-    line_hashes: list[np.ndarray] = field(default_factory=list, repr=False)
+    # a hash of each good row, one array per batch: a row that appears again in another part of
+    # the same year is input given twice (see opsbook.toronto.intake)
+    row_hashes: list[np.ndarray] = field(default_factory=list, repr=False)
 
-    def add_block(self, block: bytes, first_line: int, rejects: list[Reject]) -> None:
-        """Count a block's bytes, its rejected lines' bytes, and hash each of its lines."""
-        lines = block.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
+    def add_block(self, block: bytes, rejects: list[Reject], first_line: int) -> None:
+        """Count a block's bytes, and the bytes of its rejected lines."""
         self.bytes += len(block)
-        self.line_hashes.append(np.fromiter(map(hash, lines), dtype=np.int64, count=len(lines)))
+        if not rejects:
+            return
+        lines = block.split(b"\n")
         for r in rejects:
             index = r.line_number - first_line
             self.rejected_bytes += len(lines[index]) + 1 if 0 <= index < len(lines) else len(r.raw)
@@ -210,7 +209,7 @@ def read_part(
             batch = checker.fast(block, first_line, lines, stats)
             if batch is None:
                 batch = checker.exact(block, first_line, stats)
-            stats.add_block(block, first_line, batch.rejects)
+            stats.add_block(block, batch.rejects, first_line)
             stats.rows += batch.rows.num_rows
             stats.rejected += len(batch.rejects)
             yield batch

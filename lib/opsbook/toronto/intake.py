@@ -6,10 +6,10 @@ get that far with a PASS. Four guards, each refusing with the files and figures 
 - **rejects**: the share of rejected rows *and* of rejected bytes stays within
   ``max_rejected_ratio`` (a good head followed by megabytes of garbage is one bad "line" but
   most of the bytes); reading stops as soon as the limit can no longer be met;
-- **repeats**: the data lines of one part do not appear again in another part of the same
-  year (a ZIP beside the CSV it holds, a member stored twice, a copy under another name,
-  parts that overlap); a few equal lines (``REPEAT_TOLERANCE``) are two tickets that happen
-  to read the same, and pass;
+- **repeats**: the rows of one part do not appear again in another part of the same year (a
+  ZIP beside the CSV it holds, a member stored twice, a copy under another name, parts that
+  overlap); rows are compared by their typed values, hashed by DuckDB outside the GIL; a few
+  equal rows (``REPEAT_TOLERANCE``) are two tickets that happen to read the same, and pass;
 - **shrink**: the year does not lose more than ``max_shrink_ratio`` of the rows the table
   holds, unless ``allow_shrink`` says that is intended (a truncated export);
 - (line length is bounded while reading, in :mod:`opsbook.sources.city_csv`).
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from opsbook.sources.city_csv import PartStats
 
 
-# repeated lines a later part may hold before the year is refused: at most this many, or this
-# share of the part's lines, whichever is larger (two real tickets may read the same)
+# repeated rows a later part may hold before the year is refused: at most this many, or this
+# share of the part's rows, whichever is larger (two real tickets may read the same)
 REPEAT_TOLERANCE = (10, 0.001)
 
 
@@ -73,12 +73,35 @@ def _worst(parts: Sequence[PartStats]) -> str:
     return f"{part.label} ({part.rejected_bytes:,} bytes rejected)"
 
 
+class RowHasher:
+    """A 64-bit hash of each row of Arrow tables, computed by DuckDB (vectorized, without
+    holding the GIL: the load's COPY goes on meanwhile). One per thread that reads."""
+
+    def __init__(self) -> None:
+        import duckdb
+
+        self._con = duckdb.connect()
+
+    def __call__(self, rows) -> np.ndarray:
+        if not rows.num_rows:
+            return np.empty(0, np.uint64)
+        columns = ", ".join('"' + c.replace('"', '""') + '"' for c in rows.column_names)
+        self._con.register("batch_rows", rows)
+        try:
+            return self._con.execute(f"SELECT hash({columns}) AS h FROM batch_rows").fetchnumpy()["h"]
+        finally:
+            self._con.unregister("batch_rows")
+
+    def close(self) -> None:
+        self._con.close()
+
+
 def repeated_lines(parts: Sequence[PartStats]) -> list[tuple[str, str, int]]:
-    """``(earlier part, later part, lines)`` for each pair of parts whose data lines repeat:
-    each line of the later part that is also a line of the earlier one counts once."""
+    """``(earlier part, later part, rows)`` for each pair of parts whose rows repeat: each row
+    of the later part that is also a row of the earlier one counts once."""
     if len(parts) < 2:
         return []
-    hashes = [np.unique(np.concatenate(p.line_hashes)) if p.line_hashes else np.empty(0, np.int64) for p in parts]
+    hashes = [np.unique(np.concatenate(p.row_hashes)) if p.row_hashes else np.empty(0, np.uint64) for p in parts]
     every = np.concatenate(hashes)
     owner = np.repeat(np.arange(len(parts)), [len(h) for h in hashes])
     order = np.argsort(every, kind="stable")  # equal hashes keep part order: first owner first
@@ -100,8 +123,7 @@ def check_repeats(year: int, parts: Sequence[PartStats]) -> None:
     if not repeats:
         return
     said = "; ".join(
-        f"{n:,} of the {_lines(parts, later):,} lines of {later} are lines of {earlier}"
-        for earlier, later, n in repeats
+        f"{n:,} of the {_lines(parts, later):,} rows of {later} are rows of {earlier}" for earlier, later, n in repeats
     )
     raise InputRefused(
         f"{year}: the input holds the same rows twice: {said}. Remove the copy (a ZIP beside the CSV it "
@@ -111,7 +133,7 @@ def check_repeats(year: int, parts: Sequence[PartStats]) -> None:
 
 
 def _lines(parts: Sequence[PartStats], label: str) -> int:
-    return next(sum(len(h) for h in p.line_hashes) for p in parts if p.label == label)
+    return next(sum(len(h) for h in p.row_hashes) for p in parts if p.label == label)
 
 
 def check_shrink(year: int, held: int | None, rows: int, max_ratio: float, allow: bool, files: str) -> None:

@@ -347,17 +347,22 @@ def _replace_year(
     def batches():
         total_bytes = sum(size for f in year_files for _, size in _part_sizes(f))
         budget = intake.RejectBudget(year, total_bytes, job.max_rejected_ratio)
-        for source_file in year_files:
-            for label, stream, _ in files.iter_parts(source_file):
-                stats = city_csv.PartStats(label)
-                result.parts.append(stats)
-                for batch in city_csv.read_part(stream, label, spec, year, stats):
-                    if batch.rejects:
-                        spool.add(batch.rejects)
-                        budget.check(result.parts)  # stop as soon as the limit cannot be met
-                    heartbeat()
-                    if batch.rows.num_rows:
-                        yield batch.rows
+        hasher = intake.RowHasher()
+        try:
+            for source_file in year_files:
+                for label, stream, _ in files.iter_parts(source_file):
+                    stats = city_csv.PartStats(label)
+                    result.parts.append(stats)
+                    for batch in city_csv.read_part(stream, label, spec, year, stats):
+                        if batch.rejects:
+                            spool.add(batch.rejects)
+                            budget.check(result.parts)  # stop as soon as the limit cannot be met
+                        heartbeat()
+                        if batch.rows.num_rows:
+                            stats.row_hashes.append(hasher(batch.rows))
+                            yield batch.rows
+        finally:
+            hasher.close()
 
     try:
         control.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging)))
