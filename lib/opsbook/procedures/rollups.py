@@ -1,9 +1,11 @@
 """Build hourly and daily rollups of the traffic-safety indices, with the peak hour of each day.
 
 The window's local days (``timezone``) of ``safety_indices_hourly`` and ``safety_indices_daily``
-are rebuilt from the 15-minute readings in one transaction, so a rerun gives the same tables;
-then checked against the readings with independent queries. Missing intervals are expected:
-each day says how many of its intervals were present (WARN below ``min_coverage``). The work is
+are rebuilt in one transaction, so a rerun gives the same tables: the hours from their
+15-minute readings, the days from their hours; then checked with independent queries. Hours and
+days whose readings are gone (purged after 48 hours, or never arrived) keep their rows, and the
+run says which days (WARN). Missing intervals are expected: each day says how many of its
+intervals were present (WARN below ``min_coverage``). The work is
 :mod:`opsbook.trafficsafety.rollups`.
 """
 
