@@ -256,7 +256,7 @@ def test_expected_and_lag_hours_take_text_or_yaml_and_are_written_back_as_text()
     assert as_text == as_yaml
     assert as_text.expected == ("load", "validate") and as_text.lag_hours == {"default": 25.0, "load": 26.0}
     written = as_yaml.notebook_parameters()
-    assert (written["expected"], written["lag_hours"]) == ("load,validate", "default=25,load=26")
+    assert (written["expected"], written["lag_hours"]) == ("load,validate", "default:25,load:26")
     assert validate(health.Params, written) == as_text  # what the notebook records reads back the same
     with pytest.raises(UsageError, match="did you mean 'validate'"):
         validate(health.Params, {"expected": "validat"})

@@ -46,8 +46,9 @@ def _procedure_names(value: Any) -> tuple[str, ...]:
 
 
 def _lag_hours(value: Any) -> dict[str, float]:
-    """``"default=25,load=26"`` or a YAML mapping -> ``{"default": 25.0, "load": 26.0}``; a bad
-    entry is named."""
+    """``"default:25,load:26"`` (or ``=`` for ``:``) or a YAML mapping -> ``{"default": 25.0,
+    "load": 26.0}``; a bad entry is named. Written back with ``:``: papermill reads a parameters
+    cell line holding a second ``=`` as no parameter at all."""
     if isinstance(value, dict):
         entries = [(str(k).strip(), str(v), f"{k}={v}") for k, v in value.items()]
     else:
@@ -55,9 +56,9 @@ def _lag_hours(value: Any) -> dict[str, float]:
         for entry in (e.strip() for e in str(value).split(",")):
             if not entry:
                 continue
-            name, sep, hours = entry.partition("=")
+            name, sep, hours = entry.partition(":" if ":" in entry else "=")
             if not sep or not name.strip():
-                raise ValueError(f"entry {entry!r}: expected procedure=hours, e.g. load=25")
+                raise ValueError(f"entry {entry!r}: expected procedure:hours, e.g. load:25")
             entries.append((name.strip(), hours, entry))
     found: dict[str, float] = {}
     for name, hours, entry in entries:
@@ -83,9 +84,9 @@ ProcedureNames = Annotated[
 LagHours = Annotated[
     dict[str, float],
     BeforeValidator(_lag_hours),
-    PlainSerializer(lambda hours: ",".join(f"{k}={v:g}" for k, v in hours.items()), return_type=str, when_used="json"),
+    PlainSerializer(lambda hours: ",".join(f"{k}:{v:g}" for k, v in hours.items()), return_type=str, when_used="json"),
 ]
-"""Hours per procedure: ``default=25,load=26`` or a YAML mapping; written back as that text."""
+"""Hours per procedure: ``default:25,load:26`` or a YAML mapping; written back as that text."""
 
 
 class Params(ProcedureParams):
@@ -95,7 +96,7 @@ class Params(ProcedureParams):
         "load,aggregate,validate", description="scheduled procedures: each must have succeeded within its lag"
     )
     lag_hours: LagHours = Field(
-        "default=25", description="hours allowed since the last success: procedure=hours, default= for the rest"
+        "default:25", description="hours allowed since the last success: procedure:hours, default:N for the rest"
     )
     max_failures_24h: int = Field(0, ge=0, description="failed runs allowed in the last 24 hours")
     trend_days: int = Field(7, ge=2, le=90, description="days of run history in the trend and the chart")
