@@ -132,18 +132,20 @@ class Result:
         summary = f"{', '.join(parts) or 'nothing loaded'}: {self.rows:,} rows, {self.rejected:,} quarantined"
         if failed:
             rerun = format_years(y.year for y in failed)
-            too_many = [y for y in failed if y.status in ("rejected-too-many", "refused")]
             reasons = "; ".join(shorten(y.error or y.status, 300) for y in failed)
             summary = (
                 f"{len(failed)} year(s) failed ({rerun}) and kept their previous contents: {reasons}. "
                 f"Otherwise {summary}. Rerun only them with -p years={rerun}"
             )
-            # the years' common reason decides the exit code (all waited on a lock: 4, all had too
-            # many rejects: 1); mixed reasons are a failed procedure (3)
+            # the years' common reason decides the exit code (all waited on a lock: 4, all refused
+            # their input: 1); mixed reasons are a failed procedure (3)
             kinds = {y.error_type for y in failed}
-            error_type = CheckFailed if len(too_many) == len(failed) else ProcedureFailed
             if len(kinds) == 1 and None not in kinds:
                 error_type = kinds.pop()
+            elif all(k is not None and issubclass(k, CheckFailed) for k in kinds):
+                error_type = CheckFailed
+            else:
+                error_type = ProcedureFailed
             return Verdict.failed(summary, figures, "load-years", error_type, **counts)
         return Verdict("pass", summary, figures, **counts)
 

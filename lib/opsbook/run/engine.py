@@ -29,8 +29,7 @@ class Hooks:
     cell_seconds: dict[int, float] = field(default_factory=dict)
     failed_cell: int | None = None
     kernel_log: str | None = None  # the kernel process's own stdout and stderr go here, not to the terminal
-    client: Any = None  # the nbclient NotebookClient running the notebook
-    trap: Any = None  # opsbook.run.signals.Trap: a stop signal interrupts the kernel
+    trap: Any = None  # opsbook.run.signals.Trap: a stop signal interrupts the kernel (it gets the client)
 
     def time_left(self) -> float | None:
         if self.deadline is None:
@@ -107,9 +106,9 @@ class OpsbookEngine(NBClientEngine):
 
     @classmethod
     def _execute_logged(cls, nb_man, kernel_name, hooks: Hooks, start_timeout=60, execution_timeout=None, **kwargs):
-        """As NBClientEngine does, keeping the client (the runner stops its kernel on a signal),
-        with the kernel process's output in a log file: its own log lines (shutdown notices,
-        warnings) are not the run's output."""
+        """As NBClientEngine does, handing the client to the signal trap (which interrupts its
+        kernel), with the kernel process's output in a log file: its own log lines (shutdown
+        notices, warnings) are not the run's output."""
         from papermill.clientwrap import PapermillNotebookClient
         from papermill.engines import logger
         from papermill.utils import merge_kwargs, remove_args
@@ -123,7 +122,7 @@ class OpsbookEngine(NBClientEngine):
             kernel_name=kernel_name,
             log=logger,
         )
-        client = hooks.client = PapermillNotebookClient(nb_man, **final_kwargs)
+        client = PapermillNotebookClient(nb_man, **final_kwargs)
         if hooks.trap is not None:
             hooks.trap.client = client
         if hooks.kernel_log is None:

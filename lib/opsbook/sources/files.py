@@ -103,6 +103,20 @@ def csv_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     )
 
 
+def part_sizes(file: SourceFile) -> list[tuple[str, int]]:
+    """Each CSV part's label and uncompressed size, from the ZIP's directory (no data read)."""
+    from opsbook.stores import uri
+
+    if not file.name.lower().endswith(".zip"):
+        return [(file.name, file.size)]
+    with uri.open_read(file.uri) as handle:
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                return [(f"{file.name}:{m.filename}", m.file_size) for m in csv_members(archive)]
+        except (zipfile.BadZipFile, EOFError, OSError):
+            return [(file.name, file.size)]  # iter_parts says what is wrong with it
+
+
 def iter_parts(file: SourceFile) -> Iterator[tuple[str, IO[bytes], int]]:
     """Yield ``(label, binary stream, size in bytes)`` for each CSV part of a file, in name order."""
     from opsbook.stores import uri

@@ -58,16 +58,6 @@ class RejectBudget:
             )
 
 
-def check_rejected_bytes(year: int, parts: Sequence[PartStats], max_ratio: float) -> None:
-    total = sum(p.bytes for p in parts)
-    rejected = sum(p.rejected_bytes for p in parts)
-    if total and rejected / total > max_ratio:
-        raise CheckFailed(
-            f"{year}: rejected lines make {rejected:,} of {total:,} bytes ({rejected / total:.1%}, limit "
-            f"{max_ratio:.1%}), in {_worst(parts)}; the previous contents were kept"
-        )
-
-
 def _worst(parts: Sequence[PartStats]) -> str:
     part = max(parts, key=lambda p: p.rejected_bytes)
     return f"{part.label} ({part.rejected_bytes:,} bytes rejected)"
@@ -96,7 +86,7 @@ class RowHasher:
         self._con.close()
 
 
-def repeated_lines(parts: Sequence[PartStats]) -> list[tuple[str, str, int]]:
+def repeated_rows(parts: Sequence[PartStats]) -> list[tuple[str, str, int]]:
     """``(earlier part, later part, rows)`` for each pair of parts whose rows repeat: each row
     of the later part that is also a row of the earlier one counts once."""
     if len(parts) < 2:
@@ -125,7 +115,7 @@ def _distinct(values: np.ndarray) -> np.ndarray:
 
 def check_repeats(year: int, parts: Sequence[PartStats]) -> None:
     most, share = REPEAT_TOLERANCE
-    repeats = [(a, b, n) for a, b, n in repeated_lines(parts) if n > max(most, share * _lines(parts, b))]
+    repeats = [(a, b, n) for a, b, n in repeated_rows(parts) if n > max(most, share * _lines(parts, b))]
     if not repeats:
         return
     said = "; ".join(

@@ -345,7 +345,7 @@ def _replace_year(
     heartbeat = ledger.Heartbeat(control, spec.name, str(year), STEP)
 
     def batches():
-        total_bytes = sum(size for f in year_files for _, size in _part_sizes(f))
+        total_bytes = sum(size for f in year_files for _, size in files.part_sizes(f))
         budget = intake.RejectBudget(year, total_bytes, job.max_rejected_ratio)
         hasher = intake.RowHasher()
         try:
@@ -392,7 +392,6 @@ def _replace_year(
                 f"{job.max_rejected_ratio:.1%}); the previous contents were kept. "
                 f"Most common: {_top(spool.reasons)}"
             )
-        intake.check_rejected_bytes(year, result.parts, job.max_rejected_ratio)
         intake.check_repeats(year, result.parts)
         held = _rows_held(control, target)
         result.previous_rows = held
@@ -424,22 +423,6 @@ def _replace_year(
         spool.close()
         if result.status != "loaded":
             _drop_staging(control, staging)
-
-
-def _part_sizes(source_file: files.SourceFile) -> list[tuple[str, int]]:
-    """Each CSV part's label and uncompressed size, read from the ZIP directory (no data)."""
-    import zipfile
-
-    from opsbook.stores import uri
-
-    if not source_file.name.lower().endswith(".zip"):
-        return [(source_file.name, source_file.size)]
-    with uri.open_read(source_file.uri) as handle:
-        try:
-            with zipfile.ZipFile(handle) as archive:
-                return [(f"{source_file.name}:{m.filename}", m.file_size) for m in files.csv_members(archive)]
-        except (zipfile.BadZipFile, EOFError, OSError):
-            return [(source_file.name, source_file.size)]  # iter_parts says what is wrong with it
 
 
 def _rows_held(control, table: str) -> int | None:
