@@ -70,7 +70,13 @@ class Column(BaseModel):
 class Source(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["city_csv"] = "city_csv"
+    format: Literal["city_csv", "parquet"] = "city_csv"
+    # parquet: where a day's file lies under the source's root ({date}: YYYY-MM-DD), e.g.
+    # processed/indices/indices_{date}.parquet
+    layout: str = ""
+    # the source's names for the spec's columns, where they differ (older files):
+    # {Combined_Index: combined_index}
+    rename: dict[str, str] = Field(default_factory=dict)
     # a file belongs to the year whose four digits appear in its name
     file_pattern: str = r"(?<!\d)(?P<year>(19|20)\d\d)(?!\d)"
     encodings: list[str] = Field(default_factory=lambda: ["utf-8", "cp1252"])
@@ -105,11 +111,26 @@ class DatasetSpec(BaseModel):
     key: list[str] = Field(default_factory=list)  # the natural key (primary key, upsert target)
     source: Source = Field(default_factory=Source)
     columns: list[Column]
+    # the dataset's other tables by role (rollups, reference tables, logs), for a team whose
+    # names differ from the procedures' defaults: {hourly: si_hourly, quality_log: dq_log}
+    tables: dict[str, str] = Field(default_factory=dict)
     path: Path | None = None
 
     _check_table = field_validator("table", "rejected_table")(
         lambda v: v if v is None else check_identifier(v, "table")
     )
+
+    @field_validator("tables")
+    @classmethod
+    def _check_tables(cls, value: dict[str, str]) -> dict[str, str]:
+        for role, table in value.items():
+            check_identifier(role, "table role")
+            check_identifier(table, f"table ({role})")
+        return value
+
+    def table_of(self, role: str, default: str) -> str:
+        """The table playing ``role`` for this dataset: the spec's ``tables`` entry, else ``default``."""
+        return self.tables.get(role, default)
 
     @model_validator(mode="after")
     def _key_columns_exist(self) -> DatasetSpec:

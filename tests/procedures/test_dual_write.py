@@ -35,7 +35,7 @@ def lake(tmp_path, monkeypatch, db):
     """An empty lake, archive and staging area, and no safety_indices rows, writes or intersections."""
     monkeypatch.setenv("LAKE_URL", str(tmp_path / "lake"))
     monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
-    db.execute("DROP TABLE IF EXISTS safety_indices, intersections")
+    db.execute("DROP TABLE IF EXISTS safety_indices_realtime, intersections")
     spec = datasets.get(SPEC_NAME)
     dualwrite.ensure_tables(db, spec)
     db.execute("DELETE FROM opsbook.writes WHERE dataset = %s", (SPEC_NAME,))
@@ -65,7 +65,7 @@ def ledger(db) -> dict[tuple[str, str], tuple[str, int]]:
     return {(b, t): (s, a) for b, t, s, a in rows}
 
 
-def table_digest(db, table: str = "safety_indices"):
+def table_digest(db, table: str = "safety_indices_realtime"):
     return db.execute(f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {table} t").fetchone()
 
 
@@ -82,10 +82,13 @@ def test_a_window_writes_its_batches_to_every_target_once(lake, db):
 
     # every reading of the day is in PostgreSQL, and the batches' other rows too: nothing else
     rows = pa.concat_tables([batches[b] for b in sorted(wanted)])
-    assert db.execute("SELECT count(*) FROM safety_indices").fetchone()[0] == rows.num_rows == result.rows
+    assert db.execute("SELECT count(*) FROM safety_indices_realtime").fetchone()[0] == rows.num_rows == result.rows
     readings, _ = safetydata.readings(dt.date(2025, 11, 1), 7)
     day_one = sum(1 for t in readings.column("timestamp").to_pylist() if t.date() == dt.date(2025, 11, 1))
-    assert db.execute("SELECT count(*) FROM safety_indices WHERE timestamp < '2025-11-02'").fetchone()[0] == day_one
+    assert (
+        db.execute("SELECT count(*) FROM safety_indices_realtime WHERE timestamp < '2025-11-02'").fetchone()[0]
+        == day_one
+    )
     # the lake holds them once, a file per batch and day; the archive an object per batch
     lake_files = [o for o in uri.listing(os.environ["LAKE_URL"]) if o.name.endswith(".parquet")]
     assert sum(pq.read_table(o.uri).num_rows for o in lake_files) == rows.num_rows
@@ -147,7 +150,9 @@ def test_unreadable_batch_files_are_reported_and_the_others_written(lake, db, tm
     shutil.copy(source / "safety-20251101T05.parquet", folder / "2025" / "11" / "safety-20251101T05.parquet")
     shutil.copy(source / "safety-20251101T06.parquet", folder / "safety-20251101T06.parquet")
     (folder / "truncated.parquet").write_bytes((source / "safety-20251101T07.parquet").read_bytes()[:200])
-    pq.write_table(pq.read_table(source / "safety-20251101T08.parquet").drop(["speed_p85"]), folder / "narrow.parquet")
+    pq.write_table(
+        pq.read_table(source / "safety-20251101T08.parquet").drop(["vru_index_eb"]), folder / "narrow.parquet"
+    )
     (folder / "README.txt").write_text("incoming batches")
 
     plan = dual_write.plan(context.make("dual_write", source=str(folder)))
@@ -155,14 +160,14 @@ def test_unreadable_batch_files_are_reported_and_the_others_written(lake, db, tm
     assert plan.writes.found.ignored == ["README.txt"]
     reasons = dict(plan.writes.found.unreadable)
     assert set(reasons) == {"truncated.parquet", "narrow.parquet"}
-    assert "speed_p85" in reasons["narrow.parquet"]
+    assert "vru_index_eb" in reasons["narrow.parquet"]
 
     result = call("dual_write", source=str(folder))
     verdict = result.verdict()
     assert verdict.status == "fail" and verdict.error is SourceError
     assert verdict.summary.startswith("2 batch file(s) could not be read and were not written (first: ")
     assert [b.batch_id for b in result.batches if b.complete] == ["safety-20251101T05", "safety-20251101T06"]
-    assert db.execute("SELECT count(*) FROM safety_indices").fetchone()[0] == result.rows > 0
+    assert db.execute("SELECT count(*) FROM safety_indices_realtime").fetchone()[0] == result.rows > 0
 
 
 def test_a_window_with_no_batch_is_refused_before_anything_is_written(lake, db):

@@ -30,7 +30,7 @@ def lake(tmp_path, monkeypatch, db):
     """An empty lake, archive and staging area, and no safety_indices rows."""
     monkeypatch.setenv("LAKE_URL", str(tmp_path / "lake"))
     monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
-    db.execute("DROP TABLE IF EXISTS safety_indices")
+    db.execute("DROP TABLE IF EXISTS safety_indices_realtime")
     spec = datasets.get(SPEC_NAME)
     dualwrite.ensure_tables(db, spec)
     db.execute("DELETE FROM opsbook.writes WHERE dataset = %s", (SPEC_NAME,))
@@ -77,7 +77,7 @@ def test_what_was_written_agrees(lake, db):
 
 def test_planted_differences_are_classified_exactly_by_both_paths(lake, db):
     write_days(db, lake, 3)
-    expected = safetydata.plant_differences(db, "safety_indices", deletes=10, inserts=10, changes=40)
+    expected = safetydata.plant_differences(db, "safety_indices_realtime", deletes=10, inserts=10, changes=40)
     # a batch file copied under another name: every key in it is now twice in the lake
     day_dir = Path(os.environ["LAKE_URL"]) / SPEC_NAME / "date=2025-11-02"
     copied = sorted(day_dir.glob("*.parquet"))[5]
@@ -107,7 +107,7 @@ def test_planted_differences_are_classified_exactly_by_both_paths(lake, db):
 
 def test_the_procedure_finds_plans_and_repairs_planted_differences(lake, db):
     write_days(db, lake, 3)
-    expected = safetydata.plant_differences(db, "safety_indices", deletes=10, inserts=10, changes=40)
+    expected = safetydata.plant_differences(db, "safety_indices_realtime", deletes=10, inserts=10, changes=40)
     shifted = {(k[0], k[1] + dt.timedelta(hours=5)) for k in expected["timestamp shifted"]}
     window = "2025-11-01..2025-11-03"
     for method, limit in ROW_PATHS.items():
@@ -144,7 +144,7 @@ def test_the_procedure_finds_plans_and_repairs_planted_differences(lake, db):
 def test_repair_from_postgres_rewrites_only_the_days_that_differ(lake, db):
     write_days(db, lake, 2)
     db.execute(
-        "UPDATE safety_indices SET traffic_volume = traffic_volume + 1 WHERE timestamp::date = '2025-11-02' "
+        "UPDATE safety_indices_realtime SET traffic_volume = traffic_volume + 1 WHERE timestamp::date = '2025-11-02' "
         "AND intersection_id = 1003"
     )
     untouched = sorted((Path(os.environ["LAKE_URL"]) / SPEC_NAME / "date=2025-11-01").glob("*.parquet"))
@@ -227,7 +227,7 @@ def test_a_lake_on_gcs(lake, db, gcs_emulator, monkeypatch):
     write_days(db, lake, 1)
     files = sides.lake_files(lake, Days.parse("2025-11-01"))
     assert files and all(f.startswith("gs://opsbook-test/lake/safety_indices/date=2025-11-01/") for f in files)
-    db.execute("DELETE FROM safety_indices WHERE ctid = (SELECT ctid FROM safety_indices LIMIT 1)")
+    db.execute("DELETE FROM safety_indices_realtime WHERE ctid = (SELECT ctid FROM safety_indices_realtime LIMIT 1)")
     comparison = compare.compare(lake, Days.parse("2025-11-01"))
     assert [d["class"] for d in comparison.differences] == ["missing in postgres"]
     fixed = reconcile("2025-11-01", repair=True)

@@ -13,22 +13,29 @@ from opsbook.procedures import retention
 from opsbook.run import context
 
 pytestmark = pytest.mark.notebook
-AS_OF = "2026-01-08"  # safety_indices keeps 2 days: cutoff 2026-01-06 00:00 UTC
+AS_OF = "2026-01-08"  # safety_indices_realtime keeps 2 days: cutoff 2026-01-06 00:00 UTC
 TS_CUTOFF = "2026-01-06 00:00+00"
 HOURLY_CUTOFF = "2025-10-10 00:00+00"  # 90 days before AS_OF
 
 
 @pytest.fixture
 def safety_tables(db):
-    """safety_indices (hourly readings 2026-01-01..10), safety_indices_hourly (2025-09-01..
-    2026-01-08, one row a day) and safety_indices_daily (one row a day since 2020: kept for good)."""
-    db.execute("DROP TABLE IF EXISTS safety_indices, safety_indices_hourly, safety_indices_daily")
+    """safety_indices_realtime (hourly readings, a partition per day, 2026-01-01..10),
+    safety_indices_hourly (2025-09-01..2026-01-08, one row a day) and safety_indices_daily (one
+    row a day since 2020: kept for good)."""
+    db.execute("DROP TABLE IF EXISTS safety_indices_realtime, safety_indices_hourly, safety_indices_daily")
     db.execute(
-        "CREATE TABLE safety_indices (intersection_id integer, timestamp timestamptz, combined_index double precision,"
-        " PRIMARY KEY (intersection_id, timestamp))"
+        "CREATE TABLE safety_indices_realtime (intersection_id integer, timestamp timestamptz, "
+        "combined_index double precision, PRIMARY KEY (intersection_id, timestamp)) PARTITION BY RANGE (timestamp)"
     )
+    for day in range(1, 11):  # a partition per UTC day, as the runbook's schema has
+        db.execute(
+            f"CREATE TABLE safety_indices_realtime_p202601{day:02d} PARTITION OF safety_indices_realtime "
+            f"FOR VALUES FROM ('2026-01-{day:02d} 00:00+00') "
+            f"TO ('2026-01-{day:02d} 00:00+00'::timestamptz + interval '1 day')"
+        )
     db.execute(
-        "INSERT INTO safety_indices SELECT i, t, random() FROM generate_series(1001, 1003) i, "
+        "INSERT INTO safety_indices_realtime SELECT i, t, random() FROM generate_series(1001, 1003) i, "
         "generate_series('2026-01-01 00:00+00'::timestamptz, '2026-01-10 23:00+00', '1 hour') t"
     )
     db.execute("CREATE TABLE safety_indices_hourly (intersection_id integer, hour_timestamp timestamptz, avg_si real)")
@@ -42,7 +49,7 @@ def safety_tables(db):
         "generate_series('2025-09-01 00:00+00'::timestamptz, '2026-01-08 00:00+00', '1 day') t"
     )
     yield db
-    db.execute("DROP TABLE IF EXISTS safety_indices, safety_indices_hourly, safety_indices_daily")
+    db.execute("DROP TABLE IF EXISTS safety_indices_realtime, safety_indices_hourly, safety_indices_daily")
 
 
 def state(db, *tables: str) -> dict:
@@ -64,15 +71,15 @@ def count(db, query: str, *args) -> int:
 
 def test_plan_changes_nothing_and_counts_match_an_independent_count(safety_tables):
     db = safety_tables
-    before = state(db, "safety_indices", "safety_indices_hourly")
-    vacuums = count(db, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'safety_indices'")
+    before = state(db, "safety_indices_realtime", "safety_indices_hourly")
+    vacuums = count(db, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'safety_indices_hourly'")
     result = call("retention", policy="trafficsafety", as_of=AS_OF, max_rows=1)  # the limit binds only on apply
     plan = result.plan
 
     rules = {r.table: r for r in plan.rules}
     assert "safety_indices_daily" not in rules  # the runbook keeps daily roll-ups for good
-    realtime = rules["safety_indices"]
-    old = count(db, "SELECT count(*) FROM safety_indices WHERE timestamp < %s", TS_CUTOFF)
+    realtime = rules["safety_indices_realtime"]
+    old = count(db, "SELECT count(*) FROM safety_indices_realtime WHERE timestamp < %s", TS_CUTOFF)
     assert old == 3 * 5 * 24  # 2026-01-01..05
     assert (realtime.remove_rows, realtime.rows, realtime.kept_rows) == (old, 3 * 10 * 24, 3 * 5 * 24)
     assert realtime.cutoff == dt.datetime(2026, 1, 6, tzinfo=dt.UTC)
@@ -86,55 +93,57 @@ def test_plan_changes_nothing_and_counts_match_an_independent_count(safety_table
     assert verdict.status == "pass" and "plan only, nothing changed" in verdict.summary
     assert f"would remove {old + 39:,} rows" in verdict.summary
     assert result.applied == [] and "apply=true" in retention.show_applied(result).text
-    assert state(db, "safety_indices", "safety_indices_hourly") == before
-    assert count(db, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'safety_indices'") == vacuums
+    assert state(db, "safety_indices_realtime", "safety_indices_hourly") == before
+    assert count(db, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'safety_indices_hourly'") == vacuums
 
 
 def test_apply_deletes_exactly_the_planned_rows_and_vacuums(safety_tables):
     db = safety_tables
-    kept_before = state(db, "safety_indices")  # digest of the rows that must stay, taken below
+    kept_before = state(db, "safety_indices_realtime")  # digest of the rows that must stay, taken below
     daily_before = state(db, "safety_indices_daily")
     assert daily_before["safety_indices_daily"][0] > 2000
     kept_digest = db.execute(
-        "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM safety_indices t WHERE timestamp >= %s",
+        "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM safety_indices_realtime t WHERE timestamp >= %s",
         (TS_CUTOFF,),
     ).fetchone()[0]
     result = call("retention", policy="trafficsafety", as_of=AS_OF, apply=True)
 
     applied = {a.table: a for a in result.applied}
-    assert applied["safety_indices"].status == "removed"
-    assert applied["safety_indices"].removed_rows == applied["safety_indices"].planned_rows == 360
+    assert applied["safety_indices_realtime"].status == "removed"
+    assert applied["safety_indices_realtime"].removed_rows == applied["safety_indices_realtime"].planned_rows == 360
     assert applied["safety_indices_hourly"].removed_rows == 39
     assert "safety_indices_daily" not in applied and state(db, "safety_indices_daily") == daily_before
-    assert count(db, "SELECT count(*) FROM safety_indices") == kept_before["safety_indices"][0] - 360
-    assert count(db, "SELECT count(*) FROM safety_indices WHERE timestamp < %s", TS_CUTOFF) == 0
+    assert count(db, "SELECT count(*) FROM safety_indices_realtime") == kept_before["safety_indices_realtime"][0] - 360
+    assert count(db, "SELECT count(*) FROM safety_indices_realtime WHERE timestamp < %s", TS_CUTOFF) == 0
     assert (
-        db.execute("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM safety_indices t").fetchone()[0]
+        db.execute("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM safety_indices_realtime t").fetchone()[0]
         == kept_digest
     )
     assert count(db, "SELECT min(hour_timestamp) = %s::timestamptz FROM safety_indices_hourly", HOURLY_CUTOFF)
-    assert all(applied[t].maintenance == "VACUUM ANALYZE" for t in ("safety_indices", "safety_indices_hourly"))
-    assert count(db, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'safety_indices'") >= 1
+    assert applied["safety_indices_realtime"].dropped == [f"safety_indices_realtime_p2026010{d}" for d in range(1, 6)]
+    assert applied["safety_indices_realtime"].maintenance == "ANALYZE"  # partitions dropped whole: nothing to vacuum
+    assert applied["safety_indices_hourly"].maintenance == "VACUUM ANALYZE"
+    assert count(db, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'safety_indices_hourly'") >= 1
     verdict = result.verdict()
     assert verdict.status == "pass" and "removed 399 rows" in verdict.summary, verdict.summary
 
     again = call("retention", as_of=AS_OF, apply=True)
     assert {a.table: a.status for a in again.applied} == {
-        "safety_indices": "nothing to remove",
+        "safety_indices_realtime": "nothing to remove",
         "safety_indices_hourly": "nothing to remove",
     }
 
 
 def test_over_max_rows_is_refused_before_anything_is_touched(safety_tables):
     db = safety_tables
-    before = state(db, "safety_indices", "safety_indices_hourly")
+    before = state(db, "safety_indices_realtime", "safety_indices_hourly")
     result = call("retention", as_of=AS_OF, apply=True, max_rows=100)
     verdict = result.verdict()
     assert verdict.status == "fail" and verdict.error is CheckFailed
     assert "removes 399 rows, more than max_rows=100" in verdict.summary
     assert "-p max_rows=399" in verdict.summary
     assert result.applied == []
-    assert state(db, "safety_indices", "safety_indices_hourly") == before
+    assert state(db, "safety_indices_realtime", "safety_indices_hourly") == before
 
 
 def test_a_rule_that_does_not_fit_the_database_fails_the_plan(db, tmp_path):
@@ -348,14 +357,14 @@ def test_apply_behind_an_open_transaction_exits_4_naming_it_and_keeps_every_row(
     from opsbook.stores import postgres
 
     db = safety_tables
-    before = state(db, "safety_indices", "safety_indices_hourly")
+    before = state(db, "safety_indices_realtime", "safety_indices_hourly")
     monkeypatch.setenv("OPSBOOK_LOCK_TIMEOUT", "1s")
     with postgres.connection(purpose="migration") as other:
-        other.execute("LOCK TABLE safety_indices IN SHARE MODE")
+        other.execute("LOCK TABLE safety_indices_realtime IN SHARE MODE")
         pid = other.info.backend_pid
-        with pytest.raises(LockHeld, match=rf"lock on public\.safety_indices held by PostgreSQL pid {pid} \("):
+        with pytest.raises(LockHeld, match=rf"lock on public\.safety_indices_realtime held by PostgreSQL pid {pid} \("):
             call("retention", policy="trafficsafety", as_of=AS_OF, apply=True)
         other.rollback()
-    assert state(db, "safety_indices", "safety_indices_hourly") == before
+    assert state(db, "safety_indices_realtime", "safety_indices_hourly") == before
     held = "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory'"
     assert count(db, held + " AND d.datname = current_database()") == 0

@@ -12,7 +12,8 @@ from opsbook.errors import UsageError
 from opsbook.procedures import rollups
 from opsbook.run import context
 from opsbook.trafficsafety import dualwrite
-from opsbook.trafficsafety.rollups import DAILY, HOURLY
+
+HOURLY, DAILY = "safety_indices_hourly", "safety_indices_daily"
 
 pytestmark = pytest.mark.integration
 TZ = "America/Toronto"
@@ -23,7 +24,7 @@ TABLE_HASH = """SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {} t"
 @pytest.fixture
 def readings(db) -> pd.DataFrame:
     """Four intersections' readings from 2025-10-31 to 2025-11-08 (UTC), missing intervals included."""
-    db.execute("DROP TABLE IF EXISTS safety_indices, safety_indices_hourly, safety_indices_daily")
+    db.execute("DROP TABLE IF EXISTS safety_indices_realtime, safety_indices_hourly, safety_indices_daily")
     spec = datasets.get("safety_indices")
     dualwrite.ensure_tables(db, spec)
     table, _ = safetydata.readings(dt.date(2025, 10, 31), 9, count=4)
@@ -94,7 +95,7 @@ def test_a_rerun_gives_the_same_tables_and_leaves_other_days_alone(readings, db)
     assert {t: db.execute(TABLE_HASH.format(t)).fetchone()[0] for t in before} == before
     # a one-day rerun after a late correction changes that day only
     db.execute(
-        "UPDATE safety_indices SET combined_index_eb = 1000 WHERE intersection_id = 1001 "
+        "UPDATE safety_indices_realtime SET combined_index_eb = 1000 WHERE intersection_id = 1001 "
         "AND \"timestamp\" >= '2025-11-04 14:00+00' AND \"timestamp\" < '2025-11-04 15:00+00'"
     )
     others = "SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM safety_indices_daily t WHERE date <> %s"
@@ -111,11 +112,11 @@ def test_a_rerun_gives_the_same_tables_and_leaves_other_days_alone(readings, db)
 def test_missing_intervals_are_tolerated_and_low_coverage_is_a_warning(readings, db):
     # 2025-11-05 (local) keeps a handful of readings; 2025-11-06 none at all
     db.execute(
-        "DELETE FROM safety_indices WHERE (\"timestamp\" AT TIME ZONE %s)::date = '2025-11-05' "
+        "DELETE FROM safety_indices_realtime WHERE (\"timestamp\" AT TIME ZONE %s)::date = '2025-11-05' "
         'AND extract(hour FROM "timestamp" AT TIME ZONE %s) NOT IN (7, 8)',
         (TZ, TZ),
     )
-    db.execute("DELETE FROM safety_indices WHERE (\"timestamp\" AT TIME ZONE %s)::date = '2025-11-06'", (TZ,))
+    db.execute("DELETE FROM safety_indices_realtime WHERE (\"timestamp\" AT TIME ZONE %s)::date = '2025-11-06'", (TZ,))
     result = build()
     verdict = result.verdict()
     assert verdict.status == "warn"
@@ -205,7 +206,7 @@ def test_a_day_whose_readings_are_gone_keeps_its_rollups_and_warns(readings, db)
     its hourly and daily rows with nothing."""
     assert build().verdict().status == "pass"
     hourly, daily = table_hash(db, HOURLY), table_hash(db, DAILY)
-    db.execute("DELETE FROM safety_indices WHERE \"timestamp\" < '2025-11-06 05:00+00'")  # what retention does
+    db.execute("DELETE FROM safety_indices_realtime WHERE \"timestamp\" < '2025-11-06 05:00+00'")  # what retention does
 
     purged = build("2025-11-03")
     verdict = purged.verdict()
@@ -227,7 +228,7 @@ def test_a_day_partly_purged_is_rebuilt_from_its_hours(readings, db):
     the rest are rebuilt, and the day (built from the hourly table) reads as before."""
     assert build().verdict().status == "pass"
     daily = table_hash(db, DAILY)
-    db.execute("DELETE FROM safety_indices WHERE \"timestamp\" < '2025-11-04 17:00+00'")  # mid-day in Toronto
+    db.execute("DELETE FROM safety_indices_realtime WHERE \"timestamp\" < '2025-11-04 17:00+00'")  # mid-day in Toronto
     result = build("2025-11-04")
     assert result.verdict().status == "pass", result.verdict().summary
     assert table_hash(db, DAILY) == daily
@@ -244,7 +245,7 @@ def test_a_day_whose_hours_are_partly_purged_keeps_its_daily_row(readings, db):
     rebuilding that day must not replace its whole-day row with one from the hours left."""
     assert build().verdict().status == "pass"
     daily = table_hash(db, DAILY)
-    db.execute("DELETE FROM safety_indices WHERE \"timestamp\" < '2025-11-06 05:00+00'")
+    db.execute("DELETE FROM safety_indices_realtime WHERE \"timestamp\" < '2025-11-06 05:00+00'")
     db.execute("DELETE FROM safety_indices_hourly WHERE hour_timestamp < '2025-11-04 00:00+00'")
     result = build()
     assert result.verdict().status == "warn", result.verdict().summary

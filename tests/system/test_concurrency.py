@@ -244,7 +244,7 @@ def readings(db):
     from opsbook.demo import safety as safetydata
     from opsbook.trafficsafety import dualwrite
 
-    db.execute("DROP TABLE IF EXISTS safety_indices, safety_indices_hourly, safety_indices_daily")
+    db.execute("DROP TABLE IF EXISTS safety_indices_realtime, safety_indices_hourly, safety_indices_daily")
     db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
     spec = datasets.get("safety_indices")
     dualwrite.ensure_tables(db, spec)
@@ -256,11 +256,11 @@ def readings(db):
 ROLLUPS = ("rollups", "-f", "params/demo/trafficsafety/rollups.yaml", "--json")
 # the rollups build takes this transaction lock right after the dataset's lock: held by the test, it
 # keeps the first run between the two
-ROLLUPS_DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('opsbook.ddl.rollups'))"
+ROLLUPS_DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('opsbook.ddl.safety_indices'))"
 
 
 def ddl_lock_number(db) -> int:
-    return db.execute("SELECT hashtext('opsbook.ddl.rollups')::bigint").fetchone()[0]
+    return db.execute("SELECT hashtext('opsbook.ddl.safety_indices')::bigint").fetchone()[0]
 
 
 def test_cron_overlap_the_second_rollups_exits_4_before_a_kernel(readings, started, reports_dir):

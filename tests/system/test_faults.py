@@ -306,7 +306,7 @@ def lake(tmp_path, monkeypatch, db) -> Path:
     monkeypatch.setenv("LAKE_URL", str(root))
     monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
     spec = datasets.get(SPEC_NAME)
-    db.execute("DROP TABLE IF EXISTS safety_indices")
+    db.execute("DROP TABLE IF EXISTS safety_indices_realtime")
     dualwrite.ensure_tables(db, spec)
     db.execute("DELETE FROM opsbook.writes WHERE dataset = %s", (SPEC_NAME,))
     shutil.rmtree(Path(os.environ["OPSBOOK_STATE_DIR"]) / "staging", ignore_errors=True)
@@ -402,7 +402,7 @@ def test_lake_write_failing_halfway_leaves_no_partial_file(lake, db, monkeypatch
     assert all(not Path(name).name.startswith(".") for name in files)
     assert (
         sum(pq.read_table(lake / name).num_rows for name in files)
-        == db.execute("SELECT count(*) FROM safety_indices").fetchone()[0]
+        == db.execute("SELECT count(*) FROM safety_indices_realtime").fetchone()[0]
     )
     comparison = compare(datasets.get(SPEC_NAME), Days.parse("2025-11-01..2025-11-04"))
     assert comparison.differences == []

@@ -21,7 +21,7 @@ from opsbook.trafficsafety import dualwrite
 
 pytestmark = pytest.mark.integration
 DAYS = 6
-TABLES = ("safety_indices", "safety_indices_hourly", "safety_indices_daily")
+TABLES = ("safety_indices_realtime", "safety_indices_hourly", "safety_indices_daily")
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def written(tmp_path, monkeypatch, db):
     their rollups built."""
     monkeypatch.setenv("LAKE_URL", str(tmp_path / "lake"))
     monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
-    db.execute("DROP TABLE IF EXISTS safety_indices, safety_indices_hourly, safety_indices_daily")
+    db.execute("DROP TABLE IF EXISTS safety_indices_realtime, safety_indices_hourly, safety_indices_daily")
     db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
     spec = datasets.get("safety_indices")
     dualwrite.ensure_tables(db, spec)
@@ -95,7 +95,7 @@ SECOND = {
 def test_after_retention_nothing_kept_is_destroyed(second, written):
     db, start, today = written
     retention()
-    purged = db.execute("SELECT min(timestamp)::date FROM safety_indices").fetchone()[0]
+    purged = db.execute("SELECT min(timestamp)::date FROM safety_indices_realtime").fetchone()[0]
     assert purged == today - dt.timedelta(days=2)  # the premise: four days of readings are gone
     before = state(db)
 
@@ -118,8 +118,8 @@ def test_retention_after_any_removes_only_what_its_policy_says(first, written):
     retention()
     after = state(db)
     cutoff = today - dt.timedelta(days=2)
-    kept = db.execute("SELECT count(*) FROM safety_indices WHERE timestamp < %s", (cutoff,)).fetchone()[0]
-    assert kept == 0 and after["safety_indices"][0] < before["safety_indices"][0]
+    kept = db.execute("SELECT count(*) FROM safety_indices_realtime WHERE timestamp < %s", (cutoff,)).fetchone()[0]
+    assert kept == 0 and after["safety_indices_realtime"][0] < before["safety_indices_realtime"][0]
     # hourly rollups are within 90 days, daily ones are kept for good, the lake is not retention's
     for what in ("safety_indices_hourly", "safety_indices_daily", "lake"):
         assert after[what] == before[what], what

@@ -66,14 +66,19 @@ def readings(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED
     profile = 0.15 + np.exp(-((hour_local - 8.0) ** 2) / 3) + 0.9 * np.exp(-((hour_local - 17.0) ** 2) / 4)
     volume = rng.poisson(np.outer(size, profile) * 40).astype(np.int32)  # intersections x slots
     speed = np.clip(rng.normal(52 - 8 * profile, 5, (count, slots)), 20, 95)
-    no_speed = rng.random((count, slots)) < 0.01  # a radar that did not report
     vehicle = INDEX_SCALE * (0.6 * (speed / 50) ** 2 + 0.002 * volume + rng.normal(0, 0.05, (count, slots)))
     vru = INDEX_SCALE * (0.4 * profile + 0.3 * (speed / 50) + rng.normal(0, 0.05, (count, slots)))
     vehicle, vru = np.clip(vehicle, 0, 100), np.clip(vru, 0, 100)
     combined = 0.5 * vehicle + 0.5 * vru
-    mean = combined.mean(axis=1, keepdims=True)
-    weight = volume / (volume + 30.0)  # empirical Bayes: little traffic, more shrinkage
-    combined_eb = weight * combined + (1 - weight) * mean
+    weight = volume / (volume + 30.0)  # empirical Bayes: little traffic, more shrinkage to the mean
+
+    def shrunk(index):
+        return weight * index + (1 - weight) * index.mean(axis=1, keepdims=True)
+
+    vru_count = rng.poisson(np.outer(size, profile) * 6).astype(np.int32)  # pedestrians and cyclists
+    no_vru_count = rng.random((count, slots)) < 0.01  # a pedestrian counter that did not report
+    vehicle_events = rng.poisson(0.02 * volume).astype(np.int32)  # hard braking, conflicts
+    vru_events = rng.poisson(0.05 * vru_count).astype(np.int32)
     present = rng.random((count, slots)) >= 0.02
     for _ in range(max(1, days // 3)):  # outages of a few hours
         sensor, first = rng.integers(0, count), rng.integers(0, slots - 24)
@@ -83,16 +88,29 @@ def readings(start: dt.date, days: int, count: int = 8, seed: int = DEFAULT_SEED
     delay[late] += (rng.integers(1, 7, int(late.sum())) * 60).astype("timedelta64[m]")
     arrival = (times + SLOT)[None, :] + delay
     keep = present.ravel()
+    stamps = np.tile(times, count)[keep]
+    hour_of_day = (stamps.astype("datetime64[h]") - stamps.astype("datetime64[D]")).astype(np.int32)
+    day_of_week = ((stamps.astype("datetime64[D]").astype(np.int64) + 4) % 7).astype(np.int32)  # 1970-01-01: Thu
+
+    def column(values, digits=6):
+        return pa.array(values.ravel()[keep].round(digits))
+
     table = pa.table(
         {
             "intersection_id": pa.array(np.repeat(ids, slots)[keep]),
-            "timestamp": pa.array(np.tile(times, count)[keep].astype("datetime64[us]"), pa.timestamp("us", tz="UTC")),
-            "combined_index": pa.array(combined.ravel()[keep].round(6)),
-            "combined_index_eb": pa.array(combined_eb.ravel()[keep].round(6)),
-            "vru_index": pa.array(vru.ravel()[keep].round(6)),
-            "vehicle_index": pa.array(vehicle.ravel()[keep].round(6)),
+            "timestamp": pa.array(stamps.astype("datetime64[us]"), pa.timestamp("us", tz="UTC")),
+            "combined_index": column(combined),
+            "combined_index_eb": column(shrunk(combined)),
+            "vru_index": column(vru),
+            "vru_index_eb": column(shrunk(vru)),
+            "vehicle_index": column(vehicle),
+            "vehicle_index_eb": column(shrunk(vehicle)),
             "traffic_volume": pa.array(volume.ravel()[keep]),
-            "speed_p85": pa.array(speed.ravel()[keep].round(2), mask=no_speed.ravel()[keep]),
+            "vru_count": pa.array(vru_count.ravel()[keep], mask=no_vru_count.ravel()[keep]),
+            "vehicle_event_count": pa.array(vehicle_events.ravel()[keep]),
+            "vru_event_count": pa.array(vru_events.ravel()[keep]),
+            "hour_of_day": pa.array(hour_of_day),
+            "day_of_week": pa.array(day_of_week),
         }
     )
     return table, arrival.ravel()[keep]
@@ -191,12 +209,18 @@ def plant_differences(
         expected["missing in postgres"].add(key)
     for i in range(inserts):  # sensors the lake never heard of
         key = (90_001 + i, first + dt.timedelta(minutes=15 * int(rng.integers(0, 96))))
-        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, 0.5, 0.5, 0.5, 0.5, 10, 50)").format(t), key)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (intersection_id, timestamp, combined_index, combined_index_eb, vru_index, "
+                "vehicle_index, traffic_volume) VALUES (%s, %s, 50, 50, 50, 50, 10)"
+            ).format(t),
+            key,
+        )
         expected["missing in lake"].add(key)
     changed = picked[deletes:]
     for key in changed[:quarter]:  # NULL <-> value
         conn.execute(
-            sql.SQL("UPDATE {} SET speed_p85 = CASE WHEN speed_p85 IS NULL THEN 42 END").format(t) + where, key
+            sql.SQL("UPDATE {} SET vru_count = CASE WHEN vru_count IS NULL THEN 42 END").format(t) + where, key
         )
         expected["value drift"].add(key)
     for key in changed[quarter : 2 * quarter]:  # beyond the tolerance

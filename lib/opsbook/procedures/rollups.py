@@ -45,6 +45,9 @@ class Params(ProcedureParams):
     timezone: str = Field("America/Toronto", description="time zone of the days and of the peak hour")
     high_risk: float = Field(75.0, description="an interval is high risk above this combined index")
     min_coverage: float = Field(0.5, ge=0, le=1, description="WARN for a day with less of its intervals present")
+    partitions_ahead: int = Field(
+        7, ge=0, le=366, description="make the realtime table's partitions of today and this many days after (UTC)"
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -70,7 +73,14 @@ def run(ctx: RunContext, plan: None) -> Result:
 
     params: Params = ctx.params
     started = time.monotonic()
-    built = rollups.build(datasets.get(params.dataset), params.window, params.timezone, params.high_risk, ctx.run_id)
+    built = rollups.build(
+        datasets.get(params.dataset),
+        params.window,
+        params.timezone,
+        params.high_risk,
+        ctx.run_id,
+        params.partitions_ahead,
+    )
     days = rollups.coverage(built.daily, params.window, params.min_coverage)
     return Result(
         params,
@@ -83,6 +93,8 @@ def run(ctx: RunContext, plan: None) -> Result:
         built.checks,
         time.monotonic() - started,
         built.kept_days,
+        built.partitions_created,
+        built.partitions_ahead,
     )
 
 
@@ -98,9 +110,22 @@ class Result:
     checks: list[CheckResult] = field(default_factory=list)  # the rollups against the readings
     seconds: float = 0.0
     kept_days: list = field(default_factory=list)  # days without readings whose rollups were left as they were
+    partitions_created: list = field(default_factory=list)  # realtime partitions made ahead by this run
+    partitions_ahead: list = field(default_factory=list)  # realtime partitions from today (UTC) on
+
+    @property
+    def partitions_line(self) -> str:
+        made = f"made {format_days(self.partitions_created)}" if self.partitions_created else "none missing"
+        held = format_days(self.partitions_ahead) if self.partitions_ahead else "none"
+        return f"realtime partitions from today: {held} ({made})"
 
     def verdict(self) -> Verdict:
-        figures = {"readings": self.readings, "hourly rows": self.hourly_rows, "daily rows": self.daily_rows}
+        figures = {
+            "readings": self.readings,
+            "hourly rows": self.hourly_rows,
+            "daily rows": self.daily_rows,
+            "partitions made": len(self.partitions_created),
+        }
         counts = {"rows_in": self.readings, "rows_out": self.hourly_rows + self.daily_rows}
         wrong = errors_of(self.checks)
         if wrong:
@@ -160,12 +185,13 @@ def show_coverage(result: Result):
 
 
 def show_daily(result: Result):
-    from opsbook import report
-    from opsbook.trafficsafety.rollups import DAILY
+    from opsbook import datasets, report
+    from opsbook.trafficsafety import schema
 
+    daily = schema.names(datasets.get(result.params.dataset)).daily
     return report.table(
         result.daily,
-        caption=f"{DAILY}: one row per intersection and local day; peak hour in {result.params.timezone} time",
+        caption=f"{daily}: one row per intersection and local day; peak hour in {result.params.timezone} time",
         element_id="daily",
     )
 

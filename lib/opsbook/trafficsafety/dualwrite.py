@@ -35,10 +35,12 @@ from psycopg import sql
 from opsbook import config
 from opsbook.datasets import DatasetSpec
 from opsbook.errors import SourceError
-from opsbook.history import schema, writes
+from opsbook.history import schema as history
+from opsbook.history import writes
 from opsbook.stores import postgres, uri
 from opsbook.stores.postgres import ident
 from opsbook.trafficsafety import TARGETS, layout
+from opsbook.trafficsafety import schema as tables
 from opsbook.trafficsafety.batches import Batch, Found
 from opsbook.windows import Days
 
@@ -95,17 +97,9 @@ class Written:
 
 
 def ensure_tables(conn, spec: DatasetSpec) -> None:
-    """The ``opsbook`` schema (with the write ledger) and the dataset's table, keyed for the upsert."""
-    schema.ensure_schema(conn)
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"opsbook.ddl.{spec.table}",))
-        conn.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(
-                ident(spec.table),
-                postgres.column_definitions(spec),
-                sql.SQL(", ").join(ident(k) for k in spec.key),
-            )
-        )
+    """The ``opsbook`` schema (with the write ledger) and the dataset's tables (:mod:`.schema`)."""
+    history.ensure_schema(conn)
+    tables.ensure(conn, spec)
 
 
 # --- targets ---------------------------------------------------------------------------------
@@ -133,7 +127,10 @@ def write_archive(spec: DatasetSpec, batch_id: str, table: pa.Table, root: str |
 
 
 def write_postgres(spec: DatasetSpec, table: pa.Table) -> int:
-    """Upsert on the key; a row whose values are unchanged is not rewritten."""
+    """Upsert on the key, into the partitions of the batch's days (made when missing); a row
+    whose values are unchanged is not rewritten."""
+    with postgres.connection(autocommit=True, purpose="dual-write partitions") as conn:
+        tables.ensure_partitions(conn, spec, layout.days_of(spec, table))
 
     columns = spec.column_names
     others = [c for c in columns if c not in spec.key]
@@ -281,7 +278,7 @@ def plan(spec: DatasetSpec, location: str, window: Days, targets: Iterable[str],
         raise SourceError(f"no batch of {location} {where}: nothing to write ({held})")
     targets = tuple(targets)
     with postgres.connection(autocommit=True, purpose="dual-write plan") as control:
-        schema.ensure_schema(control)
+        history.ensure_schema(control)
         have = {} if force else written(control, spec, [b.batch_id for b in found.batches])
     work, done = [], []
     for batch in found.batches:

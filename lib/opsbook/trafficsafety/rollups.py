@@ -35,46 +35,19 @@ from psycopg import sql
 
 from opsbook.checks import CheckResult, Target, run_suite
 from opsbook.datasets import DatasetSpec
-from opsbook.history import locks, schema
+from opsbook.history import locks
+from opsbook.history import schema as history
 from opsbook.stores import postgres
+from opsbook.trafficsafety import schema
 from opsbook.windows import Days
 
 if TYPE_CHECKING:
     from opsbook.checks.spec import Suite
 
-HOURLY = "safety_indices_hourly"
-DAILY = "safety_indices_daily"
-
-DDL = """
-CREATE TABLE IF NOT EXISTS {hourly} (
-    intersection_id integer NOT NULL,
-    hour_timestamp timestamptz NOT NULL,
-    intervals integer NOT NULL,
-    avg_si double precision, min_si double precision, max_si double precision, std_si double precision,
-    avg_vru double precision, avg_vehicle double precision,
-    total_volume bigint, avg_volume double precision,
-    high_risk_intervals integer NOT NULL,
-    data_quality_score double precision NOT NULL,
-    PRIMARY KEY (intersection_id, hour_timestamp));
-ALTER TABLE {hourly} ADD COLUMN IF NOT EXISTS si_intervals integer;
-CREATE TABLE IF NOT EXISTS {daily} (
-    intersection_id integer NOT NULL,
-    date date NOT NULL,
-    timezone text NOT NULL,
-    hours_with_data integer NOT NULL,
-    intervals integer NOT NULL,
-    expected_intervals integer NOT NULL,
-    avg_si double precision, min_si double precision, max_si double precision,
-    total_volume bigint,
-    high_risk_intervals integer NOT NULL,
-    data_quality_score double precision NOT NULL,
-    peak_hour integer, peak_hour_timestamp timestamptz, peak_si double precision,
-    PRIMARY KEY (intersection_id, date));
-"""
-
 # each reading's hour and local day; {source} is the readings table
 READINGS = """
-    SELECT intersection_id, "timestamp", combined_index_eb AS si, vru_index, vehicle_index, traffic_volume,
+    SELECT intersection_id, "timestamp", combined_index_eb AS si, vru_index_eb AS vru, vehicle_index_eb AS vehicle,
+           traffic_volume,
            date_trunc('hour', "timestamp", %(tz)s) AS hour_timestamp,
            ("timestamp" AT TIME ZONE %(tz)s)::date AS day
     FROM {source}
@@ -86,11 +59,12 @@ DELETE FROM {hourly} WHERE hour_timestamp >= %(start)s AND hour_timestamp < %(en
   AND hour_timestamp IN (SELECT DISTINCT hour_timestamp FROM ({readings}) r)"""
 
 BUILD_HOURLY = """
-INSERT INTO {hourly} (intersection_id, hour_timestamp, intervals, avg_si, min_si, max_si, std_si, avg_vru,
-                      avg_vehicle, total_volume, avg_volume, high_risk_intervals, data_quality_score, si_intervals)
-SELECT intersection_id, hour_timestamp, count(*), avg(si), min(si), max(si), stddev_samp(si),
-       avg(vru_index), avg(vehicle_index), sum(traffic_volume), avg(traffic_volume),
-       count(*) FILTER (WHERE si > %(high_risk)s), count(*) / 4.0, count(si)
+INSERT INTO {hourly} (intersection_id, hour_timestamp, avg_si, min_si, max_si, std_si, total_volume, avg_volume,
+                      high_risk_minutes, data_quality_score, intervals, si_intervals, avg_vru, avg_vehicle)
+SELECT intersection_id, hour_timestamp, avg(si ORDER BY "timestamp"), min(si), max(si),
+       stddev_samp(si ORDER BY "timestamp"), sum(traffic_volume), avg(traffic_volume),
+       %(interval_minutes)s * count(*) FILTER (WHERE si > %(high_risk)s), count(*) / (60.0 / %(interval_minutes)s),
+       count(*), count(si), avg(vru ORDER BY "timestamp"), avg(vehicle ORDER BY "timestamp")
 FROM ({readings}) r
 GROUP BY intersection_id, hour_timestamp"""
 
@@ -105,27 +79,31 @@ CLEAR_DAYS = """
 DELETE FROM {daily} WHERE date BETWEEN %(first)s AND %(last)s
   AND date IN (SELECT DISTINCT day FROM ({readings}) r)"""
 
-# the hours a local day has (23, 24 or 25), from the time zone's rules; an hour's index
-# average weighs by its readings that have an index (si_intervals; older rows: intervals)
+# the intervals a local day has (23, 24 or 25 hours), from the time zone's rules; an hour's
+# index average weighs by its readings that have an index (si_intervals). Floating-point sums
+# run in a fixed order (ORDER BY), so a rebuild from the same rows gives the same bits whatever
+# order the scan returns them in
 BUILD_DAILY = """
-INSERT INTO {daily}
+INSERT INTO {daily} (intersection_id, date, avg_si, min_si, max_si, total_volume, high_risk_minutes,
+                     data_quality_score, peak_hour, peak_si, timezone, hours_with_data, intervals,
+                     expected_intervals, peak_hour_timestamp)
 WITH h AS ({hours} AND (hour_timestamp AT TIME ZONE %(tz)s)::date IN (SELECT DISTINCT day FROM ({readings}) r)),
 days AS (
     SELECT intersection_id, day, count(*) AS hours, sum(intervals) AS intervals,
-           sum(avg_si * coalesce(si_intervals, intervals)) FILTER (WHERE avg_si IS NOT NULL)
-             / nullif(sum(coalesce(si_intervals, intervals)) FILTER (WHERE avg_si IS NOT NULL), 0) AS avg_si,
+           sum(avg_si * si_intervals ORDER BY hour_timestamp) FILTER (WHERE avg_si IS NOT NULL)
+             / nullif(sum(si_intervals) FILTER (WHERE avg_si IS NOT NULL), 0) AS avg_si,
            min(min_si) AS min_si, max(max_si) AS max_si, sum(total_volume) AS total_volume,
-           sum(high_risk_intervals) AS high_risk
+           sum(high_risk_minutes) AS high_risk
     FROM h GROUP BY intersection_id, day),
 peaks AS (
     SELECT DISTINCT ON (intersection_id, day) intersection_id, day, hour_timestamp, avg_si
     FROM h WHERE avg_si IS NOT NULL
     ORDER BY intersection_id, day, avg_si DESC, hour_timestamp)
-SELECT d.intersection_id, d.day, %(tz)s, d.hours, d.intervals,
-       4 * (extract(epoch FROM ((d.day + 1)::timestamp AT TIME ZONE %(tz)s)
-                              - (d.day::timestamp AT TIME ZONE %(tz)s)) / 3600)::int,
-       d.avg_si, d.min_si, d.max_si, d.total_volume, d.high_risk, 0,
-       extract(hour FROM p.hour_timestamp AT TIME ZONE %(tz)s)::int, p.hour_timestamp, p.avg_si
+SELECT d.intersection_id, d.day, d.avg_si, d.min_si, d.max_si, d.total_volume, d.high_risk, 0,
+       extract(hour FROM p.hour_timestamp AT TIME ZONE %(tz)s)::int, p.avg_si, %(tz)s, d.hours, d.intervals,
+       (extract(epoch FROM ((d.day + 1)::timestamp AT TIME ZONE %(tz)s)
+                         - (d.day::timestamp AT TIME ZONE %(tz)s)) / 60 / %(interval_minutes)s)::int,
+       p.hour_timestamp
 FROM days d LEFT JOIN peaks p USING (intersection_id, day)"""
 
 # the checks of a built window, computed apart from the build: a shared WITH prefix, then one
@@ -189,13 +167,15 @@ def window_values(window: Days, timezone: str, high_risk: float) -> dict:
         "first": window.first,
         "last": window.last,
         "high_risk": high_risk,
+        "interval_minutes": schema.INTERVAL_MINUTES,
     }
 
 
 def check(conn, spec: DatasetSpec, window: Days, values: dict) -> list[CheckResult]:
     """The built window against the readings, judged by the check engine (``values``: see
     :func:`window_values`)."""
-    return run_suite(conn, Target(DAILY, "date"), checks_suite(conn, spec), window, params=values).results
+    daily = schema.names(spec).daily
+    return run_suite(conn, Target(daily, "date"), checks_suite(conn, spec), window, params=values).results
 
 
 def checks_suite(conn, spec: DatasetSpec) -> Suite:
@@ -203,12 +183,13 @@ def checks_suite(conn, spec: DatasetSpec) -> Suite:
     engine; they bind the window's values (tz, start, end, first, last) by name."""
     from opsbook.checks import spec as s
 
+    tables = schema.names(spec)
     prefix = (
         sql.SQL(CHECKS_WITH)
         .format(
             readings=sql.SQL(READINGS).format(source=sql.Identifier(spec.table)),
-            hourly=sql.Identifier(HOURLY),
-            daily=sql.Identifier(DAILY),
+            hourly=sql.Identifier(tables.hourly),
+            daily=sql.Identifier(tables.daily),
         )
         .as_string(conn)
     )
@@ -233,6 +214,9 @@ class Built:
     hourly: list[dict] = field(default_factory=list)  # intersection, local hour, avg_si (for a chart)
     checks: list[CheckResult] = field(default_factory=list)  # the rollups against the readings
     kept_days: list[dt.date] = field(default_factory=list)  # days without readings whose rollups were kept
+    partitions_created: list[dt.date] = field(default_factory=list)  # realtime partitions made ahead
+    partitions_ahead: list[dt.date] = field(default_factory=list)  # realtime partitions from today on
+    logged: int = 0  # findings written to the quality log
 
 
 def lock_key(dataset: str) -> str:
@@ -240,12 +224,18 @@ def lock_key(dataset: str) -> str:
     return locks.key("rollups", dataset)
 
 
-def ensure_tables(conn) -> None:
-    conn.execute(sql.SQL(DDL).format(hourly=sql.Identifier(HOURLY), daily=sql.Identifier(DAILY)))
-
-
-def build(spec: DatasetSpec, window: Days, timezone: str, high_risk: float, run_id: str) -> Built:
-    """Rebuild the window's local days of both tables in one transaction, then check them.
+def build(
+    spec: DatasetSpec,
+    window: Days,
+    timezone: str,
+    high_risk: float,
+    run_id: str,
+    partitions_ahead: int = 7,
+    today: dt.date | None = None,
+) -> Built:
+    """Rebuild the window's local days of both tables in one transaction, then check them and
+    log the checks in the quality log; first make the realtime partitions of ``today`` (UTC) and
+    the ``partitions_ahead`` days after it that are missing.
 
     Raises
     ------
@@ -253,16 +243,18 @@ def build(spec: DatasetSpec, window: Days, timezone: str, high_risk: float, run_
         Another build of the dataset holds its lock.
     """
     args = window_values(window, timezone, high_risk)
-    names = {"hourly": sql.Identifier(HOURLY), "daily": sql.Identifier(DAILY)}
+    today = today or dt.datetime.now(dt.UTC).date()
+    tables = schema.names(spec)
+    names = {"hourly": sql.Identifier(tables.hourly), "daily": sql.Identifier(tables.daily)}
     readings = sql.SQL(READINGS).format(source=sql.Identifier(spec.table))
     built = Built()
     key = lock_key(spec.name)
     with postgres.connection(autocommit=True, purpose=f"run {run_id}") as conn:
-        schema.ensure_schema(conn)
+        history.ensure_schema(conn)
         locks.try_lock(conn, key, run_id)
-        with conn.transaction():  # taken right after the dataset's lock (a test holds it to pause a build here)
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('opsbook.ddl.rollups'))")
-            ensure_tables(conn)
+        schema.ensure(conn, spec)  # its DDL lock is taken right after the dataset's (a test holds it to pause a build)
+        built.partitions_created = schema.ensure_partitions(conn, spec, schema.days_ahead(today, partitions_ahead))
+        built.partitions_ahead = sorted(d for d in schema.partitions(conn, spec) if d >= today)
         hours = sql.SQL(HOURS).format(**names)
         with conn.transaction():  # the whole window or nothing
             # hours with readings, then days with hourly rows: the rest is kept as it is
@@ -291,12 +283,13 @@ def build(spec: DatasetSpec, window: Days, timezone: str, high_risk: float, run_
         ).fetchall()
         built.kept_days = sorted(day for day, _ in held if day not in with_readings)
         built.checks = check(conn, spec, window, args)
+        built.logged = schema.log_findings(conn, spec, run_id, "rollups", schema.findings_of(built.checks))
         built.daily = postgres.dicts(
             conn,
             sql.SQL(
                 "SELECT intersection_id, date, hours_with_data, intervals, expected_intervals, "
                 "round(data_quality_score::numeric, 3) AS coverage, round(avg_si::numeric, 2) AS avg_si, "
-                "round(max_si::numeric, 2) AS max_si, total_volume, high_risk_intervals, peak_hour, "
+                "round(max_si::numeric, 2) AS max_si, total_volume, high_risk_minutes, peak_hour, "
                 "round(peak_si::numeric, 2) AS peak_si FROM {} WHERE date BETWEEN %(first)s AND %(last)s "
                 "ORDER BY date, intersection_id"
             ).format(names["daily"]),
