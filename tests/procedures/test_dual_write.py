@@ -127,7 +127,7 @@ def test_intersections_are_upserted_from_the_source(lake, db, tmp_path):
     rows = db.execute("SELECT id, name, latitude, longitude, installed_on FROM intersections ORDER BY id").fetchall()
     assert rows == [tuple(r) for r in demo.itertuples(index=False)]
     if has_postgis(db):
-        assert db.execute("SELECT count(*) FROM intersections WHERE geom IS NOT NULL").fetchone()[0] == 8
+        assert db.execute("SELECT count(*) FROM intersections WHERE geometry IS NOT NULL").fetchone()[0] == 8
 
     # a source of our own: two batches, the intersections file with one name changed
     folder = tmp_path / "incoming"

@@ -42,6 +42,12 @@ def register() -> None:
         NAME, "safety_indices", "opsbook.demo.safety:source_folder", "hourly batches of 15-minute safety indices"
     )
     standins.register_source(
+        NAME,
+        "safety_index_files",
+        "opsbook.demo.safety:index_files",
+        "the bucket's processed/indices/indices_<date>.parquet for November 2025, older days in legacy column names",
+    )
+    standins.register_source(
         NAME, "weather_observations", "opsbook.demo.weather:source_folder", "Open-Meteo JSON files, a few malformed"
     )
     standins.register_reference(

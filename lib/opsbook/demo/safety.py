@@ -232,3 +232,64 @@ def plant_differences(
         conn.execute(sql.SQL("UPDATE {} SET timestamp = timestamp + interval '5 hours'").format(t) + where, key)
         expected["timestamp shifted"].add(key)
     return expected
+
+
+# the column names of the team's older index files (the dataset spec's source.rename maps them back)
+LEGACY_NAMES = {
+    "intersection_id": "intersection",
+    "timestamp": "time_15min",
+    "combined_index": "Combined_Index",
+    "combined_index_eb": "Combined_Index_EB",
+    "vru_index": "VRU_Index",
+    "vru_index_eb": "VRU_Index_EB",
+    "vehicle_index": "Vehicle_Index",
+    "vehicle_index_eb": "Vehicle_Index_EB",
+}
+INDEX_FILES_DAYS = 30
+LEGACY_UNTIL = dt.date(2025, 11, 10)  # files before this day were written by the older collector
+
+
+def write_index_files(root, start: dt.date, chunks: list[int], count: int, seed: int = DEFAULT_SEED, legacy_until=None):
+    """``processed/indices/indices_<date>.parquet`` under ``root``, one per UTC day, as the team's
+    collector writes them: the readings of ``chunks`` consecutive spans of days from ``start``
+    (each span as :func:`readings` makes it, so a span equal to the batches' holds the same rows),
+    the days before ``legacy_until`` in the older column names and without the count, hour and
+    weekday columns. Returns the rows written."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from opsbook.stores import uri
+
+    rows = 0
+    first = start
+    for span in chunks:
+        table, _ = readings(first, span, count, seed)
+        days = pc.cast(table.column("timestamp"), pa.date32())
+        for offset in range(span):
+            day = first + dt.timedelta(days=offset)
+            part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+            if legacy_until and day < legacy_until:
+                part = part.select([c for c in part.column_names if c in LEGACY_NAMES])
+                part = part.rename_columns([LEGACY_NAMES[c] for c in part.column_names])
+            sink = io.BytesIO()
+            pq.write_table(part, sink, compression="snappy")
+            uri.write_bytes(uri.join(str(root), "processed", "indices", f"indices_{day}.parquet"), sink.getvalue())
+            rows += part.num_rows
+        first += dt.timedelta(days=span)
+    return rows
+
+
+def index_files(window=None, **_hints):
+    """The ``demo`` source of the bucket's daily index files: November 2025 (30 days from
+    2025-11-01, the demo's eight intersections; the first week's readings are those of the
+    dual-write batches), the first nine days in the legacy column names, written once in
+    ``<state>/demo/bucket/``."""
+    folder = config.state_dir() / "demo" / "bucket"
+    done = folder / ".complete"
+    if not done.is_file():
+        # the first week holds the readings of the demo's dual-write batches, so the two agree
+        chunks = [DEFAULT_DAYS, INDEX_FILES_DAYS - DEFAULT_DAYS]
+        write_index_files(folder, DEFAULT_START, chunks, DEFAULT_INTERSECTIONS, legacy_until=LEGACY_UNTIL)
+        done.write_text("written\n")
+    return folder

@@ -67,6 +67,11 @@ _ENTRIES = (
         "Build hourly and daily safety-index rollups with the peak hour per day, idempotent per window",
     ),
     Entry(
+        "backfill_indices",
+        "trafficsafety",
+        "Backfill realtime safety indices from the bucket's daily index files (COPY per day), then their rollups",
+    ),
+    Entry(
         "reconcile_dual_write",
         "trafficsafety",
         "Compare the Parquet lake with PostgreSQL and the GCS archive with the write ledger; repair on request",

@@ -149,9 +149,9 @@ def _first_line(exc: Exception) -> str:
 # --- intersections ---------------------------------------------------------------------------
 
 
-def upsert_intersections(conn, location: str) -> int:
-    """Upsert the intersections file into its table (with a PostGIS point where the database has
-    PostGIS); returns the rows in the file."""
+def upsert_intersections(conn, location: str, table_name: str = INTERSECTIONS_DATASET) -> int:
+    """Upsert the intersections file into ``table_name`` (made by :func:`.schema.ensure`, with a
+    PostGIS point ``geometry`` where the database has PostGIS); returns the rows in the file."""
     import pyarrow.csv as pacsv
     from psycopg import sql
 
@@ -169,7 +169,7 @@ def upsert_intersections(conn, location: str) -> int:
     columns = spec.column_names
     others = [c for c in columns if c not in spec.key]
     upsert = sql.SQL("INSERT INTO {t} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {sets}").format(
-        t=ident(spec.table),
+        t=ident(table_name),
         cols=sql.SQL(", ").join(ident(c) for c in columns),
         marks=sql.SQL(", ").join(sql.Placeholder() for _ in columns),
         key=sql.SQL(", ").join(ident(k) for k in spec.key),
@@ -177,24 +177,14 @@ def upsert_intersections(conn, location: str) -> int:
     )
     postgis = postgres.has_postgis(conn)
     rows = [tuple(r[c] for c in columns) for r in table.to_pylist()]
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"opsbook.ddl.{spec.table}",))
-        conn.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(
-                ident(spec.table), postgres.column_definitions(spec), sql.SQL(", ").join(ident(k) for k in spec.key)
-            )
-        )
-        if postgis:
-            conn.execute(
-                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS geom geometry(Point, 4326)").format(ident(spec.table))
-            )
+    with conn.transaction():  # the table is made with the dataset's others (schema.ensure)
         with conn.cursor() as cur:
             cur.executemany(upsert, rows)
         if postgis:
             point = sql.SQL("ST_SetSRID(ST_MakePoint(longitude, latitude), 4326)")
             conn.execute(
-                sql.SQL("UPDATE {t} SET geom = {p} WHERE geom IS NULL OR NOT ST_Equals(geom, {p})").format(
-                    t=ident(spec.table), p=point
+                sql.SQL("UPDATE {t} SET geometry = {p} WHERE geometry IS NULL OR NOT ST_Equals(geometry, {p})").format(
+                    t=ident(table_name), p=point
                 )
             )
     return len(rows)

@@ -310,7 +310,9 @@ def write(spec: DatasetSpec, planned: WritePlan, run_id: str, lock: str, progres
         locks.try_lock(control, lock, f"run {run_id}")
         upserted = None
         if planned.found.intersections:
-            upserted = batches.upsert_intersections(control, planned.found.intersections)
+            upserted = batches.upsert_intersections(
+                control, planned.found.intersections, tables.names(spec).intersections
+            )
             notify(f"{upserted} intersection(s) upserted from {batches.INTERSECTIONS_FILE}")
         results: list[BatchResult] = []
         down: dict[str, str] = {}
