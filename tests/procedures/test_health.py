@@ -30,6 +30,7 @@ def runs(db):
     schema.ensure_schema(db)
     db.execute("DELETE FROM opsbook.runs")
     db.execute("DELETE FROM opsbook.locks")
+    db.execute("DROP TABLE IF EXISTS safety_indices_realtime CASCADE")  # its partitions ahead: tested apart
 
     def add(run_id, procedure, status="success", hours_ago=1.0, dataset=None, window=None, rows_out=None, **extra):
         row = {
@@ -88,6 +89,31 @@ def test_healthy_state_passes_with_the_defaults(db, runs):
     assert status_of(db, out["run_id"])[0] == "success"
     html = Path(out["reports"]["html"]).read_text()
     assert "1. Sync status" in html and "health-runs-chart" in html
+
+
+def test_a_missing_partition_for_tomorrow_fails_until_rollups_makes_it(db, runs):
+    import datetime as dt
+
+    from opsbook import datasets
+    from opsbook.trafficsafety import schema as tables
+
+    healthy(runs)
+    spec = datasets.get("safety_indices")
+    tables.ensure(db, spec)
+    today = db.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]
+    assert tables.ensure_partitions(db, spec, [today]) == [today]
+    done = run_cli("health", *SHARED_SERVER, "--json")
+    assert done.code == 1, done.stdout + done.stderr
+    tomorrow = today + dt.timedelta(days=1)
+    assert f"safety_indices_realtime has no partition for tomorrow ({tomorrow}, UTC)" in done.json()["summary"]
+
+    made = tables.ensure_partitions(db, spec, tables.days_ahead(today, 7))
+    assert made == [today + dt.timedelta(days=n) for n in range(1, 8)]
+    assert tables.ensure_partitions(db, spec, tables.days_ahead(today, 7)) == []  # idempotent
+    again = run_cli("health", *SHARED_SERVER, "--json")
+    assert again.code == 0, again.stdout + again.stderr
+    html = Path(again.json()["reports"]["html"]).read_text()
+    assert "health-partitions" in html
 
 
 def test_lag_failures_and_a_missing_procedure_breach(db, runs):

@@ -92,6 +92,7 @@ class Findings:
     blocked: list[Blocked]
     database: Database
     notes: list[str] = field(default_factory=list)
+    partitions: list[dict] = field(default_factory=list)  # day-partitioned tables: tomorrow's partition
 
     @property
     def stuck(self) -> list[RunningRun]:
@@ -117,6 +118,12 @@ class Findings:
                 found.append(
                     f"session {b.blocked_pid} has waited {b.waited_s:,.0f} s on {b.lock} held by session "
                     f"{b.blocking_pid} ({b.blocking_application or 'unnamed'}, {b.blocking_state})"
+                )
+        for p_ in self.partitions:
+            if not p_["tomorrow present"]:
+                found.append(
+                    f"{p_['table']} has no partition for tomorrow ({p_['tomorrow']}, UTC): inserts of its readings "
+                    f"will fail; rollups makes the coming days' (-p partitions_ahead=7)"
                 )
         db = self.database
         if db.used > p.max_connections_used * db.max_connections:
@@ -157,6 +164,7 @@ class Findings:
             "blocked": [asdict(b) for b in self.blocked],
             "database": {**asdict(self.database), "used": self.database.used},
             "notes": self.notes,
+            "partitions": self.partitions,
         }
 
 
@@ -181,9 +189,38 @@ def check(run_id: str, limits: Limits, mark_stuck: bool = False) -> Findings:
             blocked=sessions.blocked_sessions(conn),
             database=sessions.database(conn, limits.pending_write_hours),
         )
+        findings.partitions = day_partitions_ahead(conn, now.astimezone(dt.UTC).date())
         if mark_stuck:
             sessions.mark_stuck(conn, findings.stuck, run_id)
     return findings
+
+
+def day_partitions_ahead(conn: psycopg.Connection, today: dt.date) -> list[dict]:
+    """Each dataset partitioned by day whose table is in the database: the partitions it has
+    from today on, and whether tomorrow's is there (a writer's insert fails without it)."""
+    from opsbook import datasets
+    from opsbook.stores import postgres
+
+    found = []
+    for name in datasets.available():
+        spec = datasets.get(name)
+        partitioned = conn.execute(
+            "SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass(%s)", (spec.table,)
+        ).fetchone()
+        if spec.partition.by != "day" or not partitioned:
+            continue
+        days = sorted(d for d in postgres.day_partitions(conn, spec.table) if d >= today)
+        tomorrow = today + dt.timedelta(days=1)
+        found.append(
+            {
+                "table": spec.table,
+                "tomorrow": tomorrow,
+                "tomorrow present": tomorrow in days,
+                "days ahead": len([d for d in days if d > today]),
+                "last": days[-1] if days else None,
+            }
+        )
+    return found
 
 
 def trend_days(now: dt.datetime, days: int) -> list[str]:

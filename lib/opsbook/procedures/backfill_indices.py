@@ -125,7 +125,9 @@ def run(ctx: RunContext, plan: Plan) -> Result:
     held = [d.day for d in days if d.status in ("loaded", "merged", "unchanged")]
     if params.rollups and held:
         window = backfill.rollup_window(held, params.timezone)
-        built = rollups.build(spec, window, params.timezone, params.high_risk, ctx.run_id, partitions_ahead=0)
+        built = rollups.build(
+            spec, window, params.timezone, params.high_risk, ctx.run_id, partitions_ahead=0, rows=False
+        )
     return Result(plan, days, built, time.monotonic() - started)
 
 

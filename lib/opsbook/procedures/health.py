@@ -352,7 +352,8 @@ def show_locks(result: Result):
 
 
 def show_database(result: Result):
-    """Size, connections against max_connections, and dual-write batches still pending."""
+    """Size, connections against max_connections, dual-write batches still pending, and the
+    partitions ahead of the tables partitioned by day."""
     from opsbook import report
     from opsbook.ops.sessions import one_line, ts
 
@@ -391,6 +392,13 @@ def show_database(result: Result):
         status_column="status",
         element_id="health-pending",
     )
+    partitions = report.table(
+        [{**row, "status": "pass" if row["tomorrow present"] else "fail"} for row in result.findings.partitions],
+        caption="Tables partitioned by day: their partitions from today on (tomorrow's must exist before "
+        "its first insert)",
+        status_column="status",
+        element_id="health-partitions",
+    )
     return report.stack(
         report.table(figures, caption=f"Database {db.name}", status_column="status", element_id="health-database"),
         report.table(
@@ -398,6 +406,7 @@ def show_database(result: Result):
             caption="Client connections by state (all databases on the server)",
         ),
         pending,
+        partitions,
     )
 
 

@@ -198,31 +198,8 @@ def attach(cur, spec: DatasetSpec, table: str, day: dt.date) -> None:
 
 
 def partitions(conn, spec: DatasetSpec) -> dict[dt.date, str]:
-    """The realtime table's partitions by the UTC day they hold (those whose bounds are one day)."""
-    rows = conn.execute(
-        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(%s)",
-        (spec.table,),
-    ).fetchall()
-    found = {}
-    for name, bound in rows:
-        day = _day_of_bound(conn, bound)
-        if day is not None:
-            found[day] = name
-    return found
-
-
-def _day_of_bound(conn, bound: str) -> dt.date | None:
-    import re
-
-    match = re.match(r"FOR VALUES FROM \('([^']+)'\) TO \('([^']+)'\)", bound or "")
-    if not match:
-        return None
-    start, end = conn.execute("SELECT %s::timestamptz, %s::timestamptz", match.groups()).fetchone()
-    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
-    if end - start != dt.timedelta(days=1) or start.time() != dt.time():
-        return None
-    return start.date()
+    """The realtime table's partitions by the UTC day they hold."""
+    return postgres.day_partitions(conn, spec.table)
 
 
 def ensure_partitions(conn, spec: DatasetSpec, days) -> list[dt.date]:
