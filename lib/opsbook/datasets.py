@@ -77,6 +77,11 @@ class Source(BaseModel):
     # the source's names for the spec's columns, where they differ (older files):
     # {Combined_Index: combined_index}
     rename: dict[str, str] = Field(default_factory=dict)
+    # incoming raw files (a glob on the name, e.g. bsm_*.parquet), archived byte for byte where
+    # raw_layout says ({yyyy}/{mm}/{dd}: the file's UTC day; {name}: its name), e.g.
+    # raw/bsm/{yyyy}/{mm}/{dd}/{name}
+    raw_files: str = ""
+    raw_layout: str = ""
     # a file belongs to the year whose four digits appear in its name
     file_pattern: str = r"(?<!\d)(?P<year>(19|20)\d\d)(?!\d)"
     encodings: list[str] = Field(default_factory=lambda: ["utf-8", "cp1252"])

@@ -50,8 +50,15 @@ def write(**values):
 
 
 def source_batches() -> dict[str, pa.Table]:
+    """The demo source's index batches by id."""
     folder = safetydata.source_folder()
-    return {p.stem: pq.read_table(p) for p in sorted(Path(folder).glob("*.parquet"))}
+    return {p.stem: pq.read_table(p) for p in sorted(Path(folder).glob("safety-*.parquet"))}
+
+
+def raw_files(day: dt.date) -> dict[str, bytes]:
+    """The demo source's raw BSM files of one day, by batch id."""
+    folder = Path(safetydata.source_folder())
+    return {p.stem: p.read_bytes() for p in sorted(folder.glob(f"bsm_{day}_*.parquet"))}
 
 
 def days_of(table: pa.Table) -> set[dt.date]:
@@ -75,45 +82,62 @@ def test_a_window_writes_its_batches_to_every_target_once(lake, db):
     result = write(window="2025-11-01")
     verdict = result.verdict()
     assert verdict.status == "pass", verdict.summary
-    assert {b.batch_id for b in result.batches} == wanted
     assert len(wanted) > 24  # the day's own batches, and the next day's with its late readings
     assert all(b.complete for b in result.batches) and result.pending == []
-    assert ledger(db) == {(b, t): ("success", 1) for b in wanted for t in TARGETS}
+    raw = raw_files(dt.date(2025, 11, 1))
+    assert len(raw) == 24 and {b.batch_id for b in result.batches} == wanted | set(raw)
+    expected = {(b, t): ("success", 1) for b in wanted for t in ("lake", "postgres")}
+    assert ledger(db) == expected | {(b, "archive"): ("success", 1) for b in raw}
 
     # every reading of the day is in PostgreSQL, and the batches' other rows too: nothing else
     rows = pa.concat_tables([batches[b] for b in sorted(wanted)])
-    assert db.execute("SELECT count(*) FROM safety_indices_realtime").fetchone()[0] == rows.num_rows == result.rows
+    assert (
+        db.execute("SELECT count(*) FROM safety_indices_realtime").fetchone()[0]
+        == rows.num_rows
+        == result.rows - sum(pq.read_table(pa.BufferReader(data)).num_rows for data in raw.values())
+    )
     readings, _ = safetydata.readings(dt.date(2025, 11, 1), 7)
     day_one = sum(1 for t in readings.column("timestamp").to_pylist() if t.date() == dt.date(2025, 11, 1))
     assert (
         db.execute("SELECT count(*) FROM safety_indices_realtime WHERE timestamp < '2025-11-02'").fetchone()[0]
         == day_one
     )
-    # the lake holds them once, a file per batch and day; the archive an object per batch
-    lake_files = [o for o in uri.listing(os.environ["LAKE_URL"]) if o.name.endswith(".parquet")]
-    assert sum(pq.read_table(o.uri).num_rows for o in lake_files) == rows.num_rows
-    assert {o.name.removesuffix(".json.gz") for o in uri.listing(os.environ["ARCHIVE_URL"])} == wanted
+    # the bucket: the processed indices once, a file per UTC day; the raw files as they came
+    indices = Path(os.environ["LAKE_URL"]) / "processed" / "indices"
+    assert sorted(p.name for p in indices.iterdir()) == ["indices_2025-11-01.parquet", "indices_2025-11-02.parquet"]
+    assert sum(pq.read_table(p).num_rows for p in indices.iterdir()) == rows.num_rows
+    assert pq.read_table(indices / "indices_2025-11-01.parquet").num_rows == day_one
+    archived = Path(os.environ["ARCHIVE_URL"]) / "raw" / "bsm" / "2025" / "11" / "01"
+    assert {p.stem: p.read_bytes() for p in archived.iterdir()} == raw  # byte for byte
     assert compare(lake, Days.parse("2025-11-01")).differences == []
 
     # a batch the ledger has in every target is not written again, unless forced
     before = table_digest(db)
     again = write(window="2025-11-01")
-    assert again.batches == [] and len(again.plan.writes.done) == len(wanted)
+    assert again.batches == [] and len(again.plan.writes.done) == len(wanted) + len(raw)
     assert again.verdict().status == "pass" and "already in every target" in again.verdict().summary
     forced = write(window="2025-11-01", force=True)
-    assert {b.batch_id for b in forced.batches} == wanted and forced.verdict().status == "pass"
-    assert ledger(db) == {(b, t): ("success", 2) for b in wanted for t in TARGETS}
+    assert {b.batch_id for b in forced.batches} == wanted | set(raw) and forced.verdict().status == "pass"
+    assert {(b, t): v for (b, t), v in ledger(db).items() if b in wanted} == {
+        (b, t): ("success", 2) for b in wanted for t in ("lake", "postgres")
+    }
     assert table_digest(db) == before
+    assert pq.read_table(indices / "indices_2025-11-01.parquet").num_rows == day_one  # merged, not doubled
 
 
 def test_consecutive_windows_and_a_missing_target_write_each_batch_once(lake, db):
     first = write(window="2025-11-01", targets="lake,postgres")
     assert first.verdict().status == "pass"
+    assert not any(b.batch_id.startswith("bsm_") for b in first.batches)  # the archive was not a target
     second = write(window="2025-11-02")
-    # the batches of 2025-11-02 already in lake and PostgreSQL reach the archive alone
+    # the batches of 2025-11-02 already in the lake and PostgreSQL are not written again; the raw
+    # files of the day reach the archive
     shared = {b.batch_id for b in first.batches} & {b.batch_id for b in second.batches}
-    assert shared and all(set(b.targets) == {"archive"} for b in second.batches if b.batch_id in shared)
-    assert all(set(b.targets) == set(TARGETS) for b in second.batches if b.batch_id not in shared)
+    assert first.batches and not shared
+    assert len(second.plan.writes.done) > 0
+    archived = {b.batch_id for b in second.batches if set(b.targets) == {"archive"}}
+    assert archived == set(raw_files(dt.date(2025, 11, 2)))
+    assert all(set(b.targets) == {"lake", "postgres"} for b in second.batches if b.batch_id not in archived)
     assert {a for _, a in ledger(db).values()} == {1}  # no batch was written twice to a target
     assert compare(lake, Days.parse("2025-11-01..2025-11-02")).differences == []
 
@@ -151,27 +175,35 @@ def test_unreadable_batch_files_are_reported_and_the_others_written(lake, db, tm
     shutil.copy(source / "safety-20251101T06.parquet", folder / "safety-20251101T06.parquet")
     (folder / "truncated.parquet").write_bytes((source / "safety-20251101T07.parquet").read_bytes()[:200])
     pq.write_table(
-        pq.read_table(source / "safety-20251101T08.parquet").drop(["vru_index_eb"]), folder / "narrow.parquet"
+        pq.read_table(source / "safety-20251101T08.parquet").drop(["intersection_id"]), folder / "narrow.parquet"
     )
+    # an older collector's batch: its column names are mapped, the columns it lacks are NULL
+    older = pq.read_table(source / "safety-20251101T09.parquet").select(list(safetydata.LEGACY_NAMES))
+    pq.write_table(older.rename_columns(list(safetydata.LEGACY_NAMES.values())), folder / "older.parquet")
     (folder / "README.txt").write_text("incoming batches")
 
     plan = dual_write.plan(context.make("dual_write", source=str(folder)))
-    assert [w.batch.batch_id for w in plan.writes.work] == ["safety-20251101T05", "safety-20251101T06"]
+    work = ["older", "safety-20251101T05", "safety-20251101T06"]
+    assert [w.batch.batch_id for w in plan.writes.work] == work
     assert plan.writes.found.ignored == ["README.txt"]
     reasons = dict(plan.writes.found.unreadable)
     assert set(reasons) == {"truncated.parquet", "narrow.parquet"}
-    assert "vru_index_eb" in reasons["narrow.parquet"]
+    assert "intersection_id" in reasons["narrow.parquet"]
 
     result = call("dual_write", source=str(folder))
     verdict = result.verdict()
     assert verdict.status == "fail" and verdict.error is SourceError
     assert verdict.summary.startswith("2 batch file(s) could not be read and were not written (first: ")
-    assert [b.batch_id for b in result.batches if b.complete] == ["safety-20251101T05", "safety-20251101T06"]
+    assert [b.batch_id for b in result.batches if b.complete] == work
     assert db.execute("SELECT count(*) FROM safety_indices_realtime").fetchone()[0] == result.rows > 0
+    counted = sum(pq.read_table(folder / n).column("vru_count").null_count for n in ("safety-20251101T06.parquet",))
+    counted += pq.read_table(folder / "2025" / "11" / "safety-20251101T05.parquet").column("vru_count").null_count
+    nulls = "SELECT count(*) FROM safety_indices_realtime WHERE vru_count IS NULL"
+    assert db.execute(nulls).fetchone()[0] == older.num_rows + counted
 
 
 def test_a_window_with_no_batch_is_refused_before_anything_is_written(lake, db):
-    with pytest.raises(SourceError, match=r"no batch of .* falls in 2030-01-01: nothing to write \(168 batch"):
+    with pytest.raises(SourceError, match=r"no batch of .* falls in 2030-01-01: nothing to write \(336 batch"):
         write(window="2030-01-01")
     assert ledger(db) == {}
 
@@ -194,16 +226,29 @@ def test_one_writer_at_a_time(lake, db):
     assert ledger(db) == {}
 
 
-def test_batches_read_from_gcs(lake, db, gcs_emulator):
+def test_batches_read_from_gcs(lake, db, gcs_emulator, monkeypatch):
     prefix = "gs://opsbook-test/incoming/safety"
     source = Path(safetydata.source_folder())
     names = ["safety-20251101T05.parquet", "safety-20251101T06.parquet", "intersections.csv"]
+    names.append("bsm_2025-11-01_050000.parquet")
     for name in names:
         uri.write_bytes(uri.join(prefix, name), (source / name).read_bytes())
+    bucket = "gs://opsbook-test/bucket"  # the processed and the raw side in one bucket, as the runbook has it
+    monkeypatch.setenv("LAKE_URL", bucket)
+    monkeypatch.setenv("ARCHIVE_URL", bucket)
     result = call("dual_write", source=prefix, window="2025-11-01")
     assert result.verdict().status == "pass", result.verdict().summary
-    assert [b.batch_id for b in result.batches] == ["safety-20251101T05", "safety-20251101T06"]
+    batches = ["bsm_2025-11-01_050000", "safety-20251101T05", "safety-20251101T06"]
+    assert [b.batch_id for b in result.batches] == batches
     assert result.written.intersections == 8
+    # the runbook's bucket layout, through google-cloud-storage
+    listed = {o.uri.removeprefix(bucket + "/") for o in uri.listing(bucket)}
+    assert listed == {
+        "processed/indices/indices_2025-11-01.parquet",
+        "raw/bsm/2025/11/01/bsm_2025-11-01_050000.parquet",
+    }
+    archived = uri.read_bytes(f"{bucket}/raw/bsm/2025/11/01/bsm_2025-11-01_050000.parquet")
+    assert archived == (source / "bsm_2025-11-01_050000.parquet").read_bytes()
 
 
 def free_port() -> int:
@@ -248,12 +293,12 @@ def test_gcs_down_during_a_dual_write_then_retried(lake, db, tmp_path):
         assert states == {
             ("postgres", "success"): batches,
             ("lake", "success"): batches,
-            ("archive", "pending"): batches,
+            ("archive", "pending"): 24,  # the day's raw files
         }
 
         check = run_cli("reconcile_dual_write", "-p", "window=2025-11-01..2025-11-02", "--json", env=env)
         assert check.code == 1
-        assert check.json()["results"]["verdict"]["figures"]["pending writes"] == batches
+        assert check.json()["results"]["verdict"]["figures"]["pending writes"] == 24
 
         emulator = start_emulator(port, data_dir)
         retried = run_cli("dual_write", "-p", "retry_pending=true", *demo, "--json", env=env)
@@ -273,7 +318,9 @@ def test_retry_pending_writes_every_pending_batch_from_its_staged_copy(lake, db,
     verdict = failed.verdict()
     assert verdict.status == "fail" and verdict.error is CheckFailed
     pending = {p["batch_id"] for p in failed.pending}
-    assert pending == {b.batch_id for b in failed.batches} and {p["target"] for p in failed.pending} == {"archive"}
+    raw = {b.batch_id for b in failed.batches if b.batch_id.startswith("bsm_")}
+    assert pending == raw and len(raw) == 24 and {p["target"] for p in failed.pending} == {"archive"}
+    assert all(b.complete for b in failed.batches if b.batch_id not in raw)
     first_error = failed.pending[0]["last_error"]
     assert first_error.startswith(("NotADirectoryError", "FileExistsError"))
     assert all(p["last_error"].startswith("not tried: archive failed at batch ") for p in failed.pending[1:])
@@ -283,4 +330,4 @@ def test_retry_pending_writes_every_pending_batch_from_its_staged_copy(lake, db,
     assert retried.verdict().status == "pass" and retried.pending == []
     assert {b.batch_id for b in retried.batches} == pending
     assert all(set(b.targets) == {"archive"} for b in retried.batches)
-    assert {o.name.removesuffix(".json.gz") for o in uri.listing(str(tmp_path / "archive"))} == pending
+    assert {o.name.removesuffix(".parquet") for o in uri.listing(str(tmp_path / "archive"))} == pending

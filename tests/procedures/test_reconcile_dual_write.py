@@ -17,6 +17,7 @@ from opsbook.history import locks
 from opsbook.run import context
 from opsbook.stores import uri
 from opsbook.trafficsafety import archive, compare, dualwrite, layout, repair, sides, write_lock
+from opsbook.trafficsafety.batches import find as batches_of
 from opsbook.windows import Days
 
 pytestmark = pytest.mark.integration
@@ -78,12 +79,13 @@ def test_what_was_written_agrees(lake, db):
 def test_planted_differences_are_classified_exactly_by_both_paths(lake, db):
     write_days(db, lake, 3)
     expected = safetydata.plant_differences(db, "safety_indices_realtime", deletes=10, inserts=10, changes=40)
-    # a batch file copied under another name: every key in it is now twice in the lake
-    day_dir = Path(os.environ["LAKE_URL"]) / SPEC_NAME / "date=2025-11-02"
-    copied = sorted(day_dir.glob("*.parquet"))[5]
-    shutil.copy(copied, day_dir / "zz-copy.parquet")
+    # a day file holding some of its rows twice (a bad rewrite): those keys are twice in the lake
+    day_file = Path(os.environ["LAKE_URL"]) / "processed" / "indices" / "indices_2025-11-02.parquet"
+    held = pq.read_table(day_file)
+    doubled = held.slice(100, 30)
+    pq.write_table(pa.concat_tables([held, doubled]), day_file)
 
-    twice = {(r["intersection_id"], r["timestamp"]) for r in pq.read_table(copied).to_pylist()}
+    twice = {(r["intersection_id"], r["timestamp"]) for r in doubled.to_pylist()}
     window = Days.parse("2025-11-01..2025-11-03")
     fast = compare.compare(lake, window, row_limit=10**9)
     bucketed = compare.compare(lake, window, row_limit=0)
@@ -147,30 +149,33 @@ def test_repair_from_postgres_rewrites_only_the_days_that_differ(lake, db):
         "UPDATE safety_indices_realtime SET traffic_volume = traffic_volume + 1 WHERE timestamp::date = '2025-11-02' "
         "AND intersection_id = 1003"
     )
-    untouched = sorted((Path(os.environ["LAKE_URL"]) / SPEC_NAME / "date=2025-11-01").glob("*.parquet"))
+    indices = Path(os.environ["LAKE_URL"]) / "processed" / "indices"
+    untouched = (indices / "indices_2025-11-01.parquet").read_bytes()
     result = reconcile("2025-11-01..2025-11-02", repair=True, source_of_truth="postgres")
     assert {d["day"] for d in result.before.differences} == {dt.date(2025, 11, 2)}
     assert result.plan.repair.days == [dt.date(2025, 11, 2)]
     assert result.repaired.done["lake days rewritten"] == 1
-    assert sorted((Path(os.environ["LAKE_URL"]) / SPEC_NAME / "date=2025-11-01").glob("*.parquet")) == untouched
+    assert (indices / "indices_2025-11-01.parquet").read_bytes() == untouched
     assert result.after.differences == [] and result.verdict().status == "pass"
-    rewritten = [f.name for f in (Path(os.environ["LAKE_URL"]) / SPEC_NAME / "date=2025-11-02").iterdir()]
-    assert len(rewritten) == 1 and rewritten[0].startswith("repair-")  # the day's old files are gone
+    assert sorted(f.name for f in indices.iterdir()) == ["indices_2025-11-01.parquet", "indices_2025-11-02.parquet"]
 
 
 def test_archive_findings_and_a_repair_that_retries_the_pending_write(lake, db, tmp_path, monkeypatch):
-    batches = safetydata.batches(START, 1)
+    write_days(db, lake, 1)  # the indices, in the lake and PostgreSQL
+    found = batches_of(lake, str(safetydata.source_folder()), Days.parse("2025-11-01"))
+    batches = [b for b in found.batches if b.kind == "raw"]
+    assert len(batches) == 24
     for b in batches[:-1]:
-        dualwrite.write_batch(db, lake, b.batch_id, b.table)
+        assert dualwrite.write_raw(db, lake, b).complete
     broken = tmp_path / "not-a-folder"
     broken.write_text("")
-    monkeypatch.setenv("ARCHIVE_URL", str(broken))  # the last batch's archive write fails
-    last = dualwrite.write_batch(db, lake, batches[-1].batch_id, batches[-1].table)
-    assert last.targets["archive"].status == "pending" and last.targets["lake"].status == "success"
+    monkeypatch.setenv("ARCHIVE_URL", str(broken))  # the last raw file's archive write fails
+    last = dualwrite.write_raw(db, lake, batches[-1])
+    assert last.targets["archive"].status == "pending"
     monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
-    gone = layout.archive_object(lake, batches[3].batch_id, START)
+    gone = layout.archive_object(lake, f"{batches[3].batch_id}.parquet", START)
     assert uri.delete(gone)
-    stray = uri.join(layout.archive_day(lake, START), "safety-19990101T00.json.gz")
+    stray = uri.join(layout.archive_day(lake, START), "bsm_1999-01-01_000000.parquet")
     uri.write_bytes(stray, b"")
 
     result = reconcile("2025-11-01")
@@ -178,7 +183,7 @@ def test_archive_findings_and_a_repair_that_retries_the_pending_write(lake, db, 
     assert findings == {
         (batches[-1].batch_id, "archive write pending"),
         (batches[3].batch_id, "archive object missing"),
-        ("safety-19990101T00", "object not in the ledger"),
+        ("bsm_1999-01-01_000000", "object not in the ledger"),
     }
     pending = next(f for f in result.archive if f["finding"] == "archive write pending")
     assert pending["attempts"] == 1 and pending["last error"].startswith(("NotADirectoryError", "FileExistsError"))
@@ -193,7 +198,7 @@ def test_archive_findings_and_a_repair_that_retries_the_pending_write(lake, db, 
     assert fixed.repaired.retried == 1 and fixed.pending == []
     assert {(f["batch"], f["finding"]) for f in fixed.archive} == {
         (batches[3].batch_id, "archive object missing"),
-        ("safety-19990101T00", "object not in the ledger"),
+        ("bsm_1999-01-01_000000", "object not in the ledger"),
     }
     assert fixed.verdict().anchor == "archive-findings-after"
 
@@ -226,7 +231,7 @@ def test_a_lake_on_gcs(lake, db, gcs_emulator, monkeypatch):
     monkeypatch.setenv("LAKE_URL", "gs://opsbook-test/lake")
     write_days(db, lake, 1)
     files = sides.lake_files(lake, Days.parse("2025-11-01"))
-    assert files and all(f.startswith("gs://opsbook-test/lake/safety_indices/date=2025-11-01/") for f in files)
+    assert files == ["gs://opsbook-test/lake/processed/indices/indices_2025-11-01.parquet"]
     db.execute("DELETE FROM safety_indices_realtime WHERE ctid = (SELECT ctid FROM safety_indices_realtime LIMIT 1)")
     comparison = compare.compare(lake, Days.parse("2025-11-01"))
     assert [d["class"] for d in comparison.differences] == ["missing in postgres"]

@@ -366,9 +366,10 @@ def write(**values):
 def test_lake_write_failing_halfway_leaves_no_partial_file(lake, db, monkeypatch):
     assert write(window="2025-11-01").verdict().status == "pass"
     written = lake_contents(lake)
-    assert len(written) >= 24 and all(name.endswith(".parquet") for name in written)
+    assert sorted(written) == [f"processed/indices/indices_2025-11-0{d}.parquet" for d in (1, 2)]
 
-    # rewriting day 1, the disk fills during the 3rd file: the file it replaces must stay whole
+    # rewriting day 1 (every batch merged into the day's file again), the disk fills during the
+    # 3rd write: the file it replaces must stay whole, and the rewrites before it change no byte
     full = DiskFullAt(lake, nth=3).install(monkeypatch)
     verdict = write(window="2025-11-01", force=True).verdict()
     assert len(full.partial) == 1 and full.partial[0][1] > 0  # half a file really was on disk
@@ -384,16 +385,16 @@ def test_lake_write_failing_halfway_leaves_no_partial_file(lake, db, monkeypatch
     assert f"{1 + len(later)} batch write(s) pending (lake; first error: OSError: [Errno 28]" in verdict.summary
     assert "retry_pending=true" in verdict.summary
 
-    # a new day (no batch of it in the lake yet), the disk full at its first file: nothing at all
-    # under the final names
+    # a new day, the disk full at its first write: nothing at all under the final names
     before = lake_contents(lake)
     full = DiskFullAt(lake, nth=1).install(monkeypatch)
     day3 = write(window="2025-11-03")
     batches = [b.batch_id for b in day3.batches]
     assert day3.verdict().status == "fail" and len(full.partial) == 1
-    assert not any(b in name for b in batches for name in before)  # the premise: new files only
+    assert "processed/indices/indices_2025-11-03.parquet" not in before  # the premise: a new file
     assert lake_contents(lake) == before
     assert {s for b, (s, _) in lake_ledger(db).items() if b in batches} == {"pending"}
+    assert len(batches) > 24
 
     monkeypatch.setattr(pathlib.Path, "write_bytes", full.original)  # the disk has room again
     retried = write(retry_pending=True)

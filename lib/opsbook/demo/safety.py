@@ -143,9 +143,33 @@ def source_dir():
     return config.state_dir() / "demo" / "safety_indices"
 
 
+def bsm_messages(hour: dt.datetime, count: int, per_intersection: int = 12, seed: int = DEFAULT_SEED):
+    """Raw Basic Safety Messages of one collection hour (UTC): vehicles' positions and speeds
+    near each intersection, as a pyarrow.Table (what the raw archive keeps byte for byte)."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng([seed, count, int(hour.timestamp())])
+    n = count * per_intersection
+    frame = intersections(count, seed)
+    at = rng.integers(0, 3600, n)
+    start = np.datetime64(hour.replace(tzinfo=None).isoformat(), "s")
+    return pa.table(
+        {
+            "timestamp": pa.array((start + at).astype("datetime64[us]"), pa.timestamp("us", tz="UTC")),
+            "intersection_id": pa.array(np.repeat(frame["id"].to_numpy(), per_intersection)),
+            "vehicle_id": pa.array([f"veh-{v:05d}" for v in rng.integers(0, 50_000, n)]),
+            "latitude": pa.array(np.repeat(frame["latitude"].to_numpy(), per_intersection) + rng.normal(0, 2e-4, n)),
+            "longitude": pa.array(np.repeat(frame["longitude"].to_numpy(), per_intersection) + rng.normal(0, 2e-4, n)),
+            "speed_kmh": pa.array(np.clip(rng.normal(45, 12, n), 0, 120).round(1)),
+            "heading_deg": pa.array(rng.integers(0, 360, n).astype(np.int16)),
+        }
+    )
+
+
 def source_folder(window=None, **_hints):
     """The ``demo`` source of the safety indices: the default batches (7 days from 2025-11-01,
-    8 intersections, late arrivals in later batches) as one Parquet file per batch, and
+    8 intersections, late arrivals in later batches) as one Parquet file per batch, a raw BSM
+    file per collection hour (``bsm_<date>_<HHMMSS>.parquet``, as the collector names them), and
     ``intersections.csv``, written once in ``<state>/demo/safety_indices/``.
 
     ``window`` is not used: every run reads the same batches, and dual_write picks the window's.
@@ -164,6 +188,9 @@ def source_folder(window=None, **_hints):
         sink = io.BytesIO()
         pq.write_table(batch.table, sink, compression="zstd")
         uri.write_bytes(str(folder / f"{batch.batch_id}.parquet"), sink.getvalue())
+        raw = io.BytesIO()
+        pq.write_table(bsm_messages(batch.hour, DEFAULT_INTERSECTIONS), raw, compression="snappy")
+        uri.write_bytes(str(folder / f"bsm_{batch.hour:%Y-%m-%d}_{batch.hour:%H%M%S}.parquet"), raw.getvalue())
     text = intersections(DEFAULT_INTERSECTIONS).to_csv(index=False)
     uri.write_bytes(str(done), text.encode("utf-8"), "text/csv")
     return folder

@@ -71,6 +71,30 @@ def open_read(uri: str) -> IO[bytes]:
     return blob.open("rb", chunk_size=8 << 20)
 
 
+def md5_of(uri: str) -> str | None:
+    """The object's MD5 as hex (None: no such object, or a composite object without one)."""
+    import base64
+
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    bucket, name = split_uri(uri)
+    deadline = retry_seconds()
+    blob = client().bucket(bucket).get_blob(name, retry=DEFAULT_RETRY.with_timeout(deadline), timeout=min(deadline, 60))
+    if blob is None or not blob.md5_hash:
+        return None
+    return base64.b64decode(blob.md5_hash).hex()
+
+
+def exists(uri: str) -> bool:
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    bucket, name = split_uri(uri)
+    deadline = retry_seconds()
+    return (
+        client().bucket(bucket).blob(name).exists(retry=DEFAULT_RETRY.with_timeout(deadline), timeout=min(deadline, 60))
+    )
+
+
 def retry_seconds() -> float:
     """How long a GCS call retries before it gives up (OPSBOOK_GCS_RETRY_SECONDS, default 60)."""
     return float(os.environ.get("OPSBOOK_GCS_RETRY_SECONDS", "60"))

@@ -109,6 +109,29 @@ def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-st
         tmp.unlink(missing_ok=True)
 
 
+def exists(uri: str) -> bool:
+    if is_remote(uri):
+        from opsbook.stores import gcs
+
+        return gcs.exists(uri)
+    return Path(uri).is_file()
+
+
+def md5_of(uri: str) -> str | None:
+    """The MD5 of a file or object as hex (None when there is none to read)."""
+    if is_remote(uri):
+        from opsbook.stores import gcs
+
+        return gcs.md5_of(uri)
+    import hashlib
+
+    try:
+        with open(uri, "rb") as handle:
+            return hashlib.file_digest(handle, "md5").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
 def delete(uri: str) -> bool:
     """Delete one file or object; False when it was not there."""
     if is_remote(uri):

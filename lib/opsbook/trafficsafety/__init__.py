@@ -1,7 +1,8 @@
 """The traffic-safety migration's domain code (runbook: trafficsafety_postgres_migration.md).
 
-Phase 3 writes every batch of safety indices three ways (the Parquet lake, PostgreSQL, a raw
-archive in GCS); the reconcile checks that the three agree; Phase 5 builds the rollups.
+Phase 3 writes every batch three ways: the indices to the bucket's processed files and to
+PostgreSQL, the raw BSM files to the bucket's raw archive; the reconcile checks that they agree;
+Phase 5 builds the rollups, Phase 6 backfills history from the bucket.
 
 ==================  ====================================================================
 module              what
@@ -26,6 +27,8 @@ Domain modules compute and store; they never display (the procedures do).
 
 # here, not in .dualwrite, so that a procedure's parameters can name them without importing pyarrow
 TARGETS = ("lake", "postgres", "archive")
+INDEX_TARGETS = ("lake", "postgres")  # where an index batch goes
+RAW_TARGETS = ("archive",)  # where a raw file (bsm_*.parquet) goes
 
 
 def write_lock(dataset: str) -> str:

@@ -1,7 +1,8 @@
 """The raw archive against the write ledger: every batch it records is there, and nothing else.
 
-Per day of the window, the archive's objects (``raw/<dataset>/<yyyy>/<mm>/<dd>/``) are listed
-and set against the ledger's archive writes whose batch ends on that day. A finding is one of:
+Per day of the window, the archive's objects (``raw/bsm/<yyyy>/<mm>/<dd>/``, the spec's
+``source.raw_layout``) are listed and set against the ledger's archive writes of that day (a raw
+file is archived under its name, ``<batch id>.parquet``). A finding is one of:
 
 - ``archive write pending``: the ledger says the write has not succeeded yet (with its attempts
   and last error);
@@ -20,6 +21,7 @@ from opsbook.stores import uri
 from opsbook.trafficsafety.layout import archive_day, archive_object
 from opsbook.windows import Days
 
+SUFFIX = ".parquet"
 FINDINGS = ("archive write pending", "archive object missing", "object not in the ledger", "archive unreachable")
 
 
@@ -37,7 +39,7 @@ def findings(control, spec: DatasetSpec, window: Days) -> list[dict[str, Any]]:
         present.update(uri.join(prefix, o.name) for o in objects if not o.name.startswith("."))
     found, expected = [], set()
     for entry in writes.of_target(control, spec.name, "archive", window.first, window.last):
-        location = archive_object(spec, entry["batch_id"], entry["last_day"])
+        location = archive_object(spec, f"{entry['batch_id']}{SUFFIX}", entry["last_day"])
         expected.add(location)
         if entry["status"] == "pending":
             found.append(
@@ -46,7 +48,7 @@ def findings(control, spec: DatasetSpec, window: Days) -> list[dict[str, Any]]:
         elif location not in present:
             found.append(_finding(entry["batch_id"], "archive object missing", location, entry["attempts"]))
     for location in sorted(present - expected):
-        found.append(_finding(uri.name_of(location).removesuffix(".json.gz"), "object not in the ledger", location))
+        found.append(_finding(uri.name_of(location).removesuffix(SUFFIX), "object not in the ledger", location))
     return found
 
 

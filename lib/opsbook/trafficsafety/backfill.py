@@ -43,7 +43,6 @@ from opsbook.windows import Days
 
 STEP = "backfill_indices"
 BATCH_ROWS = 131_072  # rows per COPY batch: bounded memory whatever the file's size
-DERIVED = {"hour_of_day", "day_of_week"}
 
 
 @dataclass(frozen=True)
@@ -64,9 +63,7 @@ class Found:
 
 
 def file_of(spec: DatasetSpec, root: str, day: dt.date) -> str:
-    if not spec.source.layout:
-        raise OpsbookError(f"dataset {spec.name} has no source.layout: where its daily files lie is not known")
-    return uri.join(root, spec.source.layout.format(date=day.isoformat()))
+    return layout.lake_file(spec, day, root)
 
 
 def find(spec: DatasetSpec, root: str, window: Days) -> Found:
@@ -120,16 +117,11 @@ def read_batches(spec: DatasetSpec, day_file: DayFile, reading: Reading) -> Iter
         except pa.ArrowException as exc:
             raise SourceError(f"{name} is not readable Parquet: {exc}") from None
         names = parquet.schema_arrow.names
-        reading.renamed = {old: new for old, new in spec.source.rename.items() if old in names and new not in names}
-        present = {reading.renamed.get(n, n) for n in names}
-        reading.absent = [c.name for c in spec.columns if c.name not in present]
-        required = [c for c in reading.absent if spec.column(c).required or c in spec.key]
-        if required:
-            raise SourceError(f"{name} lacks column(s) {', '.join(required)} (the spec's source.rename maps old names)")
+        reading.renamed = layout.renamed(spec, names)
+        reading.absent = layout.absent(spec, names)
         wanted = [n for n in names if reading.renamed.get(n, n) in target.names]
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
-            table = pa.Table.from_batches([batch]).rename_columns([reading.renamed.get(n, n) for n in wanted])
-            table = _complete(spec, table, reading.absent, target)
+            table = layout.from_file(spec, pa.Table.from_batches([batch]), what=name)
             stamps = table.column(column)
             outside = pc.sum(pc.or_(pc.less(stamps, pa.scalar(start)), pc.greater_equal(stamps, pa.scalar(end))))
             if outside.as_py():
@@ -138,21 +130,6 @@ def read_batches(spec: DatasetSpec, day_file: DayFile, reading: Reading) -> Iter
                 )
             reading.rows += table.num_rows
             yield from table.to_batches()
-
-
-def _complete(spec: DatasetSpec, table: pa.Table, absent: list[str], target: pa.Schema) -> pa.Table:
-    """The batch with every spec column: absent ones NULL or derived, all cast to the spec's types."""
-    column = spec.partition.column
-    for name in absent:
-        stamps = table.column(column)
-        if name == "hour_of_day":
-            values = pc.hour(pc.cast(stamps, pa.timestamp("us", tz="UTC")))
-        elif name == "day_of_week":
-            values = pc.day_of_week(pc.cast(stamps, pa.timestamp("us", tz="UTC")), count_from_zero=True, week_start=7)
-        else:
-            values = pa.nulls(table.num_rows, target.field(name).type)
-        table = table.append_column(name, values)
-    return layout.conform(spec, table.select(target.names), what="index file")
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
-"""The incoming batches: one Parquet file per batch in a folder or ``gs://`` prefix, and the intersections.
+"""The incoming batches: Parquet files in a folder or ``gs://`` prefix, and the intersections.
 
-A source holds one Parquet file per collection batch, in the dataset spec's columns; the batch
-id is the file's name without ``.parquet`` (so ids must be unique across the source's folders).
-An ``intersections.csv`` at the source's root, when present, lists the intersections (the
-``intersections`` spec's columns) and is upserted before the batches.
+A source holds one Parquet file per collection batch: index batches, in the dataset spec's
+columns (older names mapped by ``source.rename``), and raw files (named as ``source.raw_files``
+says, ``bsm_*.parquet``), archived as they are. The batch id is the file's name without
+``.parquet`` (so ids must be unique across the source's folders). An ``intersections.csv`` at
+the source's root, when present, lists the intersections (the ``intersections`` spec's columns)
+and is upserted before the batches.
 
 Which UTC days a batch covers comes from its Parquet footer (the partition column's statistics),
-so choosing the batches of a window reads no rows; a file whose footer does not say is read.
+so choosing the batches of a window reads no rows; an index file whose footer does not say is
+read, a raw file's day is then a date in its name (``bsm_2025-11-03_...``).
 A batch is in a window when its days (first to last) overlap it: a batch holding late readings
 of the day before belongs to both days, and the write ledger keeps it from being written twice.
 """
@@ -14,6 +17,8 @@ of the day before belongs to both days, and the write ledger keeps it from being
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -22,7 +27,7 @@ import pyarrow.parquet as pq
 from opsbook.datasets import DatasetSpec
 from opsbook.errors import SourceError
 from opsbook.stores import uri
-from opsbook.trafficsafety.layout import arrow_schema, conform, days_of, utc_day
+from opsbook.trafficsafety.layout import absent, arrow_schema, conform, days_of, from_file, renamed, utc_day
 from opsbook.windows import Days
 
 SUFFIX = ".parquet"
@@ -40,6 +45,7 @@ class Batch:
     first_day: dt.date | None  # None: the batch has no row
     last_day: dt.date | None
     size: int = 0
+    kind: str = "indices"  # indices | raw (archived byte for byte)
 
     def overlaps(self, window: Days) -> bool:
         """True when the window is empty (every batch) or shares a day with the batch."""
@@ -87,8 +93,11 @@ def find(spec: DatasetSpec, location: str, window: Days) -> Found:
             found.unreadable.append((relative, f"batch id {batch_id} is also {seen[batch_id]}"))
             continue
         seen[batch_id] = relative
+        raw = bool(spec.source.raw_files) and fnmatch.fnmatchcase(obj.name, spec.source.raw_files)
         try:
-            batch = describe(spec, obj.uri, batch_id, obj.size)
+            batch = (
+                describe_raw(spec, obj.uri, batch_id, obj.size) if raw else describe(spec, obj.uri, batch_id, obj.size)
+            )
         except (SourceError, OSError, pa.ArrowException) as exc:
             found.unreadable.append((relative, _first_line(exc)))
             continue
@@ -103,15 +112,42 @@ def describe(spec: DatasetSpec, location: str, batch_id: str, size: int = 0) -> 
     with uri.open_read(location) as handle:
         meta = pq.ParquetFile(handle).metadata  # the footer only
     names = meta.schema.names
-    missing = [c for c in spec.column_names if c not in names]
-    if missing:
-        raise SourceError(f"lacks column(s) {', '.join(missing)} of dataset {spec.name}")
-    days = _days_in_footer(meta, names.index(column))
+    lacking = [c for c in absent(spec, names) if spec.column(c).required or c in spec.key]
+    if lacking:
+        raise SourceError(f"lacks column(s) {', '.join(lacking)} of dataset {spec.name}")
+    mapping = renamed(spec, names)
+    days = _days_in_footer(meta, [mapping.get(n, n) for n in names].index(column))
     if days is None:  # no usable statistics: read the batch
         table = read(spec, location, batch_id)
         found = days_of(spec, table)
         days = (found[0], found[-1]) if found else (None, None)
     return Batch(batch_id, location, meta.num_rows, days[0], days[1], size)
+
+
+def describe_raw(spec: DatasetSpec, location: str, batch_id: str, size: int = 0) -> Batch:
+    """A raw file's rows and UTC day: the timestamp column's statistics, else a date in its name.
+
+    Raises
+    ------
+    SourceError
+        Not Parquet, or no day can be told, or its rows span more than one day.
+    """
+    with uri.open_read(location) as handle:
+        meta = pq.ParquetFile(handle).metadata
+    names = meta.schema.names
+    days = _days_in_footer(meta, names.index(spec.partition.column)) if spec.partition.column in names else None
+    if days is None or days[0] is None:
+        match = re.search(r"(\d{4})-?(\d{2})-?(\d{2})", batch_id)
+        try:
+            day = dt.date(*map(int, match.groups())) if match else None
+        except ValueError:
+            day = None
+        if day is None:
+            raise SourceError("a raw file whose day is neither in its statistics nor in its name")
+        days = (day, day)
+    if days[0] != days[1]:
+        raise SourceError(f"a raw file spanning {days[0]} to {days[1]}: each is archived under one day")
+    return Batch(batch_id, location, meta.num_rows, days[0], days[1], size, kind="raw")
 
 
 def _days_in_footer(meta, at: int) -> tuple[dt.date | None, dt.date | None] | None:
@@ -138,7 +174,7 @@ def read(spec: DatasetSpec, location: str, batch_id: str) -> pa.Table:
         table = pq.read_table(pa.BufferReader(data))
     except pa.ArrowException as exc:
         raise SourceError(f"batch {batch_id} ({uri.name_of(location)}) is not readable Parquet: {exc}") from None
-    return conform(spec, table, what=f"batch {batch_id}")
+    return from_file(spec, table, what=f"batch {batch_id}")
 
 
 def _first_line(exc: Exception) -> str:

@@ -29,7 +29,6 @@ from typing import Any
 import pyarrow as pa
 
 from opsbook.datasets import DatasetSpec
-from opsbook.stores import uri
 from opsbook.trafficsafety import sides
 from opsbook.windows import Days
 
@@ -74,7 +73,8 @@ def compare(spec: DatasetSpec, window: Days, row_limit: int = ROW_LIMIT, buckets
 
     started = time.monotonic()
     files = sides.lake_files(spec, window)
-    remote = any(uri.is_remote(f) for f in files)
+    # remote files, or files in older column names, are read through Arrow, not in place
+    remote = not sides.in_spec_names(spec, files)
     lake_days, total = None, 0
     if not remote:  # one read of the footers: rows per day when their statistics prove it, else rows
         lake_days = sides.day_counts_in_metadata(spec, files)

@@ -1,5 +1,6 @@
-"""Write each batch to every target: the Parquet lake, PostgreSQL, and a raw archive in GCS.
+"""Write each batch to its targets: the bucket's processed indices, PostgreSQL, the raw archive.
 
+An index batch goes to the lake and PostgreSQL, a raw file (``bsm_*.parquet``) to the archive.
 The batch is first staged durably (a Parquet file in ``<state>/staging``); then each target is
 written, and the write ledger (:mod:`opsbook.history.writes`) records every batch x target:
 status (``pending`` until a write succeeds), attempts, rows and the last error. A failing
@@ -7,10 +8,12 @@ target does not block the others, and nothing is only logged: its batch stays pe
 :func:`retry_pending` (or a reconcile repair) writes it from the staged copy later. The staged
 copy goes once every target has the batch.
 
-- lake: one Parquet file per UTC day of the batch (:mod:`.layout`); a rewrite replaces it whole
-  (temporary file and rename, or one GCS upload).
+- lake: the batch's rows merged into the file of each of its UTC days
+  (``processed/indices/indices_<date>.parquet``, :mod:`.layout`): the day's rows the batch does
+  not hold are kept, its own replace those of the same key; the file is replaced whole
+  (temporary file and rename, or one GCS upload). Written again, a batch changes nothing.
 - PostgreSQL: an upsert on the dataset's key that only rewrites rows whose values changed.
-- archive: the batch as received, newline-delimited JSON, gzip, under the batch's last day.
+- archive: the raw file as received, byte for byte, under its UTC day (``raw/bsm/<yyyy>/<mm>/<dd>/``).
 
 A run plans (:func:`plan`: the source's batches whose days overlap the window, :mod:`.batches`,
 each with the targets the ledger does not have yet; all of them when forced), then writes
@@ -19,9 +22,6 @@ each with the targets the ledger does not have yet; all of them when forced), th
 
 from __future__ import annotations
 
-import datetime as dt
-import gzip
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -39,7 +39,7 @@ from opsbook.history import schema as history
 from opsbook.history import writes
 from opsbook.stores import postgres, uri
 from opsbook.stores.postgres import ident
-from opsbook.trafficsafety import TARGETS, layout
+from opsbook.trafficsafety import INDEX_TARGETS, RAW_TARGETS, layout
 from opsbook.trafficsafety import schema as tables
 from opsbook.trafficsafety.batches import Batch, Found
 from opsbook.windows import Days
@@ -105,25 +105,40 @@ def ensure_tables(conn, spec: DatasetSpec) -> None:
 # --- targets ---------------------------------------------------------------------------------
 
 
-def write_lake(spec: DatasetSpec, batch_id: str, table: pa.Table, root: str | None = None) -> int:
-    import pyarrow.compute as pc
-
-    day_of = pc.cast(table.column(spec.partition.column), pa.date32())
+def write_lake(spec: DatasetSpec, table: pa.Table, root: str | None = None) -> int:
+    """Merge the batch into each of its days' files: the file's rows of other keys are kept."""
     for day in layout.days_of(spec, table):
-        part = table.filter(pc.equal(day_of, pa.scalar(day, pa.date32())))
-        uri.write_bytes(layout.lake_file(spec, day, batch_id, root), layout.parquet_bytes(part))
+        part = layout.of_day(spec, table, day)
+        location = layout.lake_file(spec, day, root)
+        if uri.exists(location):
+            held = layout.from_file(spec, pq.read_table(pa.BufferReader(uri.read_bytes(location))), what=location)
+            part = pa.concat_tables([_without_keys(spec, held, part), part])
+        uri.write_bytes(location, layout.parquet_bytes(part.sort_by([(k, "ascending") for k in spec.key])))
     return table.num_rows
 
 
-def write_archive(spec: DatasetSpec, batch_id: str, table: pa.Table, root: str | None = None) -> int:
-    day = max(layout.days_of(spec, table)) if table.num_rows else dt.date.today()
-    lines = "".join(json.dumps(row, default=str) + "\n" for row in table.to_pylist())
-    uri.write_bytes(
-        layout.archive_object(spec, batch_id, day, root),
-        gzip.compress(lines.encode("utf-8"), mtime=0),
-        "application/gzip",
-    )
-    return table.num_rows
+def _without_keys(spec: DatasetSpec, held: pa.Table, batch: pa.Table) -> pa.Table:
+    """The rows of ``held`` whose key is not in ``batch``."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("held", held)
+    con.register("batch", batch)
+    on = " AND ".join(f'h."{k}" = b."{k}"' for k in spec.key)
+    kept = con.sql(f"SELECT h.* FROM held h ANTI JOIN batch b ON {on}").to_arrow_table()
+    con.close()
+    return kept.cast(held.schema)
+
+
+def write_archive(spec: DatasetSpec, batch: Batch, data: bytes, root: str | None = None) -> int:
+    """The raw file, byte for byte, under its day; read back and compared by its MD5."""
+    import hashlib
+
+    location = layout.archive_object(spec, uri.name_of(batch.uri), batch.last_day, root)
+    uri.write_bytes(location, data)
+    if uri.md5_of(location) not in (None, hashlib.md5(data).hexdigest()):
+        raise OSError(f"{location}: the stored object's MD5 differs from the file's")
+    return batch.rows
 
 
 def write_postgres(spec: DatasetSpec, table: pa.Table) -> int:
@@ -175,51 +190,64 @@ def write_batch(
     spec: DatasetSpec,
     batch_id: str,
     batch,
-    targets: Iterable[str] = TARGETS,
+    targets: Iterable[str] = INDEX_TARGETS,
     skip: dict[str, str] | None = None,
 ) -> BatchResult:
-    """Stage the batch, then write it to each target; record every outcome in the ledger.
+    """Stage an index batch, then write it to each target; record every outcome in the ledger.
 
     ``skip`` names targets not to try now (one that just failed: no point waiting on it again
     for every batch); they stay pending, with the reason as their last error.
     """
     table = layout.conform(spec, batch, what=f"batch {batch_id}")
-    targets = list(targets)
+    targets = [t for t in targets if t in INDEX_TARGETS]
     staged = staging_path(spec, batch_id)
     uri.write_bytes(str(staged), layout.parquet_bytes(table))
     days = layout.days_of(spec, table)
     first, last = (days[0], days[-1]) if days else (None, None)
     for target in targets:
         writes.stage(control, spec.name, batch_id, target, table.num_rows, first, last, str(staged))
-    return _write_targets(control, spec, batch_id, table, targets, skip or {})
+    return _write_targets(control, spec, batch_id, table.num_rows, targets, _index_writers(spec, table), skip)
 
 
-def _write_targets(control, spec: DatasetSpec, batch_id: str, table: pa.Table, targets, skip=None) -> BatchResult:
+def write_raw(control, spec: DatasetSpec, batch: Batch, skip: dict[str, str] | None = None) -> BatchResult:
+    """Stage a raw file as it is, then archive it; record the outcome in the ledger."""
+    data = uri.read_bytes(batch.uri)
+    staged = staging_path(spec, batch.batch_id)
+    uri.write_bytes(str(staged), data)
+    writes.stage(
+        control, spec.name, batch.batch_id, "archive", batch.rows, batch.first_day, batch.last_day, str(staged)
+    )
+    writers = {"archive": lambda: write_archive(spec, batch, data)}
+    return _write_targets(control, spec, batch.batch_id, batch.rows, ["archive"], writers, skip)
+
+
+def _index_writers(spec: DatasetSpec, table: pa.Table) -> dict[str, Callable[[], int]]:
+    return {"lake": lambda: write_lake(spec, table), "postgres": lambda: write_postgres(spec, table)}
+
+
+def _write_targets(
+    control, spec: DatasetSpec, batch_id: str, rows: int, targets, writers: dict[str, Callable[[], int]], skip=None
+) -> BatchResult:
     from opsbook.run.redaction import Redactor
 
-    result = BatchResult(batch_id, table.num_rows)
-    writers: dict[str, Callable[[], int]] = {
-        "lake": lambda: write_lake(spec, batch_id, table),
-        "postgres": lambda: write_postgres(spec, table),
-        "archive": lambda: write_archive(spec, batch_id, table),
-    }
+    result = BatchResult(batch_id, rows)
     skip = skip or {}
     redact = Redactor()  # an error can quote a URL with its password: the ledger never keeps one
     for target in targets:
         t0 = time.monotonic()
         tried = target not in skip
         if not tried:
-            rows, status, error = 0, "pending", f"not tried: {skip[target]}"[:1000]
+            done, status, error = 0, "pending", f"not tried: {skip[target]}"[:1000]
         else:
             try:
-                rows = writers[target]()
+                done = writers[target]()
                 status, error = "success", None
             except Exception as exc:  # recorded in the ledger, never only logged
-                rows, status = 0, "pending"
+                done, status = 0, "pending"
                 text = str(exc).strip()
                 error = redact(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")[:1000]
         attempts = writes.record(control, spec.name, batch_id, target, status, tried, error)
-        result.targets[target] = TargetResult(target, status, rows, attempts, error, time.monotonic() - t0)
+        result.targets[target] = TargetResult(target, status, done, attempts, error, time.monotonic() - t0)
     if not writes.pending_count(control, spec.name, batch_id):
         staging_path(spec, batch_id).unlink(missing_ok=True)
     return result
@@ -237,18 +265,29 @@ def retry_pending(control, spec: DatasetSpec, progress: Callable[..., None] | No
     SourceError
         A pending batch's staged copy is gone (nothing is written then).
     """
-    by_batch: dict[str, list[str]] = {}
+    by_batch: dict[str, list[dict]] = {}
     for row in pending_writes(control, spec):
-        by_batch.setdefault(row["batch_id"], []).append(row["target"])
-    for batch_id, targets in sorted(by_batch.items()):
+        by_batch.setdefault(row["batch_id"], []).append(row)
+    for batch_id, rows in sorted(by_batch.items()):
         staged = staging_path(spec, batch_id)
         if not staged.exists():
-            raise SourceError(
-                f"batch {batch_id} is pending for {', '.join(targets)} but its staged copy {staged} is gone"
-            )
+            targets = ", ".join(r["target"] for r in rows)
+            raise SourceError(f"batch {batch_id} is pending for {targets} but its staged copy {staged} is gone")
     results = []
-    for batch_id, targets in sorted(by_batch.items()):
-        results.append(_write_targets(control, spec, batch_id, pq.read_table(staging_path(spec, batch_id)), targets))
+    for batch_id, rows in sorted(by_batch.items()):
+        staged = staging_path(spec, batch_id)
+        targets = [r["target"] for r in rows]
+        if targets == ["archive"]:  # a raw file
+            row = rows[0]  # the staged copy has the file's name: <batch id>.parquet
+            batch = Batch(batch_id, str(staged), row["rows"], row["first_day"], row["last_day"], kind="raw")
+            data = staged.read_bytes()
+            writers = {"archive": lambda batch=batch, data=data: write_archive(spec, batch, data)}
+            results.append(_write_targets(control, spec, batch_id, batch.rows, targets, writers))
+        else:
+            table = pq.read_table(staged)
+            results.append(
+                _write_targets(control, spec, batch_id, table.num_rows, targets, _index_writers(spec, table))
+            )
         if progress:
             progress(f"retried {batch_id} ({', '.join(targets)})", transient=True)
     return results
@@ -282,7 +321,10 @@ def plan(spec: DatasetSpec, location: str, window: Days, targets: Iterable[str],
         have = {} if force else written(control, spec, [b.batch_id for b in found.batches])
     work, done = [], []
     for batch in found.batches:
-        missing = tuple(t for t in targets if t not in have.get(batch.batch_id, set()))
+        goes = RAW_TARGETS if batch.kind == "raw" else INDEX_TARGETS
+        missing = tuple(t for t in targets if t in goes and t not in have.get(batch.batch_id, set()))
+        if not any(t in goes for t in targets):
+            continue  # a raw file when the archive is not a target of this run, or the reverse
         if missing:
             work.append(Work(batch, missing))
         else:
@@ -319,12 +361,15 @@ def write(spec: DatasetSpec, planned: WritePlan, run_id: str, lock: str, progres
         for index, item in enumerate(planned.work, 1):
             batch = item.batch
             try:
-                table = batches.read(spec, batch.uri, batch.batch_id)
+                table = None if batch.kind == "raw" else batches.read(spec, batch.uri, batch.batch_id)
             except SourceError as exc:
                 results.append(BatchResult(batch.batch_id, 0, error=str(exc)))
                 notify(f"{batch.batch_id}: not read ({exc})")
                 continue
-            result = write_batch(control, spec, batch.batch_id, table, item.targets, down)
+            if table is None:
+                result = write_raw(control, spec, batch, down)
+            else:
+                result = write_batch(control, spec, batch.batch_id, table, item.targets, down)
             results.append(result)
             for target, outcome in result.targets.items():
                 if outcome.status == "pending" and target not in down:

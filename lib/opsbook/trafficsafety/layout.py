@@ -1,12 +1,16 @@
-"""Where the dual-write puts a dataset's rows, and in which shape.
+"""Where the dual-write puts a dataset's rows and files, and in which shape: the runbook's bucket.
 
-- lake: ``<LAKE_URL>/<dataset>/date=YYYY-MM-DD/<batch id>.parquet``, one file per UTC day of a
-  batch (zstd);
-- archive: ``<ARCHIVE_URL>/raw/<dataset>/<yyyy>/<mm>/<dd>/<batch id>.json.gz``, the batch as
-  received (newline-delimited JSON, gzip), under the batch's last day;
-- rows: the spec's columns with their Arrow types, and a complete key (:func:`conform`).
+- lake (the bucket's processed side, ``LAKE_URL``): one Parquet file per UTC day where the
+  spec's ``source.layout`` says, ``processed/indices/indices_<date>.parquet`` (zstd); a batch
+  is merged into its days' files (:mod:`.dualwrite`);
+- archive (the bucket's raw side, ``ARCHIVE_URL``): each incoming raw file (``bsm_*.parquet``)
+  byte for byte where ``source.raw_layout`` says, ``raw/bsm/<yyyy>/<mm>/<dd>/<name>``, under its
+  UTC day;
+- rows: the spec's columns with their Arrow types and a complete key (:func:`conform`); a file
+  in older column names is read through the spec's ``source.rename`` (:func:`from_file`).
 
-Roots are folders or ``gs://`` prefixes alike (:mod:`opsbook.stores.uri`).
+Roots are folders or ``gs://`` prefixes alike (:mod:`opsbook.stores.uri`); ``LAKE_URL`` and
+``ARCHIVE_URL`` may name the same bucket.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import datetime as dt
 import io
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from opsbook import config
 from opsbook.datasets import DatasetSpec
-from opsbook.errors import SourceError
+from opsbook.errors import OpsbookError, SourceError
 from opsbook.stores.uri import join
 
 ARROW_TYPES = {
@@ -30,6 +35,7 @@ ARROW_TYPES = {
     "timestamptz": pa.timestamp("us", tz="UTC"),
     "date": pa.date32(),
 }
+DERIVED = ("hour_of_day", "day_of_week")  # from the timestamp (UTC) when a file lacks them
 
 
 def arrow_schema(spec: DatasetSpec) -> pa.Schema:
@@ -58,12 +64,57 @@ def conform(spec: DatasetSpec, batch, what: str = "batch") -> pa.Table:
     return table
 
 
+def renamed(spec: DatasetSpec, names: list[str]) -> dict[str, str]:
+    """The file's older column names that the spec's ``source.rename`` maps, and to what."""
+    return {old: new for old, new in spec.source.rename.items() if old in names and new not in names}
+
+
+def absent(spec: DatasetSpec, names: list[str]) -> list[str]:
+    """The spec's columns a file with these column names lacks (after renaming)."""
+    mapping = renamed(spec, names)
+    present = {mapping.get(n, n) for n in names}
+    return [c.name for c in spec.columns if c.name not in present]
+
+
+def from_file(spec: DatasetSpec, table: pa.Table, what: str = "file") -> pa.Table:
+    """A file's rows in the spec's columns: older names mapped, a column the spec does not
+    require and the file lacks NULL (the hour and weekday derived from the timestamp), cast.
+
+    Raises
+    ------
+    SourceError
+        A required or key column is missing, a value does not cast, a key value is NULL.
+    """
+    mapping = renamed(spec, table.column_names)
+    if mapping:
+        table = table.rename_columns([mapping.get(n, n) for n in table.column_names])
+    lacking = absent(spec, table.column_names)
+    required = [c for c in lacking if spec.column(c).required or c in spec.key]
+    if required:
+        raise SourceError(f"{what} lacks column(s) {', '.join(required)} (the spec's source.rename maps old names)")
+    stamps = pc.cast(table.column(spec.partition.column), pa.timestamp("us", tz="UTC")) if lacking else None
+    for name in lacking:
+        if name == "hour_of_day":
+            values = pc.hour(stamps)
+        elif name == "day_of_week":
+            values = pc.day_of_week(stamps, count_from_zero=True, week_start=7)  # Sunday is 0
+        else:
+            values = pa.nulls(table.num_rows, ARROW_TYPES[spec.column(name).type])
+        table = table.append_column(name, values)
+    return conform(spec, table, what=what)
+
+
 def days_of(spec: DatasetSpec, table: pa.Table) -> list[dt.date]:
     """The UTC days the table's rows fall on, in order."""
-    import pyarrow.compute as pc
-
     column = table.column(spec.partition.column)
     return sorted(set(pc.cast(column, pa.date32()).to_pylist())) if table.num_rows else []
+
+
+def of_day(spec: DatasetSpec, table: pa.Table, day: dt.date) -> pa.Table:
+    """The table's rows of one UTC day."""
+    return table.filter(
+        pc.equal(pc.cast(table.column(spec.partition.column), pa.date32()), pa.scalar(day, pa.date32()))
+    )
 
 
 def utc_day(value) -> dt.date | None:
@@ -79,19 +130,28 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def lake_day(spec: DatasetSpec, day: dt.date, root: str | None = None) -> str:
-    """The lake folder (or prefix) of one day of the dataset."""
-    return join(root or config.lake_url(), spec.name, f"date={day.isoformat()}")
+# --- the bucket ------------------------------------------------------------------------------
 
 
-def lake_file(spec: DatasetSpec, day: dt.date, name: str, root: str | None = None) -> str:
-    return join(lake_day(spec, day, root), f"{name}.parquet")
+def lake_file(spec: DatasetSpec, day: dt.date, root: str | None = None) -> str:
+    """The lake's file of one UTC day (it may not exist)."""
+    if not spec.source.layout:
+        raise OpsbookError(f"dataset {spec.name} has no source.layout: where its daily files lie is not known")
+    return join(root or config.lake_url(), spec.source.layout.format(date=day.isoformat()))
+
+
+def folder_of(location: str) -> str:
+    return location.rsplit("/", 1)[0]
+
+
+def archive_object(spec: DatasetSpec, name: str, day: dt.date, root: str | None = None) -> str:
+    """Where the raw file ``name`` of UTC day ``day`` is archived."""
+    if not spec.source.raw_layout:
+        raise OpsbookError(f"dataset {spec.name} has no source.raw_layout: where raw files go is not known")
+    path = spec.source.raw_layout.format(yyyy=f"{day:%Y}", mm=f"{day:%m}", dd=f"{day:%d}", name=name)
+    return join(root or config.archive_url(), path)
 
 
 def archive_day(spec: DatasetSpec, day: dt.date, root: str | None = None) -> str:
-    """The archive folder (or prefix) of the batches whose last day is ``day``."""
-    return join(root or config.archive_url(), "raw", spec.name, f"{day:%Y}", f"{day:%m}", f"{day:%d}")
-
-
-def archive_object(spec: DatasetSpec, batch_id: str, day: dt.date, root: str | None = None) -> str:
-    return join(archive_day(spec, day, root), f"{batch_id}.json.gz")
+    """The archive folder (or prefix) of one UTC day's raw files."""
+    return folder_of(archive_object(spec, "x", day, root))

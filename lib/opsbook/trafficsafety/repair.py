@@ -5,8 +5,8 @@ The repair is planned from a comparison (:func:`plan`), shown, then applied (:fu
 - the lake is the truth: the lake's rows of the keys missing in PostgreSQL, drifted, shifted or
   duplicated (the last written file's row of a duplicated key) are upserted into PostgreSQL, and
   the keys PostgreSQL holds alone (missing in the lake, or where a shifted row landed) deleted;
-- PostgreSQL is the truth: each day with a difference is rewritten on the lake from PostgreSQL
-  (one new file; the day's old files are then removed), the other days are not touched.
+- PostgreSQL is the truth: each day with a difference has its lake file rewritten from
+  PostgreSQL (replaced whole), the other days are not touched.
 """
 
 from __future__ import annotations
@@ -92,15 +92,9 @@ def apply(spec: DatasetSpec, planned: RepairPlan) -> dict[str, int]:
             # lost; either way an empty file must not replace the lake's copy
             done["lake days kept (no rows in PostgreSQL)"] = done.get("lake days kept (no rows in PostgreSQL)", 0) + 1
             continue
-        uri.write_bytes(layout.lake_file(spec, day, f"repair-{_stamp()}"), layout.parquet_bytes(table))
-        for stale in old:
-            uri.delete(stale)
+        uri.write_bytes(layout.lake_file(spec, day), layout.parquet_bytes(table))  # the day's file, replaced whole
         done["lake days rewritten"] += 1
     return done
-
-
-def _stamp() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
 
 
 def _dedupe_last(spec: DatasetSpec, table: pa.Table) -> pa.Table:

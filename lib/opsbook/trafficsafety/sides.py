@@ -15,21 +15,37 @@ from psycopg import sql
 
 from opsbook.datasets import DatasetSpec
 from opsbook.stores import uri
-from opsbook.trafficsafety.layout import arrow_schema, lake_day, utc_day
+from opsbook.trafficsafety.layout import absent, arrow_schema, folder_of, from_file, lake_file, utc_day
 from opsbook.windows import Days
 
 
 def lake_files(spec: DatasetSpec, window: Days, root: str | None = None) -> list[str]:
-    """The lake's Parquet files of each day of the window."""
-    found = []
+    """The lake's files of the window's days that exist (one listing per folder)."""
+    found, listed = [], {}
     for day in window.days:
-        objects = uri.listing(lake_day(spec, day, root), recursive=False)
-        found.extend(o.uri for o in objects if o.name.endswith(".parquet") and not o.name.startswith("."))
+        location = lake_file(spec, day, root)
+        folder = folder_of(location)
+        if folder not in listed:
+            listed[folder] = {o.uri for o in uri.listing(folder, recursive=False)}
+        if location in listed[folder]:
+            found.append(location)
     return found
 
 
+def in_spec_names(spec: DatasetSpec, files: list[str]) -> bool:
+    """True when every local file names its columns as the spec does (DuckDB can read them in
+    place); False when one is remote or uses older names (they are read through Arrow)."""
+    import pyarrow.parquet as pq
+
+    for location in files:
+        if uri.is_remote(location) or absent(spec, pq.ParquetFile(location).schema_arrow.names):
+            return False
+    return True
+
+
 def read_lake(spec: DatasetSpec, files: list[str]) -> pa.Table:
-    """Every row of the lake files, with the file each came from (Arrow)."""
+    """Every row of the lake files in the spec's columns (older names mapped), with the file
+    each came from (Arrow)."""
     import pyarrow.parquet as pq
 
     schema = arrow_schema(spec)
@@ -39,7 +55,7 @@ def read_lake(spec: DatasetSpec, files: list[str]) -> pa.Table:
             table = pq.read_table(pa.BufferReader(uri.read_bytes(location)))
         else:
             table = pq.read_table(location)
-        table = table.select(spec.column_names).cast(schema)
+        table = from_file(spec, table, what=location)
         parts.append(table.append_column("_file", pa.array([uri.name_of(location)] * table.num_rows, pa.string())))
     if not parts:
         return schema.empty_table().append_column("_file", pa.array([], pa.string()))
