@@ -20,6 +20,8 @@ RUNBOOK_ORDER = [
     "validate",
     "backfill",
     "dual_write",
+    "migrate_to_bucket",
+    "backfill_indices",
     "rollups",
     "reconcile_dual_write",
     "refresh_marts",
@@ -34,7 +36,7 @@ def test_every_procedure_is_in_the_runbook_order():
 
 def test_run_all_with_the_defaults_are_interactive_runs(database_url, redis_url, db, monkeypatch, tmp_path):
     monkeypatch.delenv("OPSBOOK_RUN_ID", raising=False)
-    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected, safety_indices CASCADE")
+    db.execute("DROP TABLE IF EXISTS parking_tickets, parking_tickets_rejected, safety_indices_realtime CASCADE")
     db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
     monkeypatch.setenv("LAKE_URL", str(tmp_path / "lake"))
     monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))

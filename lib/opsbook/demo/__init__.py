@@ -48,6 +48,12 @@ def register() -> None:
         "the bucket's processed/indices/indices_<date>.parquet for November 2025, older days in legacy column names",
     )
     standins.register_source(
+        NAME,
+        "safety_parquet_tree",
+        "opsbook.demo.safety:local_tree",
+        "the collector's local Parquet tree of October 2025: daily index files and raw BSM files",
+    )
+    standins.register_source(
         NAME, "weather_observations", "opsbook.demo.weather:source_folder", "Open-Meteo JSON files, a few malformed"
     )
     standins.register_reference(

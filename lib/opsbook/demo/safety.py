@@ -320,3 +320,30 @@ def index_files(window=None, **_hints):
         write_index_files(folder, DEFAULT_START, chunks, DEFAULT_INTERSECTIONS, legacy_until=LEGACY_UNTIL)
         done.write_text("written\n")
     return folder
+
+
+LOCAL_START = dt.date(2025, 10, 2)  # the history the local tree holds: the 30 days before the dual-write
+
+
+def local_tree(**_hints):
+    """The ``demo`` local Parquet tree (the collector's ``backend/data/parquet`` before the
+    bucket): ``processed/indices/indices_<date>.parquet`` for 2025-10-02..2025-10-31 (the first
+    nine days in the older column names) and the raw BSM files of the last two days, flat in
+    ``raw/bsm/``; written once in ``<state>/demo/local-parquet/``."""
+    import pyarrow.parquet as pq
+
+    from opsbook.stores import uri
+
+    folder = config.state_dir() / "demo" / "local-parquet"
+    done = folder / ".complete"
+    if done.is_file():
+        return folder
+    write_index_files(folder, LOCAL_START, [30], DEFAULT_INTERSECTIONS, legacy_until=LOCAL_START + dt.timedelta(9))
+    for day in (dt.date(2025, 10, 30), dt.date(2025, 10, 31)):
+        for hour in range(24):
+            moment = dt.datetime.combine(day, dt.time(hour), dt.UTC)
+            sink = io.BytesIO()
+            pq.write_table(bsm_messages(moment, DEFAULT_INTERSECTIONS), sink, compression="snappy")
+            uri.write_bytes(str(folder / "raw" / "bsm" / f"bsm_{day}_{hour:02d}0000.parquet"), sink.getvalue())
+    done.write_text("written\n")
+    return folder

@@ -67,6 +67,11 @@ _ENTRIES = (
         "Build hourly and daily safety-index rollups with the peak hour per day, idempotent per window",
     ),
     Entry(
+        "migrate_to_bucket",
+        "trafficsafety",
+        "Copy the local Parquet tree to the bucket's layout: dry run first, MD5 verified, resumable",
+    ),
+    Entry(
         "backfill_indices",
         "trafficsafety",
         "Backfill realtime safety indices from the bucket's daily index files (COPY per day), then their rollups",

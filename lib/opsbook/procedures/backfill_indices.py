@@ -45,10 +45,10 @@ class Params(ProcedureParams):
     """Parameters of ``backfill_indices``."""
 
     dataset: DatasetName = Field("safety_indices", description="dataset spec in params/datasets/")
-    source: standins.source_field(SOURCE_KIND) = Field(
+    source: standins.source_field(SOURCE_KIND, optional=True) = Field(
         standins.DEFAULT_SOURCE,
         description="the bucket (gs://...) or a folder holding processed/indices/indices_<date>.parquet, "
-        "or a stand-in source",
+        'a stand-in source, or "" for the configured lake (LAKE_URL), where dual_write and migrate_to_bucket write',
     )
     window: Annotated[Days, AfterValidator(_some_days)] = Field(
         "2025-11-01..2025-11-07", description="UTC days to backfill: 2025-11-01..2025-11-30, 2025-11-03"
@@ -101,7 +101,9 @@ def plan(ctx: RunContext) -> Plan:
 
     params: Params = ctx.params
     spec = datasets.get(params.dataset)
-    root = standins.resolve(SOURCE_KIND, params.source, window=params.window)
+    from opsbook import config
+
+    root = standins.resolve(SOURCE_KIND, params.source, window=params.window) if params.source else config.lake_url()
     found = backfill.find(spec, root, params.window)
     if not found.files:
         where = backfill.file_of(spec, root, params.window.first)

@@ -26,6 +26,14 @@ STATUS_COLOURS = {
     "not started": ("#9a6700", "#fff8c5"),
     "interrupted": ("#9a6700", "#fff8c5"),
     "error": ("#cf222e", "#ffebe9"),
+    "merged": ("#1a7f37", "#dafbe1"),
+    "copied": ("#1a7f37", "#dafbe1"),
+    "already there": ("#57606a", "#f6f8fa"),
+    "to copy": ("#9a6700", "#fff8c5"),
+    "to load": ("#9a6700", "#fff8c5"),
+    "no file": ("#9a6700", "#fff8c5"),
+    "differs": ("#cf222e", "#ffebe9"),
+    "unreadable": ("#cf222e", "#ffebe9"),
 }
 
 STYLE = """

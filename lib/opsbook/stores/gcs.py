@@ -110,6 +110,17 @@ def upload_bytes(uri: str, data: bytes, content_type: str = "application/octet-s
     )
 
 
+def upload_file(uri: str, path: str) -> None:
+    """Upload a local file (streamed; a large one in chunks, finalized at its end)."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    bucket, name = split_uri(uri)
+    deadline = retry_seconds()
+    client().bucket(bucket).blob(name).upload_from_filename(
+        path, retry=DEFAULT_RETRY.with_timeout(deadline), timeout=min(deadline, 300)
+    )
+
+
 def delete(uri: str) -> bool:
     """Delete one object; False when it was not there."""
     from google.api_core.exceptions import NotFound

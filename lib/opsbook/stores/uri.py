@@ -109,6 +109,25 @@ def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-st
         tmp.unlink(missing_ok=True)
 
 
+def copy_file(path, uri: str) -> None:
+    """Copy a local file to a file or object; a reader never sees half of it."""
+    if is_remote(uri):
+        from opsbook.stores import gcs
+
+        gcs.upload_file(uri, str(path))
+        return
+    import shutil
+
+    target = Path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(path, tmp)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def exists(uri: str) -> bool:
     if is_remote(uri):
         from opsbook.stores import gcs
