@@ -368,3 +368,54 @@ def test_apply_behind_an_open_transaction_exits_4_naming_it_and_keeps_every_row(
     assert state(db, "safety_indices_realtime", "safety_indices_hourly") == before
     held = "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory'"
     assert count(db, held + " AND d.datname = current_database()") == 0
+
+
+def test_bucket_lifecycle_rules_are_planned_then_set_keeping_the_buckets_own(db, gcs_emulator, monkeypatch):
+    """The trafficsafety policy's bucket rules (Task 2.1) on a bucket in the GCS emulator: the plan
+    counts what GCS would act on and sets nothing; apply adds the rules, a rule set by hand stays."""
+    import datetime as dt
+
+    from opsbook.stores import gcs, uri
+
+    root = "gs://opsbook-test/lifecycle"
+    monkeypatch.setenv("LAKE_URL", root)
+    monkeypatch.setenv("ARCHIVE_URL", root)
+    uri.write_bytes(f"{root}/processed/indices/indices_2025-01-01.parquet", b"x" * 10)
+    uri.write_bytes(f"{root}/raw/bsm/2025/01/01/bsm_2025-01-01_000000.parquet", b"y" * 20)
+    bucket = gcs.client().get_bucket("opsbook-test")
+    by_hand = {"action": {"type": "Delete"}, "condition": {"age": 9999, "matchesPrefix": ["elsewhere/"]}}
+    bucket.lifecycle_rules = [by_hand]
+    bucket.patch()
+    later = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=800)).isoformat()  # every object is older then
+
+    planned = call("retention", policy="trafficsafety", as_of=later)
+    buckets = {(b.prefix, b.rule.age_days): b for b in planned.plan.buckets}
+    assert {k: b.status for k, b in buckets.items()} == {
+        ("lifecycle/raw/", 30): "to set",
+        ("lifecycle/raw/", 365): "to set",
+        ("lifecycle/processed/", 730): "to set",
+    }
+    assert buckets[("lifecycle/processed/", 730)].objects == 1 and buckets[("lifecycle/raw/", 365)].bytes == 20
+    assert "bucket lifecycle: 3 rule(s) to set (GCS would then act on 3 object(s))" in planned.verdict().summary
+    assert [dict(r) for r in gcs.client().get_bucket("opsbook-test").lifecycle_rules] == [by_hand]
+
+    done = call("retention", policy="trafficsafety", as_of=later, apply=True)
+    assert {b.status for b in done.plan.buckets} == {"set"}
+    held = [dict(r) for r in gcs.client().get_bucket("opsbook-test").lifecycle_rules]
+    assert held[0] == by_hand and len(held) == 4
+    assert {"action": {"type": "Delete"}, "condition": {"age": 730, "matchesPrefix": ["lifecycle/processed/"]}} in held
+    assert {
+        "action": {"type": "SetStorageClass", "storageClass": "COLDLINE"},
+        "condition": {"age": 365, "matchesPrefix": ["lifecycle/raw/"]},
+    } in held
+    assert uri.exists(f"{root}/raw/bsm/2025/01/01/bsm_2025-01-01_000000.parquet")  # GCS acts, opsbook deletes nothing
+    again = call("retention", policy="trafficsafety", as_of=later)
+    assert {b.status for b in again.plan.buckets} == {"set"}
+
+
+def test_bucket_rules_on_a_folder_are_not_applicable(db, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKE_URL", str(tmp_path / "lake"))
+    monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
+    planned = call("retention", policy="trafficsafety")
+    assert {b.status for b in planned.plan.buckets} == {"not a bucket"}
+    assert "bucket lifecycle" not in planned.verdict().summary

@@ -10,8 +10,10 @@
   in ``parent`` any more (yearly aggregates of years no longer loaded); ``keep_days`` does not
   apply, and a parent holding no partition at all removes nothing.
 
-A rule's cutoff is midnight UTC of ``as_of - keep_days``. A problem in a policy file is named
-with the file, the line and the field.
+A rule's cutoff is midnight UTC of ``as_of - keep_days``. ``buckets`` lists the lifecycle rules of
+the buckets behind the lake and the archive (delete, or move to a colder storage class, after
+``age_days``), which GCS enforces once set (:mod:`opsbook.ops.lifecycle`). A problem in a policy
+file is named with the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -73,12 +75,33 @@ class Rule(BaseModel):
         return self
 
 
+class BucketRule(BaseModel):
+    """One lifecycle rule of the bucket behind the lake or the archive, set through the GCS API
+    and enforced by GCS itself (by each object's age): delete, or move to a colder class."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: Literal["lake", "archive"]  # LAKE_URL or ARCHIVE_URL: the bucket, and the prefix under it
+    prefix: str  # under the root: raw/, processed/
+    action: Literal["delete", "set_storage_class"]
+    age_days: int = Field(ge=1)
+    storage_class: Literal["NEARLINE", "COLDLINE", "ARCHIVE"] | None = None
+    why: str = ""
+
+    @model_validator(mode="after")
+    def _class_for_moves(self) -> BucketRule:
+        if (self.action == "set_storage_class") != bool(self.storage_class):
+            raise ValueError("set_storage_class, and only it, takes a storage_class")
+        return self
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     description: str = ""
     rules: list[Rule] = Field(min_length=1)
+    buckets: list[BucketRule] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_rule_per_table(self) -> Policy:

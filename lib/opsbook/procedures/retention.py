@@ -23,6 +23,7 @@ from opsbook.run.verdict import Verdict
 from opsbook.windows import Days
 
 if TYPE_CHECKING:
+    from opsbook.ops.lifecycle import BucketPlan
     from opsbook.ops.retention import Applied, RulePlan
 
 
@@ -58,6 +59,7 @@ class Plan:
     params: Params
     as_of: dt.date
     rules: list[RulePlan]
+    buckets: list[BucketPlan] = field(default_factory=list)  # the lifecycle rules of the lake's and archive's buckets
 
     @property
     def policy(self):
@@ -82,21 +84,24 @@ class Plan:
 
 def plan(ctx: RunContext) -> Plan:
     """What the policy would remove as of the date, counted in one read-only snapshot: changes nothing."""
-    from opsbook.ops import retention
+    from opsbook.ops import lifecycle, retention
 
     params: Params = ctx.params
     as_of = params.as_of.first or dt.datetime.now(dt.UTC).date()
-    return Plan(params, as_of, retention.plan(params.policy.policy, as_of))
+    policy = params.policy.policy
+    return Plan(params, as_of, retention.plan(policy, as_of), lifecycle.plan(policy, as_of))
 
 
 def run(ctx: RunContext, plan: Plan) -> Result:
     """Apply the plan when ``apply=true`` and it fits the database (else leave everything as it is)."""
-    from opsbook.ops import retention
+    from opsbook.ops import lifecycle, retention
 
     params: Params = ctx.params
-    if not params.apply or plan.errors:
+    if not params.apply or plan.errors or any(b.status == "error" for b in plan.buckets):
         return Result(plan)
     done = retention.apply(plan.rules, ctx.run_id, params.max_rows, params.vacuum, ctx.progress("Applying"))
+    if not done.refused:
+        lifecycle.apply(plan.buckets)
     return Result(plan, done.applied, done.refused, done.seconds)
 
 
@@ -117,6 +122,15 @@ class Result:
             "bytes planned": p.remove_bytes,
         }
         where = f"policy {p.policy.name} as of {p.as_of}"
+        broken = [b for b in p.buckets if b.status == "error"]
+        if broken:
+            problems = "; ".join(f"{b.bucket}/{b.prefix}: {b.note}" for b in broken)
+            return Verdict.failed(
+                f"{where}: {len(broken)} bucket rule(s) could not be planned or set: {problems}",
+                figures,
+                "retention-buckets",
+                CheckFailed,
+            )
         if p.errors:
             problems = "; ".join(f"{r.table}: {r.note}" for r in p.errors)
             return Verdict.failed(
@@ -129,6 +143,7 @@ class Result:
             return Verdict.failed(self.refused, figures, "retention-apply", CheckFailed)
         absent = sum(r.status == "absent" for r in p.rules)
         absent_text = f"; {absent} table(s) absent" if absent else ""
+        absent_text += _buckets_text(p.buckets, p.params.apply)
         if not p.params.apply:
             if not p.remove_rows and not p.remove_partitions:
                 return Verdict("pass", f"plan only: {where} finds nothing older than its cutoffs{absent_text}", figures)
@@ -163,6 +178,20 @@ class Result:
             figures,
             rows_out=removed,
         )
+
+
+def _buckets_text(buckets: list[BucketPlan], applied: bool) -> str:
+    """The bucket lifecycle part of a verdict ("" when the policy has none for a bucket)."""
+    real = [b for b in buckets if b.bucket]
+    if not real:
+        return ""
+    missing = [b for b in real if b.status == "to set"]
+    if applied:
+        return f"; bucket lifecycle: {len(real)} rule(s) in place"
+    if not missing:
+        return f"; bucket lifecycle: its {len(real)} rule(s) already set"
+    acted = sum(b.objects for b in missing)
+    return f"; bucket lifecycle: {len(missing)} rule(s) to set (GCS would then act on {acted:,} object(s))"
 
 
 # --- presentation ----------------------------------------------------------------------------
@@ -335,3 +364,29 @@ def show_applied(result: Result):
             )
         )
     return report.stack(*parts)
+
+
+def show_buckets(plan_or_result):
+    """The lifecycle rules of the lake's and archive's buckets: set, to set, or not applicable."""
+    from opsbook import report
+
+    plan = plan_or_result.plan if isinstance(plan_or_result, Result) else plan_or_result
+    rows = [
+        {
+            "bucket": f"gs://{b.bucket}" if b.bucket else b.root,
+            "prefix": b.prefix,
+            "action": b.rule.action.replace("_", " ") + (f" {b.rule.storage_class}" if b.rule.storage_class else ""),
+            "age (days)": b.rule.age_days,
+            "objects already that old": b.objects if b.bucket else None,
+            "bytes": human_bytes(b.bytes) if b.bucket else "",
+            "status": b.status,
+            "note": b.note,
+        }
+        for b in plan.buckets
+    ]
+    return report.table(
+        rows,
+        caption="Bucket lifecycle rules (enforced by GCS by each object's age once set; set with apply=true)",
+        status_column="status",
+        element_id="retention-buckets",
+    )
