@@ -82,8 +82,9 @@ else:  # as it is usually done: pandas.read_parquet and pandas.read_sql
     start, end = window.bounds()
     engine = sqlalchemy.create_engine(postgres.sqlalchemy_url())
     with engine.connect() as conn:
-        pg = pd.read_sql(sqlalchemy.text("SELECT * FROM safety_indices WHERE timestamp >= :a AND timestamp < :b"),
-                         conn, params={"a": start, "b": end})
+        columns = ", ".join(f'"{c}"' for c in spec.column_names)
+        query = f"SELECT {columns} FROM {spec.table} WHERE timestamp >= :a AND timestamp < :b"
+        pg = pd.read_sql(sqlalchemy.text(query), conn, params={"a": start, "b": end})
     pg["timestamp"] = pg["timestamp"].dt.tz_convert("UTC")
 compare = datacompy.PandasCompare(lake, pg, join_columns=spec.key, abs_tol=0.0001, rel_tol=0.000001,
                             df1_name="lake", df2_name="postgres")
@@ -120,7 +121,8 @@ def main() -> int:
     from opsbook import datasets
     from opsbook.demo import safety as safetydata
     from opsbook.stores import postgres
-    from opsbook.trafficsafety import dualwrite
+    from opsbook.trafficsafety import dualwrite, layout
+    from opsbook.trafficsafety import schema as tables
 
     url = bench_database()
     lake = config.state_dir() / "bench" / "reconcile-lake"
@@ -135,16 +137,17 @@ def main() -> int:
     import shutil
 
     shutil.rmtree(lake, ignore_errors=True)
-    dualwrite.write_lake(spec, "bench", table, str(lake))
+    dualwrite.write_lake(spec, table, str(lake))
     with postgres.connection(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS safety_indices")
+        conn.execute(f"DROP TABLE IF EXISTS {spec.table}")
         dualwrite.ensure_tables(conn, spec)
+        tables.ensure_partitions(conn, spec, layout.days_of(spec, table))
     with adbc.connect(postgres.normalize_url(url)) as conn, conn.cursor() as cur:
-        cur.adbc_ingest("safety_indices", table, mode="append")
+        cur.adbc_ingest(spec.table, table, mode="append")
         conn.commit()
     with postgres.connection(url, autocommit=True) as conn:
-        planted = safetydata.plant_differences(conn, "safety_indices")
-        conn.execute("VACUUM ANALYZE safety_indices")
+        planted = safetydata.plant_differences(conn, spec.table)
+        conn.execute(f"VACUUM ANALYZE {spec.table}")
     print(
         f"{table.num_rows:,} rows written to the lake and PostgreSQL, differences planted: "
         + ", ".join(f"{k} {len(v)}" for k, v in planted.items())
@@ -155,7 +158,7 @@ def main() -> int:
     first, last = window.split("..")
     columns = ", ".join(f'"{c}"' for c in spec.column_names)
     copy = (
-        f"\\copy (SELECT {columns} FROM safety_indices WHERE timestamp >= '{first}' "
+        f"\\copy (SELECT {columns} FROM {spec.table} WHERE timestamp >= '{first}' "
         f"AND timestamp < '{dt.date.fromisoformat(last) + dt.timedelta(days=1)}') TO '/dev/null' WITH (FORMAT binary)"
     )
     floor = min(psql(postgres.normalize_url(url), copy) for _ in range(3))

@@ -146,7 +146,6 @@ class Result:
             f"copied {found['copied']} of {what} ({megabytes:,.1f} MB), each object's MD5 verified; "
             f"{found['already there']} were there already{deleted}",
             figures,
-            rows_out=found["copied"],
         )
 
 
