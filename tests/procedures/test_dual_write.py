@@ -116,6 +116,7 @@ def test_a_window_writes_its_batches_to_every_target_once(lake, db):
     again = write(window="2025-11-01")
     assert again.batches == [] and len(again.plan.writes.done) == len(wanted) + len(raw)
     assert again.verdict().status == "pass" and "already in every target" in again.verdict().summary
+    assert again.verdict().rows_out == verdict.rows_out == result.rows  # the window's rows held, not a drop
     forced = write(window="2025-11-01", force=True)
     assert {b.batch_id for b in forced.batches} == wanted | set(raw) and forced.verdict().status == "pass"
     assert {(b, t): v for (b, t), v in ledger(db).items() if b in wanted} == {

@@ -123,6 +123,12 @@ class Result:
         return sum(b.rows for b in self.batches if b.error is None)
 
     @property
+    def held(self) -> int:
+        """The window's rows now in every target: written by this run, or before it (a rerun
+        that finds everything written is not a drop in the morning check's trend)."""
+        return self.rows + (sum(b.rows for b in self.plan.writes.done) if self.plan.writes else 0)
+
+    @property
     def unreadable(self) -> list[tuple[str, str]]:
         """(file or batch, reason) of every batch that could not be read, in the plan or while writing."""
         found = list(self.plan.writes.found.unreadable) if self.plan.writes else []
@@ -166,8 +172,8 @@ class Result:
         if problems:
             error = SourceError if self.unreadable else CheckFailed
             anchor = "dual-write-targets" if self.unreadable else "pending-writes"
-            return Verdict.failed(f"{'; '.join(problems)}. {summary}", figures, anchor, error, rows_out=self.rows)
-        return Verdict("pass", summary, figures, rows_out=self.rows)
+            return Verdict.failed(f"{'; '.join(problems)}. {summary}", figures, anchor, error, rows_out=self.held)
+        return Verdict("pass", summary, figures, rows_out=self.held)
 
 
 # --- presentation ----------------------------------------------------------------------------
