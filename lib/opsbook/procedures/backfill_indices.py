@@ -196,7 +196,8 @@ class Result:
         if wrong:
             names = ", ".join(c.name for c in wrong)
             return Verdict.failed(f"the rollups disagree with the readings: {names}", figures, "checks", CheckFailed)
-        parts = [f"{self.rows:,} readings over {len(by['loaded']) + len(by['merged'])} day(s)"]
+        changed = len(by["loaded"]) + len(by["merged"])
+        parts = [f"{self.rows:,} readings over {changed} day(s)"] if changed else []
         if by["merged"]:
             kept = sum(d.kept for d in by["merged"])
             parts.append(
@@ -208,7 +209,7 @@ class Result:
             parts.append(
                 f"rollups: {self.built.hourly_rows:,} hourly and {self.built.daily_rows:,} daily rows, checks pass"
             )
-        summary = "backfilled " + "; ".join(parts)
+        summary = ("backfilled " if changed else "nothing to load: ") + "; ".join(parts)
         if self.plan.found.missing:
             missing = format_days(self.plan.found.missing)
             return Verdict("warn", f"{summary}; no file for {missing}", figures, anchor="days", **counts)
