@@ -3,8 +3,9 @@ runbook keeps is destroyed. Every table and lake day is checksummed before and a
 
 The runbook keeps realtime readings 48 hours, hourly rollups 90 days, daily rollups for good,
 and the lake's processed days (its own lifecycle): after retention has purged the readings,
-rebuilding rollups, reconciling and repairing (from either side) must leave all of that as it
-was, and retention after any of them removes only what its policy says.
+rebuilding rollups, reconciling and repairing (from either side), backfilling from the bucket and
+retrying a pending write must leave all of that as it was, and retention after any of them
+removes only what its policy says.
 """
 
 import datetime as dt
@@ -94,9 +95,31 @@ def backfill(start, today):
     return call("backfill_indices", source=str(bucket()), window=window, timezone="UTC")
 
 
+def retry(start, today):
+    """A dual_write retry of a write left pending by an outage: the first batch's PostgreSQL
+    write (of a day retention has purged, when retention ran first)."""
+    from opsbook.stores import postgres
+    from opsbook.trafficsafety import layout
+
+    spec = datasets.get("safety_indices")
+    batch = safetydata.batches(start, DAYS, count=4)[0]
+    staged = dualwrite.staging_path(spec, batch.batch_id)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(layout.parquet_bytes(layout.conform(spec, batch.table)))
+    with postgres.connection(autocommit=True) as conn:
+        marked = conn.execute(
+            "UPDATE opsbook.writes SET status = 'pending', attempts = attempts + 1, last_error = 'outage' "
+            "WHERE dataset = %s AND batch_id = %s AND target = 'postgres'",
+            (spec.name, batch.batch_id),
+        ).rowcount
+    assert marked == 1
+    return call("dual_write", retry_pending=True, source=str(bucket()))  # a retry reads no source
+
+
 SECOND = {
     "rollups": lambda start, today: rollups(start, today),
     "backfill": backfill,
+    "dual_write retry": retry,
     "reconcile": lambda start, today: reconcile(start, today),
     "repair from the lake": lambda start, today: reconcile(start, today, repair=True, source_of_truth="lake"),
     "repair from postgres": lambda start, today: reconcile(start, today, repair=True, source_of_truth="postgres"),
@@ -119,12 +142,15 @@ def test_after_retention_nothing_kept_is_destroyed(second, written):
         # the purged days' readings come back from the bucket (retention will drop them again);
         # every rollup and lake file reads as before, rebuilt from the same readings
         assert verdict.status == "pass" and [d.status for d in result.days] == ["loaded"] * 4 + ["merged"] * 2
+    if second in ("backfill", "dual_write retry"):
+        # readings of purged days written again (retention drops them again); nothing kept changed
+        assert verdict.status == "pass"
         assert after["safety_indices_realtime"][0] > before["safety_indices_realtime"][0]
         del after["safety_indices_realtime"], before["safety_indices_realtime"]
     assert after == before
     if second == "rollups":
         assert verdict.status == "warn" and "4 day(s) without readings kept their rollups" in verdict.summary
-    elif second != "backfill":
+    elif second not in ("backfill", "dual_write retry"):
         assert f"4 day(s) left out ({start}..{start + dt.timedelta(days=3)})" in verdict.summary
         assert verdict.status == "pass"
 
