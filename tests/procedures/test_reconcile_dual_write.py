@@ -66,6 +66,9 @@ def test_what_was_written_agrees(lake, db):
         assert comparison.differences == []
         assert comparison.lake_rows == comparison.postgres_rows and sum(comparison.lake_rows.values()) > 1000
     assert archive.findings(db, lake, window) == []
+    stats = sides.per_intersection(lake, window, sides.lake_files(lake, window))
+    assert len(stats) == 8 and {s["status"] for s in stats} == {"pass"}
+    assert sum(s["postgres rows"] for s in stats) == sum(comparison.postgres_rows.values())
     for method, limit in ROW_PATHS.items():
         result = reconcile("2025-11-01..2025-11-02", row_limit=limit)
         verdict = result.verdict()
@@ -129,6 +132,19 @@ def test_the_procedure_finds_plans_and_repairs_planted_differences(lake, db):
         assert planned.delete == expected["missing in lake"] | shifted
         assert result.repaired is None and result.after is None
     assert by_class(reconcile(window).final) == {k: v for k, v in expected.items() if v}  # still there
+
+    logged = dict(
+        db.execute(
+            "SELECT check_name, status FROM data_quality_log WHERE procedure = 'reconcile_dual_write' "
+            "ORDER BY id DESC LIMIT 7"
+        ).fetchall()
+    )
+    assert logged["dual-write missing in postgres"] == "fail" and logged["pending writes"] == "pass"
+    days = Days.parse(window)
+    stats = {s["intersection_id"]: s for s in sides.per_intersection(lake, days, sides.lake_files(lake, days))}
+    assert all(stats[90_001 + i]["lake rows"] == 0 for i in range(10))  # PostgreSQL alone holds them
+    assert all(stats[90_001 + i]["status"] == "fail" for i in range(10))
+    assert sum(s["lake rows"] for s in stats.values()) == sum(result.final.lake_rows.values())
 
     fixed = reconcile(window, repair=True)
     verdict = fixed.verdict()

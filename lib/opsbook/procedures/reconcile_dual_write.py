@@ -156,6 +156,21 @@ def compare(ctx: RunContext) -> Comparison:
     return comparing.compare(spec, horizon.window, row_limit=params.row_limit)
 
 
+def per_intersection(ctx: RunContext, comparison: Comparison) -> list[dict[str, Any]]:
+    """The validation report's per-intersection statistics (Task 6.3): rows and the average
+    combined index (EB) per intersection on each side over the days compared, within the
+    column's tolerance. The row-by-row comparison above already names every differing key."""
+    from opsbook import datasets
+    from opsbook.trafficsafety import sides
+
+    params: Params = ctx.params
+    horizon = _horizon(ctx)
+    if horizon.window is None:
+        return []
+    spec = datasets.get(params.dataset)
+    return sides.per_intersection(spec, horizon.window, sides.lake_files(spec, horizon.window))
+
+
 def check_writes(ctx: RunContext) -> Writes:
     """Step 2: the write ledger's pending writes, and the archive's objects against the ledger."""
     from opsbook import datasets
@@ -199,10 +214,46 @@ def repair(ctx: RunContext, plan: Plan) -> Repaired | None:
 
 
 def check_again(ctx: RunContext, plan: Plan, repaired: Repaired | None) -> Result:
-    """Step 5: after a repair, compare and check the writes again; else the plan's findings stand."""
+    """Step 5: after a repair, compare and check the writes again; else the plan's findings
+    stand. The findings are written to the dataset's quality log."""
     if repaired is None:
-        return Result(plan, None, None, plan.writes)
-    return Result(plan, repaired, compare(ctx), check_writes(ctx))
+        result = Result(plan, None, None, plan.writes)
+    else:
+        result = Result(plan, repaired, compare(ctx), check_writes(ctx))
+    _log(ctx, result)
+    return result
+
+
+def _log(ctx: RunContext, result: Result) -> None:
+    """One quality-log row per difference class found, for the pending writes and the archive."""
+    from opsbook import datasets
+    from opsbook.stores import postgres
+    from opsbook.trafficsafety import schema
+
+    spec = datasets.get(ctx.params.dataset)
+    counts = result.final.counts()
+    findings = [
+        {
+            "check_name": f"dual-write {klass}",
+            "status": "fail" if counts.get(klass) else "pass",
+            "observed": f"{counts.get(klass, 0)} key(s) over {ctx.params.window}",
+        }
+        for klass in ("missing in postgres", "missing in lake", "value drift", "timestamp shifted", "duplicate key")
+    ]
+    findings.append(
+        {
+            "check_name": "pending writes",
+            "status": "fail" if result.pending else "pass",
+            "observed": len(result.pending),
+        }
+    )
+    findings.append(
+        {"check_name": "archive against the ledger", "status": "fail" if result.archive else "pass",
+         "observed": len(result.archive)}
+    )  # fmt: skip
+    with postgres.connection(autocommit=True, purpose=f"run {ctx.run_id}") as conn:
+        schema.ensure(conn, spec)
+        schema.log_findings(conn, spec, ctx.run_id, "reconcile_dual_write", findings)
 
 
 def run(ctx: RunContext, plan: Plan) -> Result:
@@ -372,6 +423,19 @@ def show_samples(comparison: Comparison):
             )
         )
     return report.stack(*parts)
+
+
+def show_intersections(stats: list[dict[str, Any]]):
+    """Rows and average index per intersection on each side (Task 6.3's statistics)."""
+    from opsbook import report
+
+    return report.table(
+        stats,
+        caption="Per intersection over the days compared: rows and average combined index (EB) on each side, "
+        "within the column's tolerance",
+        status_column="status",
+        element_id="reconcile-intersections",
+    )
 
 
 def show_writes(writes: Writes, suffix: str = ""):

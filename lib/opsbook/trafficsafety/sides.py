@@ -206,3 +206,58 @@ def _value_counts(array) -> tuple[list, list]:
 
     counted = pc.value_counts(array)
     return counted.field("values").to_pylist(), counted.field("counts").to_pylist()
+
+
+def per_intersection(
+    spec: DatasetSpec, window: Days, files: list[str], column: str = "combined_index_eb"
+) -> list[dict]:
+    """Rows and the average of ``column`` per intersection on each side over the window (the
+    validation report's per-intersection statistics), grouped where the data lies: DuckDB over
+    the lake's files (Arrow for remote or older-named files), PostgreSQL in place."""
+    import duckdb
+
+    from opsbook.stores import postgres
+
+    key = spec.key[0]
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if in_spec_names(spec, files) and files:
+        relation = f"read_parquet({[str(f) for f in files]!r})"
+    else:
+        con.register("lake", read_lake(spec, files))
+        relation = "lake"
+    lake = {
+        row[0]: row[1:]
+        for row in con.execute(f'SELECT "{key}", count(*), avg("{column}") FROM {relation} GROUP BY 1').fetchall()
+    }
+    con.close()
+    start, end = window.bounds()
+    with postgres.connection(autocommit=True, purpose="reconcile") as conn:
+        held = conn.execute(
+            sql.SQL("SELECT {k}, count(*), avg({c}) FROM {t} WHERE {d} >= %s AND {d} < %s GROUP BY 1").format(
+                k=sql.Identifier(key),
+                c=sql.Identifier(column),
+                t=sql.Identifier(spec.table),
+                d=sql.Identifier(spec.partition.column),
+            ),
+            (start, end),
+        ).fetchall()
+    pg = {row[0]: row[1:] for row in held}
+    tolerance = spec.column(column).abs_tolerance
+    rows = []
+    for ident in sorted(set(lake) | set(pg)):
+        (lake_rows, lake_avg), (pg_rows, pg_avg) = lake.get(ident, (0, None)), pg.get(ident, (0, None))
+        drift = abs(lake_avg - pg_avg) if lake_avg is not None and pg_avg is not None else None
+        same = lake_rows == pg_rows and ((drift is not None and drift <= tolerance) or lake_avg is pg_avg is None)
+        rows.append(
+            {
+                key: ident,
+                "lake rows": lake_rows,
+                "postgres rows": pg_rows,
+                f"lake avg {column}": lake_avg,
+                f"postgres avg {column}": pg_avg,
+                "difference": drift,
+                "status": "pass" if same else "fail",
+            }
+        )
+    return rows
