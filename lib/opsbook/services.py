@@ -245,7 +245,9 @@ def start_embedded_redis() -> str:
             if result.returncode != 0:
                 raise ServiceError(f"could not start the embedded Redis: {result.stderr.strip()}")
             deadline = time.monotonic() + 10
-            while not socket.exists():
+            # Redis opens its socket before it writes its pid file: a status read in between
+            # would report it stopped, and the next start would start a second one
+            while not socket.exists() or _redis_pid(directory) is None:
                 if time.monotonic() > deadline:
                     raise ServiceError(f"the embedded Redis did not open {socket}; see {directory / 'redis.log'}")
                 time.sleep(0.02)
