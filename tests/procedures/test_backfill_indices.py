@@ -105,6 +105,20 @@ def test_a_rerun_skips_the_days_loaded_from_the_same_file(bucket, db):
     ).fetchone()[0] == pytest.approx(sum(changed.column(2).to_pylist()))
 
 
+def test_a_day_whose_partition_was_replaced_since_is_loaded_again(bucket, db):
+    """The ledger's entry names the partition it filled: one dropped by hand and made again
+    empty (as a writer makes the coming days') is not 'unchanged'."""
+    assert call("backfill_indices", source=str(bucket), window=WINDOW, rollups=False).verdict().status == "pass"
+    spec = datasets.get("safety_indices")
+    day = START + dt.timedelta(days=2)
+    db.execute(f"DROP TABLE {schema.partition_name(spec, day)}")
+    assert schema.ensure_partitions(db, spec, [day]) == [day]
+    again = call("backfill_indices", source=str(bucket), window=WINDOW, rollups=False)
+    assert [d.status for d in again.days] == ["unchanged"] * 2 + ["loaded"] + ["unchanged"] * 2
+    held = db.execute("SELECT count(*) FROM safety_indices_realtime WHERE timestamp::date = %s", (day,)).fetchone()[0]
+    assert held == pq.read_table(index_file(bucket, day)).num_rows
+
+
 def test_a_merge_keeps_readings_the_file_lacks_and_values_of_columns_it_lacks(bucket, db):
     """The dual-write got there first: its readings of the day include one the file lacks and
     counts the legacy file has no column for. The backfill merges; it deletes nothing."""

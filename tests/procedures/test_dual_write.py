@@ -332,3 +332,13 @@ def test_retry_pending_writes_every_pending_batch_from_its_staged_copy(lake, db,
     assert {b.batch_id for b in retried.batches} == pending
     assert all(set(b.targets) == {"archive"} for b in retried.batches)
     assert {o.name.removesuffix(".parquet") for o in uri.listing(str(tmp_path / "archive"))} == pending
+
+
+def test_an_archived_raw_file_whose_md5_does_not_match_stays_pending(lake, db, monkeypatch):
+    monkeypatch.setattr(uri, "md5_of", lambda target: "0" * 32)  # the store reads back other bytes
+    result = write(window="2025-11-01", targets="archive")
+    assert result.verdict().status == "fail"
+    pending = {p["batch_id"]: p["last_error"] for p in result.pending}
+    assert len(pending) == 24 and all(b.startswith("bsm_2025-11-01_") for b in pending)
+    first = pending[min(pending)]
+    assert "the stored object's MD5 differs from the file's" in first

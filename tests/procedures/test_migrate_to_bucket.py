@@ -127,3 +127,13 @@ def test_to_a_bucket_in_gcs(tree, gcs_emulator, monkeypatch):
     held = {o.uri.removeprefix(bucket + "/") for o in uri.listing(bucket)}
     assert held == set(expected(local))
     assert {i.status for i in call("migrate_to_bucket", source=str(local)).items} == {"already there"}
+
+
+def test_a_copy_whose_md5_does_not_match_is_failed_not_copied(tree, monkeypatch):
+    local, _ = tree
+    monkeypatch.setattr(uri, "md5_of", lambda target: "0" * 32)  # the store reads back other bytes
+    done = call("migrate_to_bucket", source=str(local), apply=True, delete_local=True)
+    assert {i.status for i in done.items} == {"failed"}
+    assert all("differs from the file's" in i.note for i in done.items)
+    assert len(list(local.rglob("*.parquet"))) == 78  # nothing deleted locally
+    assert done.verdict().status == "fail"
