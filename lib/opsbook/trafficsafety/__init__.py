@@ -7,7 +7,9 @@ Phase 5 builds the rollups, Phase 6 backfills history from the bucket.
 ==================  ====================================================================
 module              what
 ==================  ====================================================================
-:mod:`.layout`      where the lake files and archive objects go; rows in the spec's types
+:mod:`.schema`      the runbook's tables (realtime partitioned by day, rollups, intersections,
+                    normalization constants, the quality log) and the partitions ahead
+:mod:`.layout`      the bucket: processed day files and raw objects; rows in the spec's types
 :mod:`.batches`     the incoming batch files (chosen by window from their footers) and
                     the ``intersections.csv`` upserted beside them
 :mod:`.dualwrite`   each batch staged, then written to every target, with the write ledger
@@ -20,6 +22,8 @@ module              what
 :mod:`.archive`     the archive's objects against the write ledger
 :mod:`.repair`      the source of truth re-applied to the differing keys only
 :mod:`.rollups`     hourly and daily rollups with the peak hour, checked against the readings
+:mod:`.migrate`     the local Parquet tree copied to the bucket, MD5 verified, resumable
+:mod:`.backfill`    the bucket's daily index files into the realtime partitions by COPY
 ==================  ====================================================================
 
 Domain modules compute and store; they never display (the procedures do).
