@@ -151,7 +151,7 @@ def test_intersections_are_upserted_from_the_source(lake, db, tmp_path):
     demo = safetydata.intersections(8)
     rows = db.execute("SELECT id, name, latitude, longitude, installed_on FROM intersections ORDER BY id").fetchall()
     assert rows == [tuple(r) for r in demo.itertuples(index=False)]
-    if has_postgis(db):
+    if has_postgis(db):  # with PostGIS: test_intersections_get_a_postgis_point_where_postgis_exists
         assert db.execute("SELECT count(*) FROM intersections WHERE geometry IS NOT NULL").fetchone()[0] == 8
 
     # a source of our own: two batches, the intersections file with one name changed
@@ -342,3 +342,21 @@ def test_an_archived_raw_file_whose_md5_does_not_match_stays_pending(lake, db, m
     assert len(pending) == 24 and all(b.startswith("bsm_2025-11-01_") for b in pending)
     first = pending[min(pending)]
     assert "the stored object's MD5 differs from the file's" in first
+
+
+def test_intersections_get_a_postgis_point_where_postgis_exists(lake, db):
+    """The runbook's spatial query (Task 4.3, nearby intersections) works on what dual_write made."""
+    from helpers import postgis
+
+    postgis(db)  # skips, saying why, where the server has no PostGIS (never in CI)
+    db.execute("DROP TABLE IF EXISTS intersections")
+    assert write(window="2025-11-03").written.intersections == 8
+    lat, lon = db.execute("SELECT latitude, longitude FROM intersections WHERE id = 1001").fetchone()
+    nearby = db.execute(
+        "SELECT id FROM intersections WHERE ST_DWithin(geometry::geography, "
+        "ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography, 10) ORDER BY id",
+        (lon, lat),
+    ).fetchall()
+    assert nearby == [(1001,)]
+    index = db.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'intersections' AND indexdef ~ 'gist'")
+    assert index.fetchone() is not None
