@@ -303,6 +303,29 @@ def status() -> list[ServiceStatus]:
     return rows
 
 
+def urls() -> list[tuple[str, str, str]]:
+    """(service, URL, note) for an analyst's own client: the database and Redis the runs use
+    (the embedded ones started if needed), never with a password: a configured URL's password
+    is left out, and the note says where the client finds it."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    def without_password(url: str) -> tuple[str, str]:
+        parts = urlsplit(url)
+        if not parts.password:
+            return url, ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+        note = "password left out: psql reads PGPASSWORD or ~/.pgpass"
+        return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host)), note
+
+    database, database_note = without_password(database_url())
+    redis, redis_note = without_password(redis_url())
+    if redis_note:
+        redis_note = "password left out: it is in REDIS_URL"
+    lake = os.environ.get("LAKE_URL") or str(config.state_dir() / "lake")
+    return [("database", database, database_note), ("redis", redis, redis_note), ("lake", lake, "")]
+
+
 def stop() -> list[str]:
     """Stop every embedded server that runs; returns the names of those stopped."""
     stopped = []

@@ -77,3 +77,13 @@ def test_configured_services_are_shown_without_the_password(tmp_path):
     assert status.code == 0
     assert "configured" in status.stdout and "db.example" in status.stdout
     assert "topsecret" not in status.stdout and "alsosecret" not in status.stdout
+
+
+def test_services_url_prints_where_to_connect_without_a_password():
+    env = {"DATABASE_URL": "postgresql://alice:s3cret-pw@db.example:5432/ts", "REDIS_URL": "redis://:r3dis-pw@r:6379/0"}
+    done = run_cli("services", "url", env=env)
+    assert done.code == 0, done.stderr
+    lines = dict(line.split(None, 1) for line in done.stdout.splitlines())
+    assert lines["database"].startswith("postgresql://alice@db.example:5432/ts  (password left out")
+    assert lines["redis"].startswith("redis://r:6379/0  (password left out")
+    assert "s3cret-pw" not in done.stdout + done.stderr and "r3dis-pw" not in done.stdout + done.stderr

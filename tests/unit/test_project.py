@@ -54,13 +54,20 @@ def _notebooks():
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.name)
 def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell(path):
     nb = json.loads(path.read_text())
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    saved = [
+        i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c["outputs"] or c["execution_count"])
+    ]
+    relative = path.relative_to(ROOT)
+    assert not saved, (
+        f"{relative} was saved with outputs (cells {saved}): strip them with `.venv/bin/nbstripout {relative}`; "
+        "`make dev` (or any make target that builds the environment) installs the git filter that strips them"
+    )
     tagged = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
     assert len(tagged) == 1
     for comment_line in "".join(tagged[0]["source"]).splitlines():
         assert "#" in comment_line, f"every parameter has a comment: {comment_line!r}"
-    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    # the procedures' notebooks name the project's kernel (make lab, or any make target, installs it)
+    assert nb["metadata"]["kernelspec"]["name"] == ("opsbook" if path.parent == ROOT / "notebooks" else "python3")
 
 
 @pytest.mark.parametrize("path", sorted(ROOT.glob("notebooks/*.ipynb")), ids=lambda p: p.name)

@@ -87,13 +87,19 @@ def services_command(argv: list[str]) -> int:
         prog="run_notebook.py services",
         description="Show, start or stop the embedded default services (used when DATABASE_URL / "
         "REDIS_URL are unset). Configured services are shown, never started or stopped.",
-        epilog="examples:\n  python run_notebook.py services status\n  python run_notebook.py services stop",
+        epilog="examples:\n  python run_notebook.py services status\n  python run_notebook.py services url"
+        "      # connection URLs for psql, a notebook, DBeaver (no password printed)\n"
+        "  python run_notebook.py services stop",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", choices=["status", "start", "stop"])
+    parser.add_argument("action", choices=["status", "start", "stop", "url"])
     args = parser.parse_args(argv)
     from opsbook import services
 
+    if args.action == "url":
+        for name, url, note in services.urls():
+            print(f"{name:<9} {url}" + (f"  ({note})" if note else ""))
+        return 0
     if args.action == "status":
         for row in services.status():
             print(row.line())
