@@ -75,3 +75,21 @@ def test_a_temporary_folder_too_deep_for_a_socket_still_runs(tmp_path, database_
     done = run_cli(str(ROOT / "tests/notebooks/sleep.ipynb"), "--json", env={"TMPDIR": str(deep)})
     assert done.code == 0, done.stderr
     assert done.json()["status"] == "pass"
+
+
+def test_a_python_without_the_dependencies_gets_one_line_and_exit_2():
+    """run_notebook.py from a Python that lacks opsbook's packages (here: without site-packages)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-S", str(ROOT / "run_notebook.py"), "health", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has no module" in lines[0] and "which opsbook needs" in lines[0], done.stderr
+    assert done.stdout == ""
