@@ -139,3 +139,29 @@ def test_list_and_help_document_procedures_and_exit_codes():
     for code in range(7):
         assert f"\n  {code}  " in shown.stdout
     assert "python run_notebook.py load -p" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code"),
+    [
+        (("tests/notebooks/sleep.ipynb", "-p", "seconds=0.1"), 0),
+        (("tests/notebooks/sleep.ipynb", "-p", "seconds=60", "--timeout", "3"), 5),
+        (("tests/notebooks/die.ipynb",), 6),
+    ],
+    ids=["pass", "timeout", "kernel death"],
+)
+def test_quiet_is_the_verdict_and_the_report_and_nothing_else(arguments, code, database_url):
+    done = run_cli(*(str(ROOT / a) if a.endswith(".ipynb") else a for a in arguments), "--quiet")
+    assert done.code == code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert done.stdout == "" and len(lines) == 2, done.stderr
+    assert lines[0].startswith(("PASS ", "FAIL ")) and lines[1].startswith("report: ")
+
+
+def test_quiet_usage_error_is_one_line():
+    """No run starts on a parameter error: one line says why (no report line)."""
+    done = run_cli(str(ROOT / "tests/notebooks/sleep.ipynb"), "-p", "secs=1", "--quiet")
+    assert done.code == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "error: unknown parameter 'secs' (from -p); did you mean 'seconds'? Valid names: seconds."
+    ]

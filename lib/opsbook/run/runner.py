@@ -12,6 +12,7 @@ Order of work, so that a failed run still leaves its report and run-log row:
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -264,7 +265,6 @@ def _run_notebook(
 ):
     """Execute with papermill; returns (notebook or None, error text, exit code). The exit code is
     None when a cell raised: what the notebook recorded decides it."""
-    import logging
 
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -273,7 +273,10 @@ def _run_notebook(
     from opsbook.errors import KernelDied, OpsbookError, RunTimeout
     from opsbook.run import engine
 
-    logging.getLogger("papermill").setLevel(logging.WARNING)
+    papermill_log = logging.getLogger("papermill")
+    papermill_log.setLevel(logging.WARNING)
+    if not any(isinstance(f, _SaidByTheRun) for f in papermill_log.filters):
+        papermill_log.addFilter(_SaidByTheRun())
     kernel_dir = _kernel_dir()
     hooks = engine.Hooks(target.name, stream=progress, deadline=time.monotonic() + timeout if timeout else None)
     from opsbook.run.progress import PROGRESS_ENV, Relay
@@ -337,6 +340,16 @@ def _drop_papermill_error_cells(nb) -> None:
 
 # a Unix socket's path holds at most 107 bytes; the kernel's are <folder>/kernel-<n>
 _SOCKET_PATH_MAX = 100
+
+
+class _SaidByTheRun(logging.Filter):
+    """Drops nbclient's own lines on a timeout or a dead kernel: the run reports both itself
+    (exit 5 or 6, in the summary, the JSON and the report), and --quiet stays two lines."""
+
+    SAID = ("Timeout waiting for execute reply", "Kernel died while waiting for execute reply")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.SAID)
 
 
 def _kernel_dir() -> str:
