@@ -80,6 +80,28 @@ def test_a_failing_notebook_still_leaves_its_report(database_url, db, demo_dir, 
     assert 'id="opsbook-failed-cell"' in page
     assert run_log_row(db, outcome["run_id"])["status"] == "failed"
     assert json.loads((reports_dir / "runs.jsonl").read_text())["status"] == "fail"
+    # the report shows the refusal as its one line; the executed notebook keeps the traceback
+    shown = re.sub("<[^>]+>", "", page)  # the text a reader sees
+    assert "SourceError: no Toronto parking tickets file for 2019" in shown
+    assert "Traceback (most recent call last)" not in shown and "Cell In[" not in shown
+    assert "Traceback (most recent call last)" in Path(outcome["reports"]["ipynb"]).read_text()
+
+
+def test_an_unexpected_error_keeps_its_traceback_in_the_report(database_url, tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("value = 1  # a parameter", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("def broken():\n    return {}['missing']\n\nbroken()"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "bug.ipynb"
+    nbformat.write(nb, path)
+    done = run_cli(str(path), "--json")
+    assert done.code == 3, done.stderr  # a cell raised an unexpected error
+    shown = re.sub("<[^>]+>", "", Path(done.json()["reports"]["html"]).read_text())
+    assert "Traceback (most recent call last)" in shown and "Cell In[3], line 2, in broken()" in shown
 
 
 def test_too_many_rejects_exit_1(database_url, demo_dir):

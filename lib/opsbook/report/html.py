@@ -98,11 +98,31 @@ def export_html(nb, path: Path, report: dict[str, Any], redact: Redactor, report
 
 
 def _without_scraps(nb):
-    """A copy without scrapbook's recorded values: data for the runner, not for the reader."""
+    """A copy without scrapbook's recorded values (data for the runner, not for the reader), and
+    with an opsbook error shown as its one line: such an error (a failing verdict, a refused
+    input) says what failed in words, and the traceback under it tells a reader nothing more
+    (the executed notebook keeps it). Any other error keeps its traceback."""
     import copy
 
+    expected = _verdict_errors()
     shown = copy.deepcopy(nb)
     for cell in shown.cells:
-        if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs if "scrapbook" not in o.get("metadata", {})]
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [o for o in cell.outputs if "scrapbook" not in o.get("metadata", {})]
+        for output in cell.outputs:
+            if output.get("output_type") == "error" and output.get("ename") in expected:
+                output["traceback"] = [f"{output['ename']}: {output.get('evalue', '')}"]
     return shown
+
+
+def _verdict_errors() -> set[str]:
+    """The names of the errors a failing verdict raises (every OpsbookError)."""
+    from opsbook import errors
+
+    found, todo = set(), [errors.OpsbookError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return found
