@@ -342,6 +342,13 @@ def _drop_papermill_error_cells(nb) -> None:
 _SOCKET_PATH_MAX = 100
 
 
+def _status_text(status: str, code: int | None) -> str:
+    """``PASS (exit 0)``, ``WARN (exit 0: with warnings)``, ``FAIL (exit 1: a check failed)``."""
+    if code == 0:
+        return f"{status.upper()} (exit 0{': with warnings' if status == 'warn' else ''})"
+    return f"{status.upper()} (exit {code}: {EXIT_CODES.get(code, 'see the summary')})"
+
+
 class _SaidByTheRun(logging.Filter):
     """Drops nbclient's own lines on a timeout or a dead kernel: the run reports both itself
     (exit 5 or 6, in the summary, the JSON and the report), and --quiet stays two lines."""
@@ -425,7 +432,7 @@ def _report_context(outcome: Outcome, paths) -> dict[str, Any]:
         ("dataset", outcome.dataset or ""),
         ("window", outcome.window or ""),
         ("parameters", ", ".join(f"{k}={v}" for k, v in outcome.params.items())),
-        ("status", f"{outcome.status.upper()} (exit {outcome.exit_code}: {EXIT_CODES.get(outcome.exit_code, '')})"),
+        ("status", _status_text(outcome.status, outcome.exit_code)),
         ("started (UTC)", outcome.started_at.strftime("%Y-%m-%d %H:%M:%S") if outcome.started_at else ""),
         ("duration", f"{outcome.duration_s:.1f}s"),
         ("rows in / out / quarantined", counts),
