@@ -35,7 +35,6 @@ ARROW_TYPES = {
     "timestamptz": pa.timestamp("us", tz="UTC"),
     "date": pa.date32(),
 }
-DERIVED = ("hour_of_day", "day_of_week")  # from the timestamp (UTC) when a file lacks them
 
 
 def arrow_schema(spec: DatasetSpec) -> pa.Schema:
