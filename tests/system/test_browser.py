@@ -104,10 +104,13 @@ def test_reports_and_index_render_offline(reports):
 
     index = folder / "index.html"
     dom = browse(index.as_uri(), ARTIFACTS / "index.png")
-    links = re.findall(r'<a href="([^"]+\.html)">report</a>', dom)
+    every_run = dom[dom.index('<table id="runs"') :]
+    links = re.findall(r'<a href="([^"]+\.html)">report</a>', every_run)
     assert len(links) == 2  # the two validations, newest first
     assert all((folder / link).is_file() for link in links)
     assert links[0].endswith(failing.name)
+    latest = dom[dom.index('<table id="latest"') : dom.index('<table id="runs"')]
+    assert re.findall(r'<a href="([^"]+\.html)">report</a>', latest) == links[:1]  # the newest validation
     filtered = browse(index.as_uri() + "?status=fail", ARTIFACTS / "index-failed.png")
     assert 'id="shown">1<' in filtered
     assert len(re.findall(r'<tr[^>]*class="hidden"', filtered)) == 1

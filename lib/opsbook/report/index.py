@@ -77,7 +77,7 @@ def _fmt_figure(value: Any) -> str:
 
 INDEX_STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #24292f; }
-h1 { font-size: 22px; margin: 0 0 12px; }
+h1 { font-size: 22px; margin: 0 0 12px; } h2 { font-size: 16px; margin: 20px 0 8px; }
 table { border-collapse: collapse; width: 100%; }
 th, td { border-bottom: 1px solid #d0d7de; padding: 5px 8px; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; position: sticky; top: 0; }
@@ -116,20 +116,37 @@ document.addEventListener('DOMContentLoaded', () => {
 
 
 def write_index(reports: Path | None = None) -> Path:
-    """Rewrite reports/index.html from runs.jsonl: every run, newest first, filterable."""
+    """Rewrite reports/index.html from runs.jsonl: the latest run of each procedure and dataset,
+    then every run, newest first, filterable."""
     reports = reports or config.reports_dir()
     runs = sorted(read_runs(reports), key=lambda r: str(r.get("started_at", "")), reverse=True)
     procedures = sorted({str(r.get("procedure", "")) for r in runs if r.get("procedure")})
     statuses = ["pass", "warn", "fail"]
     esc = html.escape
+
+    def relative(r: dict[str, Any]) -> str:
+        with contextlib.suppress(ValueError, TypeError):
+            return Path(r["html"]).resolve().relative_to(reports.resolve()).as_posix() if r.get("html") else ""
+        return ""
+
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in runs:  # newest first: the first seen of each procedure and dataset is its latest
+        latest.setdefault((str(r.get("procedure", "")), str(r.get("dataset") or "")), r)
+    latest_rows = []
+    for (procedure, dataset), r in sorted(latest.items()):
+        status, rel = str(r.get("status", "unknown")), relative(r)
+        latest_rows.append(
+            f"<tr><td>{esc(procedure)}</td><td>{esc(dataset)}</td>"
+            f'<td><span class="status {esc(status)}">{esc(status.upper())}</span></td>'
+            f'<td class="num">{esc(str(r.get("started_at", ""))[:19].replace("T", " "))}</td>'
+            f'<td class="window">{esc(str(r.get("window") or ""))}</td>'
+            f'<td><div class="summary">{esc(str(r.get("summary") or "")[:240])}</div></td>'
+            f"<td>{f'<a href={chr(34)}{esc(rel)}{chr(34)}>report</a>' if rel else ''}</td></tr>"
+        )
     rows = []
     for r in runs:
         status = str(r.get("status", "unknown"))
-        link = r.get("html")
-        rel = ""
-        if link:
-            with contextlib.suppress(ValueError):
-                rel = Path(link).resolve().relative_to(reports.resolve()).as_posix()
+        rel = relative(r)
         figures = r.get("figures") or {}
         shown = "; ".join(f"{esc(str(k))}: {esc(_fmt_figure(v))}" for k, v in list(figures.items())[:6])
         rows.append(
@@ -152,6 +169,13 @@ def write_index(reports: Path | None = None) -> Path:
 <style>{INDEX_STYLE}</style><script>{INDEX_SCRIPT}</script></head>
 <body>
 <h1>opsbook runs</h1>
+<h2>Latest status per procedure and dataset</h2>
+<table id="latest"><thead><tr><th>procedure</th><th>dataset</th><th>status</th><th>started (UTC)</th>
+<th>window</th><th>summary</th><th>report</th></tr></thead>
+<tbody>
+{"".join(latest_rows)}
+</tbody></table>
+<h2>Every run, newest first</h2>
 <div class="filters">
 <label>status <select id="filter-status"><option value="">all</option>{options(statuses)}</select></label>
 <label>procedure <select id="filter-procedure"><option value="">all</option>{options(procedures)}</select></label>
