@@ -58,8 +58,11 @@ def git_revision() -> str:
         )
         if rev.returncode != 0:
             return "unknown"
+        # the notebooks' nbstripout filter would start a Python per notebook git re-reads (a
+        # fresh checkout's are all re-read until its index is rewritten): compared as they are,
+        # a notebook saved with outputs counts as a change, which it is
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-c", "filter.nbstripout.clean=cat", "status", "--porcelain", "--untracked-files=no"],
             cwd=root,
             capture_output=True,
             text=True,
