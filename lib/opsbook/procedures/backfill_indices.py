@@ -13,17 +13,16 @@ The work is :mod:`opsbook.trafficsafety.backfill`.
 from __future__ import annotations
 
 import time
-import zoneinfo
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field
 
 from opsbook import standins
 from opsbook.checks import errors_of
 from opsbook.errors import CheckFailed, OpsbookError, SourceError
 from opsbook.run.context import RunContext
-from opsbook.run.params import DatasetName, ProcedureParams
+from opsbook.run.params import DatasetName, ProcedureParams, TimeZoneName
 from opsbook.run.verdict import Verdict, shorten
 from opsbook.windows import Days, format_days
 
@@ -54,17 +53,8 @@ class Params(ProcedureParams):
         "2025-11-01..2025-11-07", description="UTC days to backfill: 2025-11-01..2025-11-30, 2025-11-03"
     )
     rollups: bool = Field(True, description="build the hourly and daily rollups of the backfilled days")
-    timezone: str = Field("America/Toronto", description="time zone of the daily rollups and their peak hour")
+    timezone: TimeZoneName = Field("America/Toronto", description="time zone of the daily rollups and their peak hour")
     high_risk: float = Field(75.0, description="an interval is high risk above this combined index (EB)")
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not a time zone (e.g. America/Toronto, UTC)") from None
-        return value
 
 
 def locks(params: Params) -> list[str]:

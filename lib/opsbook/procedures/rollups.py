@@ -12,16 +12,15 @@ intervals were present (WARN below ``min_coverage``). The work is
 from __future__ import annotations
 
 import time
-import zoneinfo
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field
 
 from opsbook.checks import errors_of
 from opsbook.errors import CheckFailed
 from opsbook.run.context import RunContext
-from opsbook.run.params import DatasetName, ProcedureParams
+from opsbook.run.params import DatasetName, ProcedureParams, TimeZoneName
 from opsbook.run.verdict import Verdict, shorten
 from opsbook.windows import Days, format_days
 
@@ -42,21 +41,12 @@ class Params(ProcedureParams):
     window: Annotated[Days, AfterValidator(_some_days)] = Field(
         "2025-11-01..2025-11-07", description="local days to (re)build: 2025-11-01..2025-11-07, 2025-11-03, yesterday"
     )
-    timezone: str = Field("America/Toronto", description="time zone of the days and of the peak hour")
+    timezone: TimeZoneName = Field("America/Toronto", description="time zone of the days and of the peak hour")
     high_risk: float = Field(75.0, description="an interval is high risk above this combined index")
     min_coverage: float = Field(0.5, ge=0, le=1, description="WARN for a day with less of its intervals present")
     partitions_ahead: int = Field(
         7, ge=0, le=366, description="make the realtime table's partitions of today and this many days after (UTC)"
     )
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not a time zone (e.g. America/Toronto, UTC)") from None
-        return value
 
 
 def locks(params: Params) -> list[str]:

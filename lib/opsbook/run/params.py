@@ -40,6 +40,20 @@ DatasetName = Annotated[str, AfterValidator(_known_dataset)]
 """The name of a dataset spec in params/datasets/."""
 
 
+def _known_zone(value: str) -> str:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not a time zone (e.g. America/Toronto, UTC)") from None
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
+"""An IANA time zone name (America/Toronto, UTC)."""
+
+
 class ProcedureParams(BaseModel):
     """Base of every procedure's parameters: unknown names are refused, values validated."""
 
