@@ -44,6 +44,10 @@ class UsageError(OpsbookError):
     exit_code = 2
 
 
+class StaleParameters(UsageError):
+    """A notebook cell run after its parameters changed, without running the setup cell again."""
+
+
 class CheckFailed(OpsbookError):
     """An error-severity check failed; the run completed and its report says which."""
 

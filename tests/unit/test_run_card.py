@@ -2,7 +2,7 @@
 
 import pytest
 
-from opsbook.run.runner import _status_text
+from opsbook.run.publish import status_text
 
 
 @pytest.mark.parametrize(
@@ -10,10 +10,57 @@ from opsbook.run.runner import _status_text
     [
         ("pass", 0, "PASS (exit 0)"),
         ("warn", 0, "WARN (exit 0: with warnings)"),
-        ("fail", 1, "FAIL (exit 1: a check failed (or, for a backfill, some partition did))"),
+        ("fail", 1, "FAIL (exit 1: a check failed)"),
         ("fail", 5, "FAIL (exit 5: timeout)"),
         ("fail", 77, "FAIL (exit 77: see the summary)"),
     ],
 )
 def test_status_text(status, code, text):
-    assert _status_text(status, code) == text
+    assert status_text(status, code) == text
+
+
+def test_the_rerun_command_repeats_only_what_differs_from_the_defaults():
+    from opsbook.run.nextstep import rerun_command
+
+    defaults = {"dataset": "toronto_parking_tickets", "years": "2016-2018", "force": False, "source": "demo"}
+    values = {**defaults, "years": "2015", "force": True, "source": "/data/city files"}
+    assert rerun_command("load", values, defaults) == (
+        "python run_notebook.py load -p years=2015 -p force=true -p 'source=/data/city files'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "says"),
+    [
+        ("fail", 1, "read the failing check in this report"),
+        ("fail", 2, "correct the parameter"),
+        ("fail", 3, "read the error in this report"),
+        ("fail", 4, "python run_notebook.py health"),
+        ("fail", 5, "--timeout 600"),
+        ("fail", 6, "the kernel died"),
+        ("fail", 143, "stopped by a signal"),
+        ("warn", 0, "python run_notebook.py signoff RUN1 --by NAME"),
+    ],
+)
+def test_every_fail_and_warn_has_a_next_step_with_its_command(status, code, says):
+    from opsbook.run.nextstep import suggest
+
+    step = suggest(status, code, "RUN1", "python run_notebook.py load -p years=2015", anchor="years", timeout=300)
+    assert says in step
+    assert "`python run_notebook.py" in step  # an exact command, quoted
+
+
+def test_a_pass_has_no_next_step():
+    from opsbook.run.nextstep import suggest
+
+    assert suggest("pass", 0, "RUN1", "python run_notebook.py load") is None
+
+
+def test_the_next_step_in_html_links_the_failing_check_and_escapes_the_rest():
+    from opsbook.run.nextstep import as_html
+
+    shown = as_html("read the failing check in this report <b>now</b>, then `run -p 'a<b'`", "#years")
+    assert shown == (
+        'read the failing check <a href="#years">in this report</a> &lt;b&gt;now&lt;/b&gt;, then '
+        "<code>run -p &#x27;a&lt;b&#x27;</code>"
+    )

@@ -206,14 +206,17 @@ def per_day(conn: psycopg.Connection, days: int, exclude_run: str) -> list[dict]
 
 
 def running_longer_than(conn: psycopg.Connection, minutes: int, exclude_run: str) -> list[dict]:
+    """Runs 'running' for over ``minutes``, and every interactive run still 'running' (one whose
+    kernel is gone is abandoned at any age)."""
     from opsbook.stores.postgres import dicts
 
     return dicts(
         conn,
-        """SELECT run_id, procedure, dataset, host, pid, started_at, heartbeat_at,
-                  extract(epoch FROM now() - started_at) / 60 AS minutes
+        """SELECT run_id, procedure, dataset, "window", host, pid, started_at, heartbeat_at, interactive,
+                  extract(epoch FROM now() - started_at) / 60 AS minutes,
+                  extract(epoch FROM now() - coalesce(heartbeat_at, started_at)) AS silent_s
            FROM opsbook.runs
-           WHERE status = 'running' AND run_id <> %s AND started_at < now() - make_interval(mins => %s)
+           WHERE status = 'running' AND run_id <> %s AND (started_at < now() - make_interval(mins => %s) OR interactive)
            ORDER BY started_at""",
         (exclude_run, minutes),
     )
@@ -232,6 +235,26 @@ def mark_failed(conn: psycopg.Connection, run_id: str, note: str) -> bool:
         (note, note, run_id),
     ).fetchone()
     return bool(row)
+
+
+def heartbeat(conn: psycopg.Connection, run_id: str) -> None:
+    """The run is alive (an interactive run's kernel beats while it is open)."""
+    conn.execute("UPDATE opsbook.runs SET heartbeat_at = now() WHERE run_id = %s AND status = 'running'", (run_id,))
+
+
+def mark_abandoned(conn: psycopg.Connection, run_id: str, note: str) -> dict | None:
+    """Mark an interactive run still 'running' abandoned (its kernel is gone); returns its row,
+    or None when it had finished meanwhile."""
+    from opsbook.run.redaction import redact
+    from opsbook.stores.postgres import dicts
+
+    rows = dicts(
+        conn,
+        """UPDATE opsbook.runs SET status = 'abandoned', finished_at = now(), error = %s
+           WHERE run_id = %s AND status = 'running' AND interactive RETURNING *""",
+        (redact(note), run_id),
+    )
+    return rows[0] if rows else None
 
 
 def recent(conn: psycopg.Connection, hours: int) -> list[dict]:

@@ -111,6 +111,19 @@ CREATE TABLE IF NOT EXISTS opsbook.writes (
         "where a partition's input came from (a folder, a gs:// prefix or a registered source)",
         "ALTER TABLE opsbook.partitions ADD COLUMN IF NOT EXISTS source text;",
     ),
+    (
+        6,
+        "interactive runs whose kernel is gone are 'abandoned'; a lead's sign-off of a run's report",
+        """
+ALTER TABLE opsbook.runs DROP CONSTRAINT IF EXISTS runs_status_check;
+ALTER TABLE opsbook.runs ADD CONSTRAINT runs_status_check
+    CHECK (status IN ('running', 'success', 'warn', 'failed', 'abandoned'));
+ALTER TABLE opsbook.runs ADD COLUMN IF NOT EXISTS signed_off_by text;
+ALTER TABLE opsbook.runs ADD COLUMN IF NOT EXISTS signed_off_at timestamptz;
+ALTER TABLE opsbook.runs ADD COLUMN IF NOT EXISTS signoff_comment text;
+ALTER TABLE opsbook.runs ADD COLUMN IF NOT EXISTS signoff_sha256 text;
+""",
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -8,7 +8,8 @@ PostgreSQL's own views (:mod:`.sessions`), and judged against :class:`Limits`:
   procedure, failures in the last 24 hours, rows written per day over the trend window (a last
   run writing far fewer rows than the earlier runs of the same window is flagged);
 - runs left 'running' past ``stuck_after_minutes`` whose process is gone (optionally marked
-  failed with a note saying which health run did it and why);
+  failed with a note saying which health run did it and why); interactive runs whose kernel
+  is gone are marked ``abandoned`` (not a failure);
 - sessions waiting on a lock and queries running too long in this database;
 - the database: size, connections against ``max_connections``, dual-write batches left
   pending too long.
@@ -98,6 +99,10 @@ class Findings:
     def stuck(self) -> list[RunningRun]:
         return [r for r in self.running if r.state == "dead"]
 
+    @property
+    def abandoned(self) -> list[RunningRun]:
+        return [r for r in self.running if r.state == "abandoned"]
+
     def breaches(self) -> list[str]:
         """Every limit breached, one sentence each."""
         p = self.limits
@@ -143,7 +148,8 @@ class Findings:
             "procedures": len(self.sync),
             "failures 24h": sum(s.failures_24h for s in self.sync),
             "stuck runs": len(self.stuck),
-            "marked failed": sum(r.marked for r in self.running),
+            "marked failed": sum(r.marked for r in self.stuck),
+            "abandoned": len(self.abandoned),
             "blocked sessions": len({b.blocked_pid for b in self.blocked}),
             "long queries": len(self.long_queries),
             "database size": self.database.size,
@@ -190,6 +196,8 @@ def check(run_id: str, limits: Limits, mark_stuck: bool = False) -> Findings:
             database=sessions.database(conn, limits.pending_write_hours),
         )
         findings.partitions = day_partitions_ahead(conn, now.astimezone(dt.UTC).date())
+        # an interactive run whose kernel is gone can never finish: always recorded as such
+        sessions.mark_abandoned(conn, findings.abandoned, run_id)
         if mark_stuck:
             sessions.mark_stuck(conn, findings.stuck, run_id)
     return findings

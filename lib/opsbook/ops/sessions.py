@@ -50,22 +50,40 @@ class RunningRun:
     started_at: dt.datetime
     heartbeat_at: dt.datetime | None
     minutes: float
-    state: str  # alive | dead | unknown
+    state: str  # alive | dead | unknown | abandoned (an interactive run whose kernel is gone)
     evidence: str
     marked: bool = False
     note: str | None = None
+    interactive: bool = False
+    window: str | None = None
 
     @property
     def status(self) -> str:
-        return {"dead": "fail", "alive": "warn", "unknown": "warn"}[self.state]
+        return {"dead": "fail", "alive": "warn", "unknown": "warn", "abandoned": "pass"}[self.state]
 
 
 def running_runs(conn: psycopg.Connection, minutes: int, run_id: str) -> list[RunningRun]:
-    """Runs (but ``run_id``) still 'running' after ``minutes``, each judged alive, dead or unknown."""
+    """Runs (but ``run_id``) still 'running' after ``minutes``, each judged alive, dead or unknown;
+    an interactive run (any age) whose kernel is gone, or silent for longer than its heartbeat
+    allows, is abandoned."""
+    from opsbook.run.interactive import STALE_AFTER_S
+
     here = socket.gethostname()
     found = []
     for r in runs.running_longer_than(conn, minutes, run_id):
         state, evidence = liveness(conn, r, here)
+        if r["interactive"]:
+            if state == "dead" or (state == "unknown" and float(r["silent_s"]) > STALE_AFTER_S):
+                state = "abandoned"
+                evidence = (
+                    f"its kernel is gone: {evidence}"
+                    if r["host"] == here
+                    else (
+                        f"no heartbeat from its kernel on {r['host']} since {ts(r['heartbeat_at'] or r['started_at'])}"
+                    )
+                )
+            elif float(r["minutes"]) < minutes:
+                continue  # a notebook still open, within the limit
         found.append(
             RunningRun(
                 r["run_id"],
@@ -78,6 +96,8 @@ def running_runs(conn: psycopg.Connection, minutes: int, run_id: str) -> list[Ru
                 float(r["minutes"]),
                 state,
                 evidence,
+                interactive=bool(r["interactive"]),
+                window=r["window"],
             )
         )
     return found
@@ -120,6 +140,20 @@ def mark_stuck(conn: psycopg.Connection, dead: list[RunningRun], run_id: str) ->
         note = f"marked failed by health run {run_id}: no process since {ts(last_seen)} ({r.evidence})"
         r.marked = runs.mark_failed(conn, r.run_id, note)
         r.note = note if r.marked else "finished on its own before it could be marked"
+
+
+def mark_abandoned(conn: psycopg.Connection, gone: list[RunningRun], run_id: str) -> None:
+    """Mark abandoned each interactive run whose kernel is gone, and list it in runs.jsonl and
+    the index as such (not a failure: nothing it did is left half-made)."""
+    from opsbook.run.publish import append_abandoned
+
+    for r in gone:
+        note = f"abandoned: {r.evidence} (found by health run {run_id}); it never reached its verdict"
+        row = runs.mark_abandoned(conn, r.run_id, note)
+        r.marked = row is not None
+        r.note = note if r.marked else "finished on its own before it could be marked"
+        if row is not None:
+            append_abandoned(row, note)
 
 
 # --- sessions --------------------------------------------------------------------------------

@@ -158,12 +158,14 @@ class Result:
             summary = f"{len(breaches)} threshold(s) breached: " + "; ".join(breaches)
             return Verdict.failed(summary, figures, _anchor_of(f), CheckFailed)
         monitored = [s for s in f.sync if s.monitored]
-        alive = [r for r in f.running if r.state != "dead"]
+        alive = [r for r in f.running if r.state in ("alive", "unknown")]
         summary = (
             f"{len(monitored)} scheduled procedure(s) succeeded within their lag, no failed run in 24 h, "
             f"no stuck run, no blocked session or long query; database {f.database.size}, "
             f"{f.database.used}/{f.database.max_connections} connections"
         )
+        if f.abandoned:
+            summary += f"; {len(f.abandoned)} interactive run(s) abandoned (kernel gone), marked as such"
         if alive:
             listed = ", ".join(f"{r.run_id} ({r.state}: {r.evidence})" for r in alive)
             return Verdict("warn", f"{summary}; but {len(alive)} run(s) still going past the limit: {listed}", figures)
@@ -276,7 +278,7 @@ def show_running(result: Result):
             "minutes": round(r.minutes),
             "process": r.state,
             "evidence": r.evidence,
-            "marked failed": r.marked,
+            "marked": ("abandoned" if r.state == "abandoned" else "failed") if r.marked else "",
             "status": r.status,
         }
         for r in f.running
@@ -289,13 +291,15 @@ def show_running(result: Result):
     return report.stack(
         report.table(
             rows,
-            caption=f"Runs still 'running' after {p.stuck_after_minutes} min (this health run left out)",
+            caption=f"Runs still 'running' after {p.stuck_after_minutes} min, and interactive runs whose "
+            "kernel is gone (this health run left out)",
             status_column="status",
             element_id="health-stuck",
         ),
         report.note(
             "A run is alive when a connection of it is open, a lock it took is held, or, on this host "
-            f"({f.host}), its runner or kernel process still exists. {action}"
+            f"({f.host}), its runner or kernel process still exists. {action} An interactive run (started "
+            "in JupyterLab) whose kernel is gone is marked abandoned: not a failure, it never reached its verdict."
         ),
     )
 

@@ -9,6 +9,7 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from opsbook.run import nextstep
 from opsbook.run.verdict import Verdict
 
 STATUS_COLOURS = {
@@ -189,6 +190,8 @@ def verdict(v: Verdict) -> Html:
         f'style="color:{fg};background:{bg};border:1px solid {fg}">'
         f"<strong>{v.label}</strong> &mdash; {html.escape(v.summary)}"
         + (f"<br><small>{html.escape(figures)}</small>" if figures else "")
+        + (f"<br><small><b>Next step:</b> {nextstep.as_html(v.next_step)}</small>" if v.next_step else "")
         + "</div>"
     )
-    return Html(markup, f"{v.label}: {v.summary}" + (f"\n{figures}" if figures else ""))
+    text = f"{v.label}: {v.summary}" + (f"\n{figures}" if figures else "")
+    return Html(markup, text + (f"\nNext step: {v.next_step}" if v.next_step else ""))

@@ -86,6 +86,7 @@ td.window { white-space: nowrap; }
 .status { border-radius: 10px; padding: 1px 8px; font-weight: 600; font-size: 12px; }
 .status.pass { color: #1a7f37; background: #dafbe1; } .status.warn { color: #9a6700; background: #fff8c5; }
 .status.fail { color: #cf222e; background: #ffebe9; } .status.unknown { color: #57606a; background: #f6f8fa; }
+.status.abandoned { color: #57606a; background: #eaeef2; }
 .filters { margin: 0 0 12px; } .filters label { margin-right: 16px; }
 .figures { color: #57606a; font-size: 12px; } .summary { font-size: 12px; }
 tr.hidden { display: none; }
@@ -121,7 +122,7 @@ def write_index(reports: Path | None = None) -> Path:
     reports = reports or config.reports_dir()
     runs = sorted(read_runs(reports), key=lambda r: str(r.get("started_at", "")), reverse=True)
     procedures = sorted({str(r.get("procedure", "")) for r in runs if r.get("procedure")})
-    statuses = ["pass", "warn", "fail"]
+    statuses = ["pass", "warn", "fail", "abandoned"]
     esc = html.escape
 
     def relative(r: dict[str, Any]) -> str:
@@ -130,7 +131,9 @@ def write_index(reports: Path | None = None) -> Path:
         return ""
 
     latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in runs:  # newest first: the first seen of each procedure and dataset is its latest
+    # newest first: the first seen of each procedure and dataset is its latest; an abandoned
+    # interactive run (it never reached a verdict) does not hide the last run that did
+    for r in sorted(runs, key=lambda r: r.get("status") == "abandoned"):
         latest.setdefault((str(r.get("procedure", "")), str(r.get("dataset") or "")), r)
     latest_rows = []
     for (procedure, dataset), r in sorted(latest.items()):

@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{outcome.status.upper()} {outcome.procedure} {outcome.run_id}: {outcome.summary}", file=sys.stderr)
     if outcome.html:
         print(f"report: {outcome.html}", file=sys.stderr)
+    if outcome.next_step and not args.quiet:  # --quiet stays two lines: the step is in the report and the JSON
+        print(f"next step: {outcome.next_step}", file=sys.stderr)
     return outcome.exit_code
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,10 +37,18 @@ class RunContext:
 
     run_id: str
     procedure: str
-    params: ProcedureParams
+    checked_params: ProcedureParams
     interactive: bool = False
     recorded: bool = False  # whether this context writes the run's row (interactive runs)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def params(self) -> ProcedureParams:
+        """The run's parameters. In JupyterLab, a step refuses to go on when a parameter was
+        changed in the notebook since the setup cell ran: it would work on the old value."""
+        if self.recorded:
+            _refuse_stale(self)
+        return self.checked_params
 
     def progress(self, title: str, total: int | None = None):
         """A progress display in the notebook whose lines also reach the runner's stderr."""
@@ -54,15 +62,18 @@ class RunContext:
         from IPython.display import display
 
         from opsbook import report
-        from opsbook.run import results
+        from opsbook.run import nextstep, results
 
         verdict = outcome if isinstance(outcome, Verdict) else outcome.verdict()
+        verdict = replace(
+            verdict, next_step=nextstep.for_verdict(verdict, self.procedure, self.run_id, self.checked_params)
+        )
         for name, value in figures.items():
             results.record(name, value)
         results.record(results.VERDICT, verdict.as_dict())
         display(report.verdict(verdict))
         if self.recorded:
-            _log_interactive_finish(self, verdict)
+            _finish_interactive(self, verdict)
         verdict.raise_if_failed()
 
 
@@ -86,15 +97,35 @@ def start(procedure: str, **values: Any) -> RunContext:
     if not interactive:
         process.die_with_parent()  # the runner gone (killed, timed out), the run stops with it
     ctx = RunContext(run_id or new_run_id(procedure), procedure, params, interactive, recorded=interactive)
-    _record_expected_errors()
+    _record_expected_errors(one_line=interactive)
     if interactive:
+        from opsbook.run import interactive as session
+
         _log_interactive_start(ctx)
+        session.begin(ctx, values)
     return ctx
 
 
-def _record_expected_errors() -> None:
+def _refuse_stale(ctx: RunContext) -> None:
+    from opsbook.errors import StaleParameters
+    from opsbook.run import interactive as session
+
+    recorder = session.active()
+    if recorder is None or recorder.ctx is not ctx:
+        return
+    changed = recorder.stale()
+    if changed:
+        what = ", ".join(f"{name} {was!r} -> {now!r}" for name, (was, now) in changed.items())
+        raise StaleParameters(
+            f"parameters changed since the setup cell ran ({what}): run the setup cell "
+            "(opsbook.start) again, then this cell"
+        )
+
+
+def _record_expected_errors(one_line: bool) -> None:
     """In a kernel: an OpsbookError a cell raises records its exit code (for the runner) before
-    the usual traceback is shown."""
+    the error is shown: as its one line to an analyst in JupyterLab (it says what is wrong and
+    what to do), with its traceback in a headless run's executed notebook."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython comes with ipykernel
@@ -109,7 +140,10 @@ def _record_expected_errors() -> None:
         results.record(
             FAILURE, {"error_type": etype.__name__, "exit_code": value.exit_code, "message": str(value)[:2000]}
         )
-        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        if one_line:
+            shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
+        else:
+            shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
     shell.set_custom_exc((OpsbookError,), handler)
 
@@ -119,7 +153,7 @@ def _log_interactive_start(ctx: RunContext) -> None:
     from opsbook.run.redaction import Redactor
     from opsbook.stores import postgres
 
-    values = ctx.params.notebook_parameters()
+    values = ctx.checked_params.notebook_parameters()
     with postgres.connection(autocommit=True, purpose=f"run {ctx.run_id}") as conn:
         schema.ensure_schema(conn)
         runs.start(
@@ -131,6 +165,23 @@ def _log_interactive_start(ctx: RunContext) -> None:
             Redactor().scrub(values),
             interactive=True,
         )
+
+
+def _finish_interactive(ctx: RunContext, verdict: Verdict) -> None:
+    """In a kernel: the run's report, runs.jsonl entry and index, as a headless run leaves them;
+    elsewhere (a script) the run-log row only."""
+    from IPython.display import Markdown, display
+
+    from opsbook.run import interactive as session
+
+    recorder = session.active()
+    if recorder is None or recorder.ctx is not ctx:
+        _log_interactive_finish(ctx, verdict)
+        return
+    session.end(recorder)
+    html = session.publish(ctx, verdict, recorder)
+    if html is not None:
+        display(Markdown(f"Report: `{html}` (listed in `{html.parent.parent / 'index.html'}`)"))
 
 
 def _log_interactive_finish(ctx: RunContext, verdict: Verdict) -> None:

@@ -18,57 +18,18 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from opsbook import config, procedures
 from opsbook.errors import EXIT_CODES
+from opsbook.run import nextstep
 from opsbook.run.context import FAILURE, RUN_ID_ENV, new_run_id, window_of
 from opsbook.run.params import ProcedureParams, resolve
+from opsbook.run.publish import Outcome, RunLog, publish, report_paths
 from opsbook.run.redaction import Redactor
-from opsbook.run.verdict import RUN_STATUS
-
-
-@dataclass
-class Outcome:
-    """How a run ended, and where its report is."""
-
-    run_id: str
-    procedure: str
-    status: str  # pass | warn | fail
-    exit_code: int
-    summary: str
-    ipynb: Path | None = None
-    html: Path | None = None
-    results: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    duration_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    dataset: str | None = None
-    window: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # redacted
-    started_at: datetime | None = None
-    verdict: dict[str, Any] = field(default_factory=dict)  # as the notebook recorded it
-    sha256: str | None = None  # of the executed notebook as written
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "run_id": self.run_id,
-            "procedure": self.procedure,
-            "summary": self.summary,
-            "reports": {
-                "ipynb": str(self.ipynb) if self.ipynb else None,
-                "html": str(self.html) if self.html else None,
-            },
-            "results": self.results,
-            "error": self.error,
-            "duration_s": round(self.duration_s, 3),
-            "notes": self.notes,
-        }
 
 
 @dataclass(frozen=True)
@@ -96,13 +57,15 @@ def resolve_target(name: str) -> Target:
     return Target(name, notebook, module.Params)
 
 
-def prepare(name: str, files: list[Path], overrides: list[str]) -> tuple[Target, dict[str, Any]]:
-    """Resolve the target and its parameters without starting anything (exit 2 on any problem)."""
+def prepare(name: str, files: list[Path], overrides: list[str]) -> tuple[Target, dict[str, Any], dict[str, Any]]:
+    """Resolve the target and its parameters without starting anything (exit 2 on any problem):
+    the target, the run's values and the notebook's defaults."""
     target = resolve_target(name)
+    from opsbook.run.nextstep import defaults_of
     from opsbook.run.notebooks import model_from_notebook
 
     model = target.model or model_from_notebook(target.notebook)
-    return target, resolve(model, files, overrides).notebook_parameters()
+    return target, resolve(model, files, overrides).notebook_parameters(), defaults_of(model)
 
 
 def execute(
@@ -115,13 +78,13 @@ def execute(
     """Run one procedure end to end and return its outcome (never raises for a failed run)."""
     from opsbook.run import signals
 
-    target, values = prepare(name, list(files or []), list(overrides or []))
+    target, values, defaults = prepare(name, list(files or []), list(overrides or []))
     _probe_locks(target, values)
     run_id = new_run_id(target.name)
     redact = Redactor()
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
-    paths = _report_paths(run_id)
+    paths = report_paths(run_id)
     notes: list[str] = []
     safe_params = redact.scrub(values)
     dataset, window = values.get("dataset"), window_of(values)
@@ -129,7 +92,7 @@ def execute(
     # a stop signal while the notebook runs stops it (see opsbook.run.signals); one arriving
     # later waits until the report is written
     with signals.trap() as trap:
-        log = _RunLog(run_id, notes)
+        log = RunLog(run_id, notes)
         log.start(target.name, dataset, window, safe_params)
         nb, error_text, exit_code = _run_notebook(target, values, run_id, timeout, progress, trap)
         if trap.received and exit_code == 0:  # every cell had run: the result stands
@@ -157,58 +120,30 @@ def execute(
         if exit_code is None:  # the notebook raised: the error it recorded says how the run ends
             exit_code = _raised_exit_code(verdict, results.get(FAILURE))
         status, summary = _classify(exit_code, verdict, error_text)
+        rerun = nextstep.rerun_command(target.name, values, defaults)
+        next_step = verdict.get("next_step") or nextstep.suggest(
+            status, exit_code, run_id, rerun, verdict.get("anchor"), timeout
+        )
 
-        # artifacts, redacted; a leak found while redacting turns PASS into WARN
         outcome = Outcome(
             run_id,
             target.name,
             status,
-            exit_code,
-            redact(summary),
-            results=redact.scrub(results),
-            error=redact(error_text) if error_text else None,
+            summary,
+            exit_code=exit_code,
+            results=results,
+            error=error_text,
             duration_s=duration,
             notes=notes,
             dataset=dataset,
             window=window,
             params=safe_params,
             started_at=started_at,
-            verdict=redact.scrub(verdict),
+            verdict=verdict,
+            next_step=next_step,
         )
-        if nb is not None:
-            outcome.sha256 = _write_ipynb(nb, paths.ipynb, redact, notes)
-            outcome.ipynb = paths.ipynb if outcome.sha256 else None
-        if redact.leaks:
-            notes.append("secret value(s) redacted from: " + ", ".join(redact.leaks))
-            if outcome.status == "pass":
-                outcome.status = "warn"
-        if nb is not None:
-            try:
-                from opsbook.report import html
-
-                html.export_html(nb, paths.html, _report_context(outcome, paths), redact)
-                outcome.html = paths.html
-            except Exception as exc:
-                notes.append(f"HTML report not written: {type(exc).__name__}: {exc}")
-            _unreported(outcome)
-        _append_history(outcome, redact)
-        log.finish(outcome, redact)
+        publish(outcome, nb, log=log, redact=redact, paths=paths)
         return outcome
-
-
-def _unreported(outcome: Outcome) -> None:
-    """A run whose executed notebook or HTML report could not be written is not signed off as
-    passed: nobody can review it. It fails with exit 3, whatever its checks said."""
-    from opsbook.errors import OpsbookError
-
-    missing = [what for what, path in (("executed notebook", outcome.ipynb), ("HTML report", outcome.html)) if not path]
-    if not missing or outcome.status == "fail":
-        return
-    outcome.summary = (
-        f"the run's {' and '.join(missing)} could not be written (see the notes), so it cannot be reviewed; "
-        f"it ended {outcome.status.upper()}: {outcome.summary}"
-    )
-    outcome.status, outcome.exit_code = "fail", OpsbookError.exit_code
 
 
 def signal_names(numbers: list[int]) -> list[str]:
@@ -238,26 +173,6 @@ def _probe_locks(target: Target, values: dict[str, Any]) -> None:
         for key in keys:
             if not locks.lock_is_free(conn, key):
                 raise LockHeld(f"{key} is held by {locks.holder_of(conn, key)}")
-
-
-def _report_paths(run_id: str):
-    """Where the run's reports go; a folder that cannot be written is a UsageError (exit 2)
-    before anything starts, not a run that cannot leave its report."""
-    from opsbook.errors import UsageError
-    from opsbook.report.html import ReportPaths
-
-    try:
-        paths = ReportPaths.for_run(run_id)
-        probe = paths.html.with_name(f".{run_id}.probe")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        where = os.environ.get("OPSBOOK_REPORTS_DIR") or str(config.project_root() / "reports")
-        raise UsageError(
-            f"the reports folder {where} cannot be written ({exc.strerror or exc}): every run leaves its "
-            "report there. Fix its permissions or set OPSBOOK_REPORTS_DIR to a writable folder"
-        ) from None
-    return paths
 
 
 def _run_notebook(
@@ -342,13 +257,6 @@ def _drop_papermill_error_cells(nb) -> None:
 _SOCKET_PATH_MAX = 100
 
 
-def _status_text(status: str, code: int | None) -> str:
-    """``PASS (exit 0)``, ``WARN (exit 0: with warnings)``, ``FAIL (exit 1: a check failed)``."""
-    if code == 0:
-        return f"{status.upper()} (exit 0{': with warnings' if status == 'warn' else ''})"
-    return f"{status.upper()} (exit {code}: {EXIT_CODES.get(code, 'see the summary')})"
-
-
 class _SaidByTheRun(logging.Filter):
     """Drops nbclient's own lines on a timeout or a dead kernel: the run reports both itself
     (exit 5 or 6, in the summary, the JSON and the report), and --quiet stays two lines."""
@@ -396,143 +304,3 @@ def _classify(exit_code: int, verdict: dict[str, Any], error_text: str | None):
     if verdict.get("summary"):
         return "fail", verdict["summary"]
     return "fail", error_text or EXIT_CODES.get(exit_code, "failed")
-
-
-def _write_ipynb(nb, path: Path, redact: Redactor, notes: list[str]) -> str | None:
-    from opsbook.report import html
-
-    try:
-        return html.write_notebook(nb, path, redact)
-    except Exception as exc:
-        notes.append(f"executed notebook not written: {type(exc).__name__}: {exc}")
-        return None
-
-
-def _report_context(outcome: Outcome, paths) -> dict[str, Any]:
-    """What the report template shows above the notebook: banner and run card."""
-    from opsbook import __version__, services
-    from opsbook.history import runs
-
-    where = runs.origin()
-    verdict = outcome.verdict
-    index_href = os.path.relpath(config.reports_dir() / "index.html", paths.html.parent)
-    failure_href = failure_label = None
-    if outcome.status == "fail":
-        anchor = verdict.get("anchor")
-        if anchor:
-            failure_href, failure_label = f"#{anchor}", "see the failing check"
-        else:
-            failure_href, failure_label = "#opsbook-failed-cell", "go to the failing cell"
-    counts = " / ".join(
-        f"{verdict[k]:,}" if isinstance(verdict.get(k), int) else "-" for k in ("rows_in", "rows_out", "rows_rejected")
-    )
-    card = [
-        ("run id", outcome.run_id),
-        ("procedure", outcome.procedure),
-        ("dataset", outcome.dataset or ""),
-        ("window", outcome.window or ""),
-        ("parameters", ", ".join(f"{k}={v}" for k, v in outcome.params.items())),
-        ("status", _status_text(outcome.status, outcome.exit_code)),
-        ("started (UTC)", outcome.started_at.strftime("%Y-%m-%d %H:%M:%S") if outcome.started_at else ""),
-        ("duration", f"{outcome.duration_s:.1f}s"),
-        ("rows in / out / quarantined", counts),
-        ("database", services.database_label()),
-        ("host / user", f"{where.host} / {where.os_user}"),
-        ("git revision", where.git_revision),
-        ("opsbook version", __version__),
-        ("executed notebook", f"{paths.ipynb.name} (SHA-256 {outcome.sha256})" if outcome.sha256 else "not written"),
-    ]
-    card.extend(("note", n) for n in outcome.notes)
-    return {
-        "status": outcome.status,
-        "procedure": outcome.procedure,
-        "dataset": outcome.dataset,
-        "window": outcome.window,
-        "summary": outcome.summary,
-        "card": card,
-        "index_href": index_href,
-        "failure_href": failure_href,
-        "failure_label": failure_label,
-    }
-
-
-def _append_history(outcome: Outcome, redact: Redactor) -> None:
-    from opsbook.report import index
-
-    entry = {
-        "run_id": outcome.run_id,
-        "procedure": outcome.procedure,
-        "dataset": outcome.dataset,
-        "window": outcome.window,
-        "status": outcome.status,
-        "exit_code": outcome.exit_code,
-        "started_at": outcome.started_at.isoformat() if outcome.started_at else None,
-        "duration_s": round(outcome.duration_s, 3),
-        "summary": outcome.summary,
-        "figures": outcome.verdict.get("figures") or {},
-        "params": outcome.params,
-        "ipynb": str(outcome.ipynb) if outcome.ipynb else None,
-        "html": str(outcome.html) if outcome.html else None,
-        "error": outcome.error,
-    }
-    try:
-        index.append_run(entry, redact)
-    except OSError as exc:
-        outcome.notes.append(f"runs.jsonl / index.html not updated: {exc}")
-
-
-class _RunLog:
-    """The run's row in opsbook.runs; a database that cannot be reached does not stop the run
-    (the notebook will report that), it is noted instead."""
-
-    def __init__(self, run_id: str, notes: list[str]):
-        self.run_id = run_id
-        self.notes = notes
-        self.ok = False
-
-    def start(self, procedure, dataset, window, params) -> None:
-        from opsbook.history import runs, schema
-        from opsbook.stores import postgres
-
-        try:
-            with postgres.connection(autocommit=True, purpose=f"runner {self.run_id}") as conn:
-                schema.ensure_schema(conn)
-                runs.start(conn, self.run_id, procedure, dataset, window, params)
-            self.ok = True
-        except Exception as exc:
-            self.notes.append(f"run log not written: {exc}")
-
-    def finish(self, outcome: Outcome, redact: Redactor) -> None:
-        if not self.ok:
-            return
-        verdict = outcome.verdict
-        from opsbook.history import runs
-        from opsbook.stores import postgres
-
-        try:
-            with postgres.connection(autocommit=True, purpose=f"runner {self.run_id}") as conn:
-                runs.finish(
-                    conn,
-                    self.run_id,
-                    RUN_STATUS.get(outcome.status, "failed"),
-                    outcome.exit_code,
-                    verdict.get("rows_in"),
-                    verdict.get("rows_out"),
-                    verdict.get("rows_rejected"),
-                    redact(outcome.error) if outcome.error else None,
-                    str(outcome.ipynb) if outcome.ipynb else None,
-                    str(outcome.html) if outcome.html else None,
-                )
-        except Exception as exc:
-            outcome.notes.append(f"run log not finished: {exc}")
-
-    def interrupt_ledger(self, note: str) -> None:
-        """Mark this run's ledger entries still 'running' interrupted (its kernel is gone)."""
-        from opsbook.history import ledger
-        from opsbook.stores import postgres
-
-        try:
-            with postgres.connection(autocommit=True, purpose=f"runner {self.run_id}") as conn:
-                ledger.interrupt_run(conn, self.run_id, note)
-        except Exception as exc:
-            self.notes.append(f"ledger entries of the run not marked interrupted: {exc}")

@@ -28,6 +28,7 @@ class Verdict:
     rows_rejected: int | None = None
     anchor: str | None = None  # id of the report element that explains a failure
     error: type[OpsbookError] | None = None  # a failing verdict ends the run by raising this
+    next_step: str | None = None  # what to do about a FAIL or WARN, commands in `backticks`
 
     @classmethod
     def failed(cls, summary: str, figures: dict[str, Any], anchor: str, error: type[OpsbookError], **counts) -> Verdict:
@@ -54,6 +55,7 @@ class Verdict:
             "anchor": self.anchor,
             "error_type": self.error.__name__ if self.error and self.status == "fail" else None,
             "exit_code": self.exit_code,
+            "next_step": self.next_step,
         }
 
     @property
