@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from opsbook import config
+from opsbook.report import signoff
 from opsbook.report.html import write_text
 from opsbook.run.redaction import Redactor
 
@@ -19,7 +20,7 @@ INDEX_FILE = "index.html"
 
 
 @contextlib.contextmanager
-def _reports_lock(reports: Path) -> Iterator[None]:
+def reports_lock(reports: Path) -> Iterator[None]:
     with open(reports / ".lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -32,7 +33,7 @@ def append_run(entry: dict[str, Any], redact: Redactor, reports: Path | None = N
     """Append one run to runs.jsonl and rewrite index.html."""
     reports = reports or config.reports_dir()
     line = redact(json.dumps(entry, default=str, ensure_ascii=False), "runs.jsonl") + "\n"
-    with _reports_lock(reports):
+    with reports_lock(reports):
         with open(reports / RUNS_FILE, "a", encoding="utf-8") as handle:
             handle.write(line)
         write_index(reports)
@@ -90,6 +91,8 @@ td.window { white-space: nowrap; }
 .filters { margin: 0 0 12px; } .filters label { margin-right: 16px; }
 .figures { color: #57606a; font-size: 12px; } .summary { font-size: 12px; }
 tr.hidden { display: none; }
+.signoff { font-size: 12px; margin-top: 2px; } .signoff.signed { color: #1a7f37; }
+.signoff.changed { color: #cf222e; font-weight: 600; }
 """
 
 INDEX_SCRIPT = """
@@ -130,6 +133,15 @@ def write_index(reports: Path | None = None) -> Path:
             return Path(r["html"]).resolve().relative_to(reports.resolve()).as_posix() if r.get("html") else ""
         return ""
 
+    signoffs = signoff.read(reports)
+
+    def signed(r: dict[str, Any]) -> str:
+        entries = signoffs.get(str(r.get("run_id")))
+        if not entries:
+            return ""
+        kind, text = signoff.state(entries)
+        return f'<div class="signoff {kind}" data-signoff="{kind}">{esc(text)}</div>'
+
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     # newest first: the first seen of each procedure and dataset is its latest; an abandoned
     # interactive run (it never reached a verdict) does not hide the last run that did
@@ -144,7 +156,7 @@ def write_index(reports: Path | None = None) -> Path:
             f'<td class="num">{esc(str(r.get("started_at", ""))[:19].replace("T", " "))}</td>'
             f'<td class="window">{esc(str(r.get("window") or ""))}</td>'
             f'<td><div class="summary">{esc(str(r.get("summary") or "")[:240])}</div></td>'
-            f"<td>{f'<a href={chr(34)}{esc(rel)}{chr(34)}>report</a>' if rel else ''}</td></tr>"
+            f"<td>{f'<a href={chr(34)}{esc(rel)}{chr(34)}>report</a>' if rel else ''}{signed(r)}</td></tr>"
         )
     rows = []
     for r in runs:
@@ -153,7 +165,8 @@ def write_index(reports: Path | None = None) -> Path:
         figures = r.get("figures") or {}
         shown = "; ".join(f"{esc(str(k))}: {esc(_fmt_figure(v))}" for k, v in list(figures.items())[:6])
         rows.append(
-            f'<tr data-status="{esc(status)}" data-procedure="{esc(str(r.get("procedure", "")))}">'
+            f'<tr data-status="{esc(status)}" data-procedure="{esc(str(r.get("procedure", "")))}" '
+            f'data-run-id="{esc(str(r.get("run_id", "")))}">'
             f'<td class="num">{esc(str(r.get("started_at", ""))[:19].replace("T", " "))}</td>'
             f"<td>{esc(str(r.get('procedure', '')))}</td>"
             f"<td>{esc(str(r.get('dataset') or ''))}</td>"
@@ -162,7 +175,7 @@ def write_index(reports: Path | None = None) -> Path:
             f'<td class="num">{esc(fmt_duration(r.get("duration_s")))}</td>'
             f'<td><div class="summary">{esc(str(r.get("summary") or ""))}</div>'
             f'<div class="figures">{shown}</div></td>'
-            f"<td>{f'<a href={chr(34)}{esc(rel)}{chr(34)}>report</a>' if rel else ''}</td>"
+            f"<td>{f'<a href={chr(34)}{esc(rel)}{chr(34)}>report</a>' if rel else ''}{signed(r)}</td>"
             "</tr>"
         )
     options = lambda values: "".join(f'<option value="{esc(v)}">{esc(v)}</option>' for v in values)  # noqa: E731

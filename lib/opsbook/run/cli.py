@@ -21,6 +21,7 @@ examples:
   python run_notebook.py runbook toronto --quiet
   python run_notebook.py services status
   python run_notebook.py services stop
+  python run_notebook.py signoff RUN_ID --by NAME --comment TEXT
 """
 
 
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "procedure", nargs="?", help="procedure name (see --list), or a path to a .ipynb; also: runbook, services"
+        "procedure",
+        nargs="?",
+        help="procedure name (see --list), or a path to a .ipynb; also: runbook, services, signoff (each has --help)",
     )
     parser.add_argument(
         "-f",
@@ -163,10 +166,61 @@ def runbook_command(argv: list[str]) -> int:
     return outcome.exit_code
 
 
+def signoff_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="run_notebook.py signoff",
+        description="Record a lead's sign-off of a run's HTML report: who, when, why, and the report's SHA-256. "
+        "It is appended to reports/signoffs.jsonl, stored in the run log (opsbook.runs) and shown in "
+        "reports/index.html, which flags a report changed after it was signed. A FAIL or WARN run needs a "
+        "--comment saying why it is accepted; a report changed since its run wrote it is refused.",
+        epilog="examples:\n  python run_notebook.py signoff 20261122T003712Z-load-3fa9c1 --by 'A. Lead'\n"
+        "  python run_notebook.py signoff 20261122T003712Z-validate-9c0e11 --by alead@example.org "
+        "--comment 'fine counts dip known, city notice 2024-11'\n"
+        "  python run_notebook.py signoff --check      # from cron: exit 1 if a signed report was changed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_id", nargs="?", help="the run's id (reports/index.html, --json's run_id)")
+    parser.add_argument("--by", metavar="NAME", help="who signs off (required to sign)")
+    parser.add_argument("--comment", default="", metavar="TEXT", help="why (required for a FAIL or WARN run)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compare every signed report with the SHA-256 signed, list those changed since (exit 1 if any) "
+        "and rewrite the index",
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    from opsbook.report import signoff
+
+    if args.check:
+        changed = signoff.check()
+        for line in changed:
+            print(line)
+        print(f"{len(changed)} signed report(s) changed since their sign-off", file=sys.stderr)
+        return 1 if changed else 0
+    if not args.run_id or not args.by:
+        parser.print_usage(sys.stderr)
+        print("error: name the run and who signs off: signoff RUN_ID --by NAME", file=sys.stderr)
+        return 2
+    try:
+        record, notes = signoff.sign(args.run_id, args.by, args.comment)
+    except OpsbookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"signed off {record.run_id} by {record.by} at {record.at}: {record.html} (SHA-256 {record.html_sha256})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "runbook":
         return runbook_command(argv[1:])
+    if argv and argv[0] == "signoff":
+        return signoff_command(argv[1:])
     if argv and argv[0] == "services":
         try:
             return services_command(argv[1:])
