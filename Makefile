@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/python -m opsbook.demo
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # the suite runs in two worker processes (pytest-xdist); each has its own database and state
 TEST_WORKERS ?= 2

@@ -103,3 +103,15 @@ def postgis(conn) -> None:
         if os.environ.get("OPSBOOK_REQUIRE_SERVICES") == "1":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason + "; the shapely path is tested without it")
+
+
+def fresh_health_state(db) -> None:
+    """A database where health has nothing to say but what the test does: no run history and
+    no day-partitioned table another test left behind (it would lack tomorrow's partition)."""
+    from opsbook import datasets
+
+    db.execute("DROP SCHEMA IF EXISTS opsbook CASCADE")
+    for name in datasets.available():
+        spec = datasets.get(name)
+        if spec.partition.by == "day":
+            db.execute(f'DROP TABLE IF EXISTS "{spec.table}" CASCADE')

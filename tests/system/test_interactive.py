@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
-from helpers import run_cli
+from helpers import fresh_health_state, run_cli
 from jupyter_client.manager import start_new_kernel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +71,7 @@ def test_load_run_cell_by_cell_is_reported_like_a_headless_run(
     k = kernel()
     cells = code_cells(LOAD)
     parameters, rest = cells[0], cells[1:]
+    fresh_health_state(clean)
     assert k.run(parameters)[0] == "ok"
     assert k.run(f"source = {str(demo_dir)!r}\nyears = '2016'")[0] == "ok"
     for source in rest:
@@ -133,6 +134,7 @@ def test_a_step_run_after_a_parameter_changed_is_refused_in_one_line(
 
 
 def test_a_run_whose_kernel_died_is_abandoned_not_failed(database_url, redis_url, clean, demo_dir, reports_dir, kernel):
+    fresh_health_state(clean)
     k = kernel()
     cells = code_cells(LOAD)
     k.run(cells[0])

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import fresh_health_state, run_cli
 
 pytestmark = pytest.mark.notebook
 
@@ -16,6 +16,7 @@ def signoffs(reports_dir: Path) -> list[dict]:
 
 
 def test_sign_off_records_who_when_why_and_the_report_digest(database_url, redis_url, db, reports_dir):
+    fresh_health_state(db)
     run = run_cli("health", "-p", "expected=", "--json")
     assert run.code == 0, run.stderr
     run_id, html = run.json()["run_id"], Path(run.json()["reports"]["html"])
@@ -57,6 +58,7 @@ def test_sign_off_records_who_when_why_and_the_report_digest(database_url, redis
 
 
 def test_sign_off_refusals_say_why(database_url, redis_url, db, reports_dir):
+    fresh_health_state(db)
     failed = run_cli("health", "-p", "expected=load", "--json")
     assert failed.code == 1, failed.stderr  # no load ever ran: health fails
     run_id = failed.json()["run_id"]

@@ -8,7 +8,7 @@ goes into one zip (:mod:`opsbook.ops.incident`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BeforeValidator, Field, PlainSerializer
@@ -156,7 +156,8 @@ class Result:
         figures = f.figures()
         if breaches:
             summary = f"{len(breaches)} threshold(s) breached: " + "; ".join(breaches)
-            return Verdict.failed(summary, figures, _anchor_of(f), CheckFailed)
+            failed = Verdict.failed(summary, figures, _anchor_of(f), CheckFailed)
+            return replace(failed, next_step=_next_step(f, self.params))
         monitored = [s for s in f.sync if s.monitored]
         alive = [r for r in f.running if r.state in ("alive", "unknown")]
         summary = (
@@ -170,6 +171,28 @@ class Result:
             listed = ", ".join(f"{r.run_id} ({r.state}: {r.evidence})" for r in alive)
             return Verdict("warn", f"{summary}; but {len(alive)} run(s) still going past the limit: {listed}", figures)
         return Verdict("pass", summary, figures)
+
+
+def _next_step(f: Findings, params: Params) -> str | None:
+    """What to do about the breaches health knows the way out of (None: the generic step)."""
+    from opsbook.run import nextstep
+
+    steps = []
+    late = [s.procedure for s in f.sync if s.breaches]
+    if late:
+        steps.append(
+            "read the sync status in this report, then run or fix the late procedure(s) "
+            + ", ".join(dict.fromkeys(late))
+            + " (their last reports are in reports/index.html)"
+        )
+    if any(not r.marked for r in f.stuck):
+        steps.append("mark the runs whose process is gone failed: `python run_notebook.py health -p mark_stuck=true`")
+    if any(not p["tomorrow present"] for p in f.partitions):
+        steps.append("make the coming days' partitions: `python run_notebook.py rollups -p partitions_ahead=7`")
+    if not steps:
+        return None
+    rerun = nextstep.rerun_command("health", params.notebook_parameters(), nextstep.defaults_of(Params))
+    return "; ".join(steps) + f"; then check again: `{rerun}`"
 
 
 def _anchor_of(f: Findings) -> str:
@@ -235,7 +258,13 @@ def show_sync(result: Result):
     )
 
 
-STATUS_COLOURS = {"success": "#1a7f37", "warn": "#bf8700", "failed": "#cf222e", "running": "#0969da"}
+STATUS_COLOURS = {
+    "success": "#1a7f37",
+    "warn": "#bf8700",
+    "failed": "#cf222e",
+    "running": "#0969da",
+    "abandoned": "#8c959f",
+}
 
 
 def show_runs_chart(result: Result):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,21 +81,53 @@ def plotly_asset(reports: Path) -> Path:
     return target
 
 
-def export_html(nb, path: Path, report: dict[str, Any], redact: Redactor, reports: Path | None = None) -> None:
+def export_html(
+    nb, path: Path, report: dict[str, Any], redact: Redactor, reports: Path | None = None, self_contained: bool = False
+) -> None:
     """Render the executed notebook as the audit report: banner, run card, folded code.
 
     Charts render offline: the page loads plotly.js once from ``reports/assets/`` by a relative
-    path, so a report stays readable when moved together with that folder.
+    path, so a report stays readable when moved together with that folder; ``self_contained``
+    inlines plotly.js instead (a file of ~5 MB more that reads alone, as mailed).
     """
     from nbconvert import HTMLExporter
 
     report = dict(report)
     if has_charts(nb):
         asset = plotly_asset(reports or config.reports_dir())
-        report["plotly_src"] = os.path.relpath(asset, path.parent)
+        if self_contained:
+            report["plotly_inline"] = inline_script(asset.read_text(encoding="utf-8"))
+        else:
+            report["plotly_src"] = os.path.relpath(asset, path.parent)
     exporter = HTMLExporter(template_name=TEMPLATE, extra_template_basedirs=[str(TEMPLATES)])
     body, _ = exporter.from_notebook_node(_without_scraps(nb), resources={"opsbook": report})
     write_text(path, redact(body, "HTML report"))
+
+
+def inline_script(source: str) -> str:
+    """A script's text made safe to sit inside ``<script>...</script>``."""
+    return source.replace("</script", "<\\/script")
+
+
+_SCRIPT_SRC = re.compile(r'<script([^>]*?)\ssrc="([^"]+)"([^>]*)></script>')
+
+
+def self_contained_copy(report: Path, target: Path) -> Path:
+    """A copy of a written report with every script it loads from a local file inlined, to mail
+    or archive alone; the report itself is left as it is (its sign-off digest stays valid)."""
+    text = report.read_text(encoding="utf-8")
+
+    def inline(match: re.Match) -> str:
+        before, src, after = match.groups()
+        if "://" in src:  # not a local file: left as it is
+            return match.group(0)
+        source = (report.parent / src).resolve()
+        if not source.is_file():
+            raise FileNotFoundError(f"{report.name} loads {src}, which is not in {report.parent}")
+        return f"<script{before}{after}>{inline_script(source.read_text(encoding='utf-8'))}</script>"
+
+    write_text(target, _SCRIPT_SRC.sub(inline, text))
+    return target
 
 
 def _without_scraps(nb):

@@ -22,6 +22,7 @@ examples:
   python run_notebook.py services status
   python run_notebook.py services stop
   python run_notebook.py signoff RUN_ID --by NAME --comment TEXT
+  python run_notebook.py export RUN_ID -o report.html   # a self-contained copy to mail
 """
 
 
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "procedure",
         nargs="?",
-        help="procedure name (see --list), or a path to a .ipynb; also: runbook, services, signoff (each has --help)",
+        help="procedure name (see --list), or a path to a .ipynb; "
+        "also: runbook, services, signoff, export (each has --help)",
     )
     parser.add_argument(
         "-f",
@@ -76,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--list", action="store_true", help="list the procedures, one line each")
     parser.add_argument("--quiet", action="store_true", help="no per-cell progress lines on stderr")
+    parser.add_argument(
+        "--self-contained",
+        action="store_true",
+        help="write the HTML report with plotly.js inlined, readable alone (to mail it); ~5 MB more with charts",
+    )
     return parser
 
 
@@ -215,12 +222,50 @@ def signoff_command(argv: list[str]) -> int:
     return 0
 
 
+def export_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="run_notebook.py export",
+        description="Write a self-contained copy of a run's HTML report (its charts' plotly.js inlined) that "
+        "reads alone, to mail or archive. The report itself is left as it is.",
+        epilog="example:\n  python run_notebook.py export 20261122T003712Z-load-3fa9c1 -o /tmp/load-2015.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_id", help="the run's id (reports/index.html, --json's run_id)")
+    parser.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="where to write it (default: beside the report, .mail.html)"
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    from opsbook import config
+    from opsbook.report import html, signoff
+
+    try:
+        run = signoff.find_run(args.run_id, config.reports_dir())
+        report = Path(run["html"]) if run.get("html") else None
+        if report is None or not report.is_file():
+            raise OpsbookError(f"run {args.run_id} has no HTML report ({report or 'none was written'})")
+        target = args.output or report.with_suffix(".mail.html")
+        html.self_contained_copy(report, target)
+    except OpsbookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(target)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "runbook":
         return runbook_command(argv[1:])
     if argv and argv[0] == "signoff":
         return signoff_command(argv[1:])
+    if argv and argv[0] == "export":
+        return export_command(argv[1:])
     if argv and argv[0] == "services":
         try:
             return services_command(argv[1:])
@@ -244,7 +289,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         outcome = runner.execute(
-            args.procedure, args.files, args.params, timeout=args.timeout, progress=None if args.quiet else sys.stderr
+            args.procedure,
+            args.files,
+            args.params,
+            timeout=args.timeout,
+            progress=None if args.quiet else sys.stderr,
+            self_contained=args.self_contained,
         )
     except OpsbookError as exc:  # bad parameters, a lock held, no database: refused before a kernel started
         return _refused(args, exc)

@@ -67,7 +67,13 @@ class Outcome:
 
 
 def publish(
-    outcome: Outcome, nb, log: RunLog | None = None, redact: Redactor | None = None, paths=None, recorded: bool = False
+    outcome: Outcome,
+    nb,
+    log: RunLog | None = None,
+    redact: Redactor | None = None,
+    paths=None,
+    recorded: bool = False,
+    self_contained: bool = False,
 ) -> Outcome:
     """Everything a finished run leaves, redacted: the executed notebook, the HTML report (a
     leak found while redacting turns PASS into WARN), the runs.jsonl entry and index, the
@@ -93,7 +99,7 @@ def publish(
         try:
             from opsbook.report import html
 
-            html.export_html(nb, paths.html, _report_context(outcome, paths), redact)
+            html.export_html(nb, paths.html, _report_context(outcome, paths), redact, self_contained=self_contained)
             outcome.html = paths.html
         except Exception as exc:
             outcome.notes.append(f"HTML report not written: {type(exc).__name__}: {exc}")

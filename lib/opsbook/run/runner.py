@@ -74,8 +74,10 @@ def execute(
     overrides: list[str] | None = None,
     timeout: float | None = None,
     progress: TextIO | None = sys.stderr,
+    self_contained: bool = False,
 ) -> Outcome:
-    """Run one procedure end to end and return its outcome (never raises for a failed run)."""
+    """Run one procedure end to end and return its outcome (never raises for a failed run);
+    ``self_contained`` writes its report with plotly.js inlined (to be mailed alone)."""
     from opsbook.run import signals
 
     target, values, defaults = prepare(name, list(files or []), list(overrides or []))
@@ -142,7 +144,7 @@ def execute(
             verdict=verdict,
             next_step=next_step,
         )
-        publish(outcome, nb, log=log, redact=redact, paths=paths)
+        publish(outcome, nb, log=log, redact=redact, paths=paths, self_contained=self_contained)
         return outcome
 
 
