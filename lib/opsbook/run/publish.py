@@ -105,9 +105,28 @@ def publish(
             outcome.notes.append(f"HTML report not written: {type(exc).__name__}: {exc}")
         _unreported(outcome)
     _append_history(outcome, redact)
+    _record_metrics(outcome)
     if log is not None:
         log.finish(outcome, redact)
     return outcome
+
+
+def _record_metrics(outcome: Outcome) -> None:
+    """The run's Prometheus metrics (textfile, and the Pushgateway when configured); a metrics
+    folder or gateway that cannot be reached is a note, never the run's failure."""
+    from opsbook.ops import metrics
+
+    try:
+        metrics.record(
+            outcome.procedure,
+            outcome.dataset,
+            outcome.status,
+            outcome.exit_code,
+            outcome.duration_s,
+            outcome.verdict,
+        )
+    except Exception as exc:
+        outcome.notes.append(f"metrics not recorded: {type(exc).__name__}: {exc}")
 
 
 def outcome_of_verdict(ctx, verdict, duration_s: float) -> Outcome:
