@@ -219,3 +219,25 @@ def test_the_staging_tables_and_spool_are_gone_after_a_refusal(loaded, demo_dir,
         "SELECT status FROM opsbook.partitions WHERE dataset = 'toronto_parking_tickets' AND partition = '2016'"
     ).fetchone()
     assert entry == ("failed",)
+
+
+def test_a_missing_year_names_what_the_folder_holds_instead(clean, demo_dir, tmp_path):
+    from opsbook.errors import SourceError
+
+    for year in (2016, 2017):
+        shutil.copy(demo_dir / f"parking-tickets-{year}.zip", tmp_path)
+    (tmp_path / "README.txt").write_text("City of Toronto open data")
+    with pytest.raises(SourceError) as refused_year:
+        call("load", source=str(tmp_path), years="2019")
+    assert str(refused_year.value).endswith(
+        "nothing was loaded. The folder holds 2 file(s) for the years 2016-2017: parking-tickets-2016.zip, "
+        "parking-tickets-2017.zip; other files there: README.txt"
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.md").write_text("")
+    with pytest.raises(SourceError) as nothing:
+        call("load", source=str(empty), years="2019")
+    assert "The folder holds no Toronto parking tickets file of any year; other files there: notes.md" in str(
+        nothing.value
+    )

@@ -163,21 +163,34 @@ def test_list_and_help_document_procedures_and_exit_codes():
     assert "python run_notebook.py load -p" in shown.stdout
 
 
+UNREACHABLE = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:9/warehouse"}
+
+
 @pytest.mark.parametrize(
-    ("arguments", "code"),
+    ("arguments", "code", "env"),
     [
-        (("tests/notebooks/sleep.ipynb", "-p", "seconds=0.1"), 0),
-        (("tests/notebooks/sleep.ipynb", "-p", "seconds=60", "--timeout", "3"), 5),
-        (("tests/notebooks/die.ipynb",), 6),
+        (("tests/notebooks/sleep.ipynb", "-p", "seconds=0.1"), 0, None),
+        (("health", "-p", "expected=retention", "-p", "lag_hours=retention:0.000001"), 1, None),
+        (("health",), 3, UNREACHABLE),
+        (("tests/notebooks/sleep.ipynb", "-p", "seconds=60", "--timeout", "3"), 5, None),
+        (("tests/notebooks/die.ipynb",), 6, None),
     ],
-    ids=["pass", "timeout", "kernel death"],
+    ids=["pass", "check failed", "database unreachable", "timeout", "kernel death"],
 )
-def test_quiet_is_the_verdict_and_the_report_and_nothing_else(arguments, code, database_url):
-    done = run_cli(*(str(ROOT / a) if a.endswith(".ipynb") else a for a in arguments), "--quiet")
+def test_quiet_is_the_verdict_and_the_report_and_nothing_else(arguments, code, env, database_url):
+    done = run_cli(*(str(ROOT / a) if a.endswith(".ipynb") else a for a in arguments), "--quiet", env=env)
     assert done.code == code, done.stderr
     lines = done.stderr.strip().splitlines()
     assert done.stdout == "" and len(lines) == 2, done.stderr
     assert lines[0].startswith(("PASS ", "FAIL ")) and lines[1].startswith("report: ")
+
+
+def test_a_database_that_cannot_be_reached_is_named_not_taken_for_a_notebook_bug(database_url):
+    done = run_cli("health", "--json", env=UNREACHABLE)
+    assert done.code == 3
+    outcome = done.json()
+    assert outcome["summary"].startswith("ServiceError: cannot connect to PostgreSQL at 127.0.0.1:9/warehouse")
+    assert "Traceback" not in done.stderr
 
 
 def test_quiet_usage_error_is_one_line():

@@ -163,8 +163,9 @@ def runbook_command(argv: list[str]) -> int:
         return _refused(args, exc)
     if args.json:
         print(json.dumps(outcome.as_json(), default=str))
-    for note in outcome.notes:
-        print(f"note: {note}", file=sys.stderr)
+    if not args.quiet:
+        for note in outcome.notes:
+            print(f"note: {note}", file=sys.stderr)
     print(
         f"{outcome.status.upper()} runbook {outcome.runbook.name} {outcome.run_id}: {outcome.summary}", file=sys.stderr
     )
@@ -301,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         print(json.dumps(outcome.as_json(), default=str))
-    for note in outcome.notes:
-        print(f"note: {note}", file=sys.stderr)
+    if not args.quiet:  # --quiet is two lines: the notes are in the report and the JSON
+        for note in outcome.notes:
+            print(f"note: {note}", file=sys.stderr)
     print(f"{outcome.status.upper()} {outcome.procedure} {outcome.run_id}: {outcome.summary}", file=sys.stderr)
     if outcome.html:
         print(f"report: {outcome.html}", file=sys.stderr)

@@ -117,12 +117,17 @@ def plan(
     if not found.years:
         raise SourceError(f"no {spec.title or spec.name} file in {location}: nothing to load")
     if found.missing_years:
-        held = format_years(found.found) or "none"
+        count = sum(len(f) for f in found.found.values())
+        held = (
+            f"The folder holds {count} file(s) for the years {format_years(found.found)}: "
+            f"{some(f.name for fs in found.found.values() for f in fs)}"
+            if count
+            else f"The folder holds no {spec.title or spec.name} file of any year"
+        )
+        other = f"; other files there: {some(found.ignored)}" if found.ignored else " and nothing else"
         raise SourceError(
             f"no {spec.title or spec.name} file for {format_years(found.missing_years)} in {location}: "
-            f"nothing was loaded. The folder holds {sum(len(f) for f in found.found.values())} file(s) for "
-            f"the years {held}: {some(f.name for fs in found.found.values() for f in fs)}"
-            f"{'; ignored: ' + some(found.ignored) if found.ignored else ''}"
+            f"nothing was loaded. {held}{other}"
         )
     return LoadJob(spec, found, source, force, max_rejected_ratio, max_shrink_ratio, allow_shrink)
 
