@@ -16,6 +16,13 @@ def start(procedure: str, **values):
     return context.start(procedure, **values)
 
 
+def query(statement: str, params=None, limit: int = 1000):
+    """Ask the runs' database a read-only question; a DataFrame (see :mod:`opsbook.investigate`)."""
+    from opsbook import investigate
+
+    return investigate.query(statement, params, limit)
+
+
 # jsonschema imports rfc3987_syntax (its optional "iri" format checker) at import time, and
 # that module builds a lark grammar taking ~2 s, paid by every process that imports nbformat
 # (the runner, papermill, scrapbook in the kernel). opsbook never validates "iri" formats.

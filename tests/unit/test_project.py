@@ -72,7 +72,8 @@ def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell(path
 
 @pytest.mark.parametrize("path", sorted(ROOT.glob("notebooks/*.ipynb")), ids=lambda p: p.name)
 def test_procedure_notebooks_are_thin(path):
-    """Notebooks call opsbook: no SQL, loops, retries or credentials in them."""
+    """Notebooks call opsbook: no SQL, loops, retries or credentials in them; their troubleshooting
+    cells only ask questions (opsbook.query runs them read-only), never write."""
     nb = json.loads(path.read_text())
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
@@ -80,8 +81,26 @@ def test_procedure_notebooks_are_thin(path):
         source = "".join(cell["source"])
         tree = ast.parse(source)
         assert not any(isinstance(n, ast.For | ast.While | ast.Try) for n in ast.walk(tree)), source
-        assert not re.search(r"\b(SELECT|INSERT|UPDATE|DELETE)\b", source), source
+        troubleshooting = "troubleshooting" in cell["metadata"].get("tags", [])
+        writes = (
+            r"\b(INSERT|UPDATE|DELETE|DROP|TRUNCATE|ALTER)\b"
+            if troubleshooting
+            else r"\b(SELECT|INSERT|UPDATE|DELETE)\b"
+        )
+        assert not re.search(writes, source), source
         assert not re.search(r"password|postgresql://|redis://", source, re.I), source
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("notebooks/*.ipynb")), ids=lambda p: p.name)
+def test_every_procedure_notebook_ends_with_its_troubleshooting(path):
+    """The runbook's troubleshooting for the procedure, with cells that run its investigation;
+    tagged, so headless runs leave them out."""
+    cells = json.loads(path.read_text())["cells"]
+    verdict = max(i for i, c in enumerate(cells) if "ctx.finish(" in "".join(c["source"]))
+    after = cells[verdict + 1 :]
+    assert after and all("troubleshooting" in c["metadata"].get("tags", []) for c in after)
+    assert "".join(after[0]["source"]).startswith("## Troubleshooting")
+    assert any(c["cell_type"] == "code" for c in after)
 
 
 def test_readme_documents_commands_procedures_and_exit_codes():

@@ -211,7 +211,7 @@ def _run_notebook(
         relay.start()
         hooks.trap = trap
         nb = papermill.execute_notebook(
-            str(target.notebook),
+            _headless(target.notebook),
             None,
             parameters=values,
             engine_name=engine.ENGINE_NAME,
@@ -245,6 +245,19 @@ def _run_notebook(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+TROUBLESHOOTING_TAG = "troubleshooting"
+
+
+def _headless(path: Path):
+    """The notebook as a headless run executes it: without the cells tagged ``troubleshooting``
+    (an analyst's investigation queries, run by hand when a run went wrong)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if TROUBLESHOOTING_TAG not in c.get("metadata", {}).get("tags", [])]
+    return nb
 
 
 def _drop_papermill_error_cells(nb) -> None:
