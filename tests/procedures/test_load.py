@@ -97,8 +97,14 @@ def test_one_year_replaces_only_that_year(clean, demo_dir):
     oid_2016 = db.execute("SELECT 'parking_tickets_2016'::regclass::oid").fetchone()[0]
     digest_2016 = table_digest(db, "parking_tickets_2016")
     db.execute("DELETE FROM parking_tickets WHERE date_of_infraction BETWEEN '2017-03-01' AND '2017-03-31'")
+    held = db.execute("SELECT count(*) FROM parking_tickets_2017").fetchone()[0]
     result = run_load(demo_dir, "2017")
     assert result.years[0].status == "loaded"  # the tampered year is detected and reloaded
+    # and the run says so: why, and what the table held before
+    deleted = result.years[0].rows - held
+    reason = f"the table was changed since its last load: {deleted:,} row(s) deleted"
+    assert result.years[0].reason.startswith(reason) and result.years[0].previous_rows == held
+    assert f"2017 reloaded because {reason}" in result.verdict().summary
     assert db.execute("SELECT 'parking_tickets_2016'::regclass::oid").fetchone()[0] == oid_2016
     assert table_digest(db, "parking_tickets_2016") == digest_2016
     march = db.execute(

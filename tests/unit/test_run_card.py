@@ -64,3 +64,24 @@ def test_the_next_step_in_html_links_the_failing_check_and_escapes_the_rest():
         'read the failing check <a href="#years">in this report</a> &lt;b&gt;now&lt;/b&gt;, then '
         "<code>run -p &#x27;a&lt;b&#x27;</code>"
     )
+
+
+def card_of(verdict: dict, params: dict) -> dict:
+    from pathlib import Path
+
+    from opsbook.report.html import ReportPaths
+    from opsbook.run.publish import Outcome, _report_context
+
+    outcome = Outcome("RUN1", "validate", "pass", "all checks passed", params=params, verdict=verdict)
+    paths = ReportPaths(Path("/reports/2026-12-06/RUN1.ipynb"), Path("/reports/2026-12-06/RUN1.html"))
+    return dict(_report_context(outcome, paths)["card"])
+
+
+def test_the_run_card_shows_only_the_counts_a_run_has_and_empty_values_as_such():
+    card = card_of({"rows_in": 64_433}, {"window": "2016-2018", "reference": ""})
+    assert card["rows in"] == "64,433"
+    assert not [k for k in card if k.startswith("rows ") and k != "rows in"]
+    assert card["parameters"] == 'window=2016-2018, reference=""'
+    full = card_of({"rows_in": 10, "rows_out": 8, "rows_rejected": 2}, {})
+    assert full["rows in / out / quarantined"] == "10 / 8 / 2"
+    assert "rows" not in " ".join(card_of({}, {}))  # a run that counted no rows shows no such line

@@ -130,6 +130,10 @@ class Result:
         if unchanged:
             parts.append(f"{len(unchanged)} unchanged")
         summary = f"{', '.join(parts) or 'nothing loaded'}: {self.rows:,} rows, {self.rejected:,} quarantined"
+        # a year whose table was changed behind the ledger's back was put back as the files have it
+        repaired = [y for y in self.years if y.status == "loaded" and y.reason and "the table" in y.reason]
+        if repaired:
+            summary += "; " + "; ".join(f"{y.year} reloaded because {y.reason}" for y in repaired)
         if failed:
             rerun = format_years(y.year for y in failed)
             reasons = "; ".join(shorten(y.error or y.status, 300) for y in failed)
@@ -181,17 +185,25 @@ def show_years(result: Result):
                 "status": y.status,
                 "rows": y.rows,
                 "quarantined": y.rejected,
-                "previous rows": y.previous_rows,
+                "rows held before": y.previous_rows,
                 "files": len(y.files),
                 "parts": len(y.parts) if y.parts else None,
                 "encoding": y.encodings if y.parts else "",
                 "seconds": round(y.seconds, 2),
-                "note": y.error or (UNCHANGED_NOTE if y.status == "unchanged" else ""),
+                "note": y.error or (UNCHANGED_NOTE if y.status == "unchanged" else _why(y)),
             }
         )
     return report.table(
         rows, caption=f"{result.plan.job.spec.table}: per year", status_column="status", element_id="load-years"
     )
+
+
+def _why(y) -> str:
+    """Why a year was loaded, and what the table held before."""
+    if not y.reason:
+        return ""
+    held = f"; the table held {y.previous_rows:,} rows before" if y.previous_rows is not None else ""
+    return f"loaded because {y.reason}{held}"
 
 
 def show_rejected(result: Result):

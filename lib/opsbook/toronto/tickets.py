@@ -55,6 +55,7 @@ class YearResult:
     rows: int = 0
     rejected: int = 0
     previous_rows: int | None = None
+    reason: str | None = None  # why the year was loaded (again); None when it was unchanged
     seconds: float = 0.0
     error: str | None = None
     error_type: type | None = None  # the OpsbookError class that failed the year (its exit code)
@@ -184,7 +185,8 @@ def load_year(control, job: LoadJob, year: int, run_id: str) -> YearResult:
         phash = params_hash(spec)
         previous = ledger.get(control, spec.name, str(year), STEP)
         result.previous_rows = previous.rows if previous else None
-        if not job.force and _unchanged(control, spec, year, previous, phash, fingerprint):
+        result.reason = "force=true" if job.force else _changed_since(control, spec, year, previous, phash, fingerprint)
+        if result.reason is None:
             result.status = "unchanged"
             result.rows, result.rejected = previous.rows or 0, previous.rejected or 0
             result.reject_reasons, result.reject_sample = _stored_rejects(control, spec, year)
@@ -247,30 +249,43 @@ def _message(exc: Exception) -> str:
     return text.splitlines()[0] if len(text) > 500 else text
 
 
-def _unchanged(control, spec, year, previous, phash, fingerprint) -> bool:
-    """True when the last load of ``year`` used the same files and spec, and nobody touched the
-    table since: same table (oid), same row count, and no row written by another transaction."""
-    if previous is None or previous.status != "success":
-        return False
-    if previous.params_hash != phash or previous.input_fingerprint != fingerprint:
-        return False
+def _changed_since(control, spec, year, previous, phash, fingerprint) -> str | None:
+    """Why ``year`` must be loaded again, in words; None when the last load used the same files
+    and spec and nobody touched the table since (same table, same row count, no row written by
+    another transaction, the same quarantined rows)."""
+    if previous is None:
+        return "first load of the year"
+    if previous.status != "success":
+        return f"its last load ended {previous.status}"
+    if previous.params_hash != phash:
+        return "the dataset spec (or the loader) changed since its last load"
+    if previous.input_fingerprint != fingerprint:
+        return "its source files changed since its last load"
     if previous.table_oid is None or previous.checksum is None:
-        return False
+        return "its last load did not record the table's state"
     name = postgres.partition_table(spec, year)
     row = control.execute("SELECT to_regclass(%s)::oid::bigint", (f"public.{name}",)).fetchone()
-    if row is None or row[0] != previous.table_oid:
-        return False
+    if row is None or row[0] is None:
+        return f"the table {name} was dropped since its last load"
+    if row[0] != previous.table_oid:
+        return f"the table {name} was replaced since its last load"
     rows, foreign = control.execute(
         sql.SQL("SELECT count(*), count(*) FILTER (WHERE xmin <> {}::xid) FROM {}").format(
             sql.Literal(previous.checksum), ident(name)
         )
     ).fetchone()
-    if rows != previous.rows or foreign:
-        return False
+    if rows != previous.rows:
+        gone = (previous.rows or 0) - rows
+        what = f"{gone:,} row(s) deleted" if gone > 0 else f"{-gone:,} row(s) added"
+        return f"the table was changed since its last load: {what} ({previous.rows:,} then, {rows:,} now)"
+    if foreign:
+        return f"{foreign:,} row(s) of the table were rewritten since its last load"
     rejected = control.execute(
         sql.SQL("SELECT count(*) FROM {} WHERE year = %s").format(ident(spec.rejected_table)), (year,)
     ).fetchone()[0]
-    return rejected == previous.rejected
+    if rejected != previous.rejected:
+        return f"its quarantined rows changed since its last load ({previous.rejected:,} then, {rejected:,} now)"
+    return None
 
 
 def _stored_rejects(control, spec, year) -> tuple[Counter, list[city_csv.Reject]]:
