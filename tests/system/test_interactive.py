@@ -43,8 +43,13 @@ def errors(messages: list[dict]) -> list[dict]:
     return [m["content"] for m in messages if m["msg_type"] == "error"]
 
 
-def code_cells(notebook: Path) -> list[str]:
-    return [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+def code_cells(notebook: Path, troubleshooting: bool = False) -> list[str]:
+    """The notebook's code cells: its steps, or its troubleshooting cells."""
+    return [
+        c.source
+        for c in nbformat.read(notebook, as_version=4).cells
+        if c.cell_type == "code" and ("troubleshooting" in c.metadata.get("tags", [])) == troubleshooting
+    ]
 
 
 @pytest.fixture
@@ -74,7 +79,13 @@ def test_load_run_cell_by_cell_is_reported_like_a_headless_run(
     fresh_health_state(clean)
     assert k.run(parameters)[0] == "ok"
     assert k.run(f"source = {str(demo_dir)!r}\nyears = '2016'")[0] == "ok"
-    for source in rest:
+    looked = "print(plan.job.years if False else 'the analyst looked at the plan')"
+    ran = [*rest[:2], looked, *rest[2:]]  # a cell of the analyst's own between two steps
+    for source in ran:
+        status, messages = k.run(source)
+        assert status == "ok", errors(messages)
+
+    for source in code_cells(LOAD, troubleshooting=True):  # after the run: not part of its report
         status, messages = k.run(source)
         assert status == "ok", errors(messages)
 
@@ -88,7 +99,9 @@ def test_load_run_cell_by_cell_is_reported_like_a_headless_run(
     executed = nbformat.read(entry["ipynb"], as_version=4)
     sources = [c.source for c in executed.cells if c.cell_type == "code"]
     assert sources[0].splitlines() == [f"{k} = {v!r}" for k, v in entry["params"].items()]
-    assert sources[1:] == rest  # the setup cell and each step, in the order they ran
+    assert sources[1:] == ran  # the setup cell, each step and the analyst's cell, in the order they ran
+    own = next(c for c in executed.cells if c.source == looked)
+    assert [(o.output_type, o.text) for o in own.outputs] == [("stream", "the analyst looked at the plan\n")]
     assert "Load: City files into PostgreSQL" in executed.cells[0].source  # the notebook's description
     index = (reports_dir / "index.html").read_text()
     assert Path(entry["html"]).name in index

@@ -60,7 +60,7 @@ class Recorder:
         self.cells: list[Any] = []
         self.current = None
         self._by_display_id: dict[str, list[dict]] = {}
-        self._streams: list[Any] = []
+        self._streams: list[tuple[Any, Any, Any]] = []  # (stream, its write before, the recording write)
         self._beat = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -77,9 +77,7 @@ class Recorder:
         self.shell.events.register("post_run_cell", self._post_run_cell)
         if hasattr(self.shell.display_pub, "register_hook"):  # ipykernel: every display passes here
             self.shell.display_pub.register_hook(self._display)
-        for stream in (sys.stdout, sys.stderr):
-            if hasattr(stream, "write") and hasattr(stream, "name"):
-                self._tee(stream)
+        self._tee_streams()
         return self
 
     def uninstall(self) -> None:
@@ -90,27 +88,42 @@ class Recorder:
             self.shell.events.unregister("post_run_cell", self._post_run_cell)
         if hasattr(self.shell.display_pub, "unregister_hook"):
             self.shell.display_pub.unregister_hook(self._display)
-        for stream in self._streams:
-            with contextlib.suppress(AttributeError):
-                del stream.write  # the class's own write again
+        self._untee_streams()
+
+    def _tee_streams(self) -> None:
+        """Record what the cell prints: ``write`` of stdout and stderr wrapped for the cell. IPython
+        9 wraps and restores it around each cell the same way, so it is wrapped again as each cell
+        starts, inside IPython's own wrapper."""
+        self._untee_streams()
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            wrapped = stream.__dict__.get("write") if hasattr(stream, "__dict__") else None
+
+            def write(text, *args, _write=stream.write, _name=name, **kwargs):
+                self._stream(_name, text)
+                return _write(text, *args, **kwargs)
+
+            try:
+                stream.write = write
+            except AttributeError:  # a stream whose write cannot be replaced: not recorded
+                continue
+            self._streams.append((stream, wrapped, write))
+
+    def _untee_streams(self) -> None:
+        for stream, wrapped, mine in self._streams:
+            if stream.__dict__.get("write") is mine:
+                if wrapped is None:
+                    del stream.write  # the class's own write again
+                else:
+                    stream.write = wrapped
         self._streams.clear()
-
-    def _tee(self, stream) -> None:
-        write = stream.write
-        name = "stderr" if stream is sys.stderr else "stdout"
-
-        def recorded(text, _write=write, _name=name):
-            self._stream(_name, text)
-            return _write(text)
-
-        stream.write = recorded
-        self._streams.append(stream)
 
     def _pre_run_cell(self, info) -> None:
         import nbformat
 
         self.current = nbformat.v4.new_code_cell(info.raw_cell or "")
         self.cells.append(self.current)
+        self._tee_streams()
 
     def _post_run_cell(self, result) -> None:
         import nbformat
