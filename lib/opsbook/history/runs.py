@@ -257,6 +257,16 @@ def mark_abandoned(conn: psycopg.Connection, run_id: str, note: str) -> dict | N
     return rows[0] if rows else None
 
 
+def sign_off(conn: psycopg.Connection, run_id: str, by: str, at: str, comment: str, sha256: str) -> bool:
+    """A lead's sign-off of the run's report; False when the log has no such run."""
+    row = conn.execute(
+        """UPDATE opsbook.runs SET signed_off_by = %s, signed_off_at = %s, signoff_comment = %s,
+               signoff_sha256 = %s WHERE run_id = %s RETURNING run_id""",
+        (by, at, comment, sha256, run_id),
+    ).fetchone()
+    return row is not None
+
+
 def recent(conn: psycopg.Connection, hours: int) -> list[dict]:
     """Every column of the runs started in the last ``hours`` hours, and of any still running."""
     from opsbook.stores.postgres import dicts

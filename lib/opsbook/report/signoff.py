@@ -93,17 +93,15 @@ def sign(run_id: str, by: str, comment: str = "", reports: Path | None = None) -
 
 
 def _record_in_run_log(record: SignOff, redact: Redactor) -> None:
-    from opsbook.history import schema
+    from opsbook.history import runs, schema
     from opsbook.stores import postgres
 
     with postgres.connection(autocommit=True, purpose="signoff") as conn:
         schema.ensure_schema(conn)
-        row = conn.execute(
-            """UPDATE opsbook.runs SET signed_off_by = %s, signed_off_at = %s, signoff_comment = %s,
-                   signoff_sha256 = %s WHERE run_id = %s RETURNING run_id""",
-            (redact(record.by), record.at, redact(record.comment), record.html_sha256, record.run_id),
-        ).fetchone()
-    if row is None:
+        found = runs.sign_off(
+            conn, record.run_id, redact(record.by), record.at, redact(record.comment), record.html_sha256
+        )
+    if not found:
         raise LookupError(f"it has no row for run {record.run_id} (the run used another database)")
 
 
