@@ -58,7 +58,7 @@ def test_bad_parameters_exit_2_before_any_kernel(database_url, reports_dir):
     for args, message in (
         (["-p", "yeras=2017"], "did you mean 'years'"),
         (["-p", "years=20x7"], "'20x7' is not a year"),
-        (["-p", "force"], "name=value"),
+        (["-p", "force"], "-p force: give a value too (-p NAME VALUE or -p NAME=VALUE)"),
     ):
         done = run_cli("load", *args)
         assert done.code == 2

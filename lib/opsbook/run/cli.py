@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from opsbook.errors import EXIT_CODES, OpsbookError
+from opsbook.errors import EXIT_CODES, OpsbookError, UsageError
 
 EXAMPLES = """\
 examples:
@@ -50,8 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
         "also: runbook, services, signoff, export (each has --help)",
     )
     parser.add_argument(
+        "output",
+        nargs="?",
+        help="papermill's output path: the executed notebook is also written there ('-': stdout); "
+        "the report and executed notebook under reports/ are written in any case",
+    )
+    parser.add_argument(
         "-f",
         "--file",
+        "--parameters_file",
         dest="files",
         action="append",
         default=[],
@@ -60,13 +67,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML file of parameter values (repeatable)",
     )
     parser.add_argument(
+        "-y",
+        "--parameters_yaml",
+        dest="yaml",
+        metavar="YAML",
+        help="parameter values as a YAML mapping, e.g. -y 'years: 2017' (wins over -f)",
+    )
+    parser.add_argument(
         "-p",
         "--param",
         dest="params",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="one parameter value (repeatable); wins over -f",
+        help="one parameter value, NAME=VALUE or papermill's NAME VALUE (repeatable); wins over -f and -y",
+    )
+    parser.add_argument(
+        "-r",
+        dest="raw",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one parameter value kept as text, never typed (papermill's --parameters_raw; repeatable)",
+    )
+    parser.add_argument(
+        "-k",
+        "--kernel",
+        metavar="NAME",
+        help="run a notebook given by path in this kernel instead of the one its kernelspec names",
+    )
+    parser.add_argument(
+        "--cwd",
+        type=Path,
+        metavar="DIR",
+        help="start a notebook given by path in DIR (default: where run_notebook.py was started, as "
+        "papermill does; procedures always run from the project root)",
+    )
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write the notebook with its parameters injected to the output path, without running it",
+    )
+    parser.add_argument("--log-output", action="store_true", help="write the cells' outputs on stderr as they come")
+    parser.add_argument(
+        "--report-mode", action="store_true", help="hide the code cells' input in the executed notebook"
+    )
+    parser.add_argument(
+        "--help-params",
+        action="store_true",
+        help="list the parameters the procedure or notebook takes, their types and defaults, and exit",
+    )
+    parser.add_argument(
+        "--no-progress-bar",
+        "--progress-bar",
+        dest="progress_bar",
+        action="store_true",
+        help=argparse.SUPPRESS,  # papermill's; the runner prints a line per cell instead (--quiet: none)
     )
     parser.add_argument(
         "--json",
@@ -275,7 +331,12 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        from opsbook.run.options import papermill_argv
+
+        args = parser.parse_args(papermill_argv(argv))
+    except OpsbookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
     if args.list:
@@ -286,9 +347,20 @@ def main(argv: list[str] | None = None) -> int:
         print("error: name a procedure (see --list)", file=sys.stderr)
         return 2
 
-    from opsbook.run import runner
+    from opsbook.run import options, runner
 
     try:
+        if args.help_params:
+            print(runner.describe_parameters(args.procedure))
+            return 0
+        settings = options.Options(args.kernel, args.cwd, args.output, args.log_output, args.report_mode)
+        sources = {"inline": options.yaml_values(args.yaml), "raw": args.raw}
+        if args.prepare_only:
+            if not args.output or args.output == "-":
+                raise UsageError("--prepare-only writes the prepared notebook to an output path: give one")
+            print(runner.prepare_only(args.procedure, args.output, args.files, args.params, settings, **sources))
+            return 0
+        options.check_output(args.output, args.json)
         outcome = runner.execute(
             args.procedure,
             args.files,
@@ -296,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             progress=None if args.quiet else sys.stderr,
             self_contained=args.self_contained,
+            options=settings,
+            **sources,
         )
     except OpsbookError as exc:  # bad parameters, a lock held, no database: refused before a kernel started
         return _refused(args, exc)

@@ -30,6 +30,7 @@ class Hooks:
     failed_cell: int | None = None
     kernel_log: str | None = None  # the kernel process's own stdout and stderr go here, not to the terminal
     trap: Any = None  # opsbook.run.signals.Trap: a stop signal interrupts the kernel (it gets the client)
+    log_output: TextIO | None = None  # --log-output: the cells' outputs are written here as they come
 
     def time_left(self) -> float | None:
         if self.deadline is None:
@@ -54,6 +55,14 @@ def _describe(cells, index: int) -> str:
             break
     first = next((line for line in cell.source.splitlines() if line.strip()), "")
     return first.strip()[:60]
+
+
+def _exited_zero(cell) -> bool:
+    """The cell ended the notebook with sys.exit(0): a success to papermill, not a failed cell."""
+    return any(
+        o.get("output_type") == "error" and o.get("ename") == "SystemExit" and str(o.get("evalue")) in ("", "0")
+        for o in cell.get("outputs", [])
+    )
 
 
 class OpsbookEngine(NBClientEngine):
@@ -91,7 +100,7 @@ class OpsbookEngine(NBClientEngine):
                 if hooks.relay is not None:
                     hooks.relay.copy()
                 if hooks.stream is not None:
-                    state = "FAILED" if hooks.failed_cell == cell_index else "ok"
+                    state = "FAILED" if hooks.failed_cell == cell_index and not _exited_zero(cell) else "ok"
                     hooks.stream.write(
                         f"[{hooks.label} {position[cell_index]:>2}/{len(code_cells)}] {state:<6} "
                         f"{seconds:7.2f}s  {_describe(cells, cell_index)}\n"
@@ -125,6 +134,8 @@ class OpsbookEngine(NBClientEngine):
         client = PapermillNotebookClient(nb_man, **final_kwargs)
         if hooks.trap is not None:
             hooks.trap.client = client
+        if hooks.log_output is not None:
+            client.stdout_file = client.stderr_file = hooks.log_output
         if hooks.kernel_log is None:
             return client.execute()
         with open(hooks.kernel_log, "ab") as log:

@@ -172,8 +172,11 @@ def resolve(
     model: type[ProcedureParams],
     files: Sequence[Path] = (),
     overrides: Sequence[str] = (),
+    inline: dict[str, Any] | None = None,
+    raw: Sequence[str] = (),
 ) -> ProcedureParams:
-    """Layer defaults < files < overrides and validate; raises UsageError (exit 2).
+    """Layer defaults < files < ``inline`` (``-y``) < overrides (``-p``) < ``raw`` (``-r``,
+    kept as text) and validate; raises UsageError (exit 2).
 
     A file's value may name environment variables, ``${TORONTO_TICKETS_SOURCE}`` or with a
     default ``${LAKE_URL:-/srv/lake}``: a runbook's params file says where its data lives without
@@ -186,12 +189,20 @@ def resolve(
         for name, value in read_params_file(Path(path)).items():
             values[name] = value
             origin[name] = str(path)
+    for name, value in (inline or {}).items():
+        values[str(name)] = value
+        origin[str(name)] = "-y"
     for name, value in parse_overrides(overrides).items():
         values[name] = value
         origin[name] = "-p"
+    from opsbook.run.options import Raw
+
+    for name, value in parse_overrides(raw).items():
+        values[name] = Raw(value)
+        origin[name] = "-r"
     # a value a file takes from the environment is expanded only when no -p replaced it
     for name, value in values.items():
-        if origin[name] != "-p":
+        if origin[name] not in ("-p", "-r", "-y"):
             values[name] = _expand(value, Path(origin[name]), name)
     refuse_credentials(values, origin)
     return validate(model, values, origin)

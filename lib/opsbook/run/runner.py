@@ -26,7 +26,17 @@ from typing import Any, TextIO
 from opsbook import config, procedures
 from opsbook.errors import EXIT_CODES
 from opsbook.run import nextstep
+from opsbook.run import options as options_mod
 from opsbook.run.context import FAILURE, RUN_ID_ENV, new_run_id, window_of
+from opsbook.run.notebooks import NotebookInfo
+from opsbook.run.options import (
+    DEFAULT_KERNEL,
+    Options,
+    check_kernel,
+    failure_text,
+    working_directory,
+    write_output,
+)
 from opsbook.run.params import ProcedureParams, resolve
 from opsbook.run.publish import Outcome, RunLog, publish, report_paths
 from opsbook.run.redaction import Redactor
@@ -39,6 +49,12 @@ class Target:
     name: str
     notebook: Path
     model: type[ProcedureParams] | None
+    info: NotebookInfo | None = None  # a notebook given by path: its kernel, language, parameters
+    given_as: str = ""  # as the command line named it (the rerun command repeats it)
+
+    @property
+    def procedure(self) -> bool:
+        return self.info is None
 
 
 def resolve_target(name: str) -> Target:
@@ -48,24 +64,50 @@ def resolve_target(name: str) -> Target:
         path = Path(name).expanduser().resolve()
         if not path.is_file():
             raise UsageError(f"notebook {name} does not exist")
-        return Target(path.stem, path, None)
+        from opsbook.run import notebooks
+
+        info = notebooks.inspect(path)
+        return Target(path.stem, path, notebooks.model_from_notebook(info), info, name)
     entry = procedures.entry(name)
     module = procedures.get(name)
     notebook = config.notebooks_dir() / entry.notebook
     if not notebook.is_file():
         raise UsageError(f"procedure {name!r}: its notebook {notebook} is missing")
-    return Target(name, notebook, module.Params)
+    return Target(name, notebook, module.Params, given_as=name)
 
 
-def prepare(name: str, files: list[Path], overrides: list[str]) -> tuple[Target, dict[str, Any], dict[str, Any]]:
+def describe_parameters(name: str) -> str:
+    """What --help-params prints: each parameter, its type and default."""
+    target = resolve_target(name)
+    if target.info is not None:
+        from opsbook.run.notebooks import describe
+
+        return describe(target.info)
+    lines = [f"{name}: {procedures.PROCEDURES[name].summary}"]
+    for field_name, field in target.model.model_fields.items():
+        default = target.model.model_fields[field_name].default
+        kind = getattr(field.annotation, "__name__", str(field.annotation))
+        lines.append(f"  {field_name:<20} {kind:<10} default {default!r}  {field.description or ''}".rstrip())
+    return "\n".join(lines)
+
+
+def prepare(
+    name: str, files: list[Path], overrides: list[str], inline: dict | None = None, raw: list[str] | None = None
+) -> tuple[Target, dict[str, Any], dict[str, Any]]:
     """Resolve the target and its parameters without starting anything (exit 2 on any problem):
     the target, the run's values and the notebook's defaults."""
     target = resolve_target(name)
     from opsbook.run.nextstep import defaults_of
-    from opsbook.run.notebooks import model_from_notebook
 
-    model = target.model or model_from_notebook(target.notebook)
-    return target, resolve(model, files, overrides).notebook_parameters(), defaults_of(model)
+    if target.info is not None:
+        from opsbook.run.notebooks import check_overrides
+        from opsbook.run.params import parse_overrides, read_params_file
+
+        given = [*(inline or {}), *parse_overrides([*overrides, *(raw or [])])]
+        given += [n for f in files for n in read_params_file(Path(f))]
+        check_overrides(target.info, list(dict.fromkeys(given)))
+    values = resolve(target.model, files, overrides, inline, raw or []).notebook_parameters()
+    return target, values, defaults_of(target.model)
 
 
 def execute(
@@ -75,12 +117,18 @@ def execute(
     timeout: float | None = None,
     progress: TextIO | None = sys.stderr,
     self_contained: bool = False,
+    options: Options | None = None,
+    inline: dict[str, Any] | None = None,
+    raw: list[str] | None = None,
 ) -> Outcome:
-    """Run one procedure end to end and return its outcome (never raises for a failed run);
-    ``self_contained`` writes its report with plotly.js inlined (to be mailed alone)."""
+    """Run one procedure (or notebook) end to end and return its outcome (never raises for a
+    failed run); ``self_contained`` writes its report with plotly.js inlined (to be mailed
+    alone); ``options`` are papermill's (kernel, working directory, output path...)."""
     from opsbook.run import signals
 
-    target, values, defaults = prepare(name, list(files or []), list(overrides or []))
+    options = options or Options()
+    target, values, defaults = prepare(name, list(files or []), list(overrides or []), inline, raw)
+    kernel, cwd = _kernel_and_cwd(target, options)
     _probe_locks(target, values)
     run_id = new_run_id(target.name)
     redact = Redactor()
@@ -96,7 +144,7 @@ def execute(
     with signals.trap() as trap:
         log = RunLog(run_id, notes)
         log.start(target.name, dataset, window, safe_params)
-        nb, error_text, exit_code = _run_notebook(target, values, run_id, timeout, progress, trap)
+        nb, error_text, exit_code = _run_notebook(target, values, run_id, timeout, progress, trap, kernel, cwd, options)
         if trap.received and exit_code == 0:  # every cell had run: the result stands
             notes.append(f"received {', '.join(signal_names(trap.received))} once the notebook had finished")
         elif trap.received:  # the run ends as stopped, whatever the interrupted cell raised
@@ -110,6 +158,14 @@ def execute(
         duration = time.monotonic() - t0
 
         results: dict[str, Any] = {}
+        exited = options_mod.ended_by_exit_zero(nb) if nb is not None and exit_code == 0 else None
+        if exited is not None:  # papermill's success: the notebook ended itself there
+            options_mod.tidy_exit_zero(nb, exited)
+            left = sum(1 for c in nb.cells[exited + 1 :] if c.cell_type == "code")
+            notes.append(
+                f"the notebook ended itself with sys.exit(0) in cell {exited + 1}"
+                + (f"; the {left} code cell(s) after it did not run" if left else "")
+            )
         if nb is not None:
             _drop_papermill_error_cells(nb)
             try:
@@ -122,7 +178,9 @@ def execute(
         if exit_code is None:  # the notebook raised: the error it recorded says how the run ends
             exit_code = _raised_exit_code(verdict, results.get(FAILURE))
         status, summary = _classify(exit_code, verdict, error_text)
-        rerun = nextstep.rerun_command(target.name, values, defaults)
+        if exited is not None and not verdict:
+            summary = f"completed: {notes[-1].removeprefix('the notebook ')}"
+        rerun = nextstep.rerun_command(target.given_as or target.name, values, defaults)
         next_step = verdict.get("next_step") or nextstep.suggest(
             status, exit_code, run_id, rerun, verdict.get("anchor"), timeout
         )
@@ -145,7 +203,56 @@ def execute(
             next_step=next_step,
         )
         publish(outcome, nb, log=log, redact=redact, paths=paths, self_contained=self_contained)
+        if options.output and nb is not None:
+            try:
+                write_output(nb, options.output, redact)
+            except OSError as exc:
+                outcome.notes.append(f"output notebook {options.output} not written: {exc}")
         return outcome
+
+
+def _kernel_and_cwd(target: Target, options: Options) -> tuple[str, Path]:
+    """The kernel (-k, else the notebook's kernelspec; a procedure runs in this Python) and where
+    it starts; a kernel not installed here is refused (exit 2) before anything starts."""
+    if target.procedure:
+        kernel = options.kernel or DEFAULT_KERNEL
+    else:
+        kernel = options.kernel or target.info.kernel or DEFAULT_KERNEL
+    check_kernel(kernel, target.notebook)
+    return kernel, working_directory(options.cwd, target.procedure, config.project_root())
+
+
+def prepare_only(
+    name: str,
+    output: str,
+    files: list[Path] | None = None,
+    overrides: list[str] | None = None,
+    options: Options | None = None,
+    inline: dict[str, Any] | None = None,
+    raw: list[str] | None = None,
+) -> Path:
+    """papermill's --prepare-only: the notebook with its parameters injected (by the translator
+    of its language), written to ``output`` without running it."""
+    import papermill
+
+    # papermill's own warnings (a language it cannot inspect, values it does not find in the
+    # cell) repeat what the runner checked, or could not, above
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    options = options or Options()
+    target, values, _ = prepare(name, list(files or []), list(overrides or []), inline, raw)
+    kernel = options.kernel or (target.info.kernel if target.info else None) or DEFAULT_KERNEL
+    language = target.info.language if target.info else "python"
+    papermill.execute_notebook(
+        _headless(target.notebook),
+        output,
+        parameters=values,
+        kernel_name=kernel,
+        language=language,
+        prepare_only=True,
+        report_mode=options.report_mode,
+        progress_bar=False,
+    )
+    return Path(output)
 
 
 def signal_names(numbers: list[int]) -> list[str]:
@@ -160,7 +267,7 @@ def _probe_locks(target: Target, values: dict[str, Any]) -> None:
     The notebook takes the lock for real; probing first saves starting a kernel for a run
     that cannot go on (cron overlapping itself, a second backfill of a dataset).
     """
-    if target.model is None:
+    if not target.procedure:
         return
     module = procedures.get(target.name)
     keys = module.locks(target.model(**values)) if hasattr(module, "locks") else []
@@ -178,7 +285,15 @@ def _probe_locks(target: Target, values: dict[str, Any]) -> None:
 
 
 def _run_notebook(
-    target: Target, values: dict[str, Any], run_id: str, timeout: float | None, progress: TextIO | None, trap
+    target: Target,
+    values: dict[str, Any],
+    run_id: str,
+    timeout: float | None,
+    progress: TextIO | None,
+    trap,
+    kernel: str,
+    cwd: Path,
+    options: Options,
 ):
     """Execute with papermill; returns (notebook or None, error text, exit code). The exit code is
     None when a cell raised: what the notebook recorded decides it."""
@@ -207,6 +322,7 @@ def _run_notebook(
     relay = Relay(progress_file, progress, prefix=f"[{target.name}] ")
     hooks.relay = relay
     hooks.kernel_log = str(Path(kernel_dir) / "kernel.log")
+    hooks.log_output = sys.stderr if options.log_output else None
     try:
         relay.start()
         hooks.trap = trap
@@ -215,16 +331,18 @@ def _run_notebook(
             None,
             parameters=values,
             engine_name=engine.ENGINE_NAME,
-            kernel_name="python3",
+            kernel_name=kernel,
+            language=target.info.language if target.info else "python",
             progress_bar=False,
-            cwd=str(config.project_root()),
+            cwd=str(cwd),
+            report_mode=options.report_mode,
             opsbook_hooks=hooks,
             config=_kernel_config(kernel_dir),
         )
         return nb, None, 0
     except PapermillExecutionError as exc:
         nb = hooks.nb_man.nb if hooks.nb_man else None
-        return nb, f"{exc.ename}: {exc.evalue}", None
+        return nb, failure_text(exc.ename, exc.evalue, nb), None
     except CellTimeoutError:
         nb = hooks.nb_man.nb if hooks.nb_man else None
         return nb, f"the run exceeded --timeout {timeout:g}s", RunTimeout.exit_code
