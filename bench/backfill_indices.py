@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import PEAK_MB, ROOT, bench_database, psql
+from common import PEAK_MB, bench_database, psql, run_child
 
 from opsbook import config, datasets
 from opsbook.stores import postgres
@@ -74,17 +71,7 @@ def generated(intersections: int, days: int) -> Path:
 
 
 def child(url: str, source: Path, window: str, mode: str) -> dict:
-    env = dict(os.environ, DATABASE_URL=url)
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(ROOT / "lib"), str(source), window, mode],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"backfill failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, url, str(source), window, mode, what="backfill")
 
 
 def reset(url: str) -> None:

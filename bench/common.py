@@ -38,6 +38,24 @@ def generated_year(rows: int, year: int) -> Path:
     return folder
 
 
+def run_child(code: str, url: str, *args: str, what: str) -> dict:
+    """Run ``code`` (a Python program given the lib folder and ``args``) in a fresh process
+    against ``url``; the JSON object it prints last. A failure stops the benchmark, naming ``what``."""
+    import json
+    import os
+
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "lib"), *args],
+        env=dict(os.environ, DATABASE_URL=url),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def psql(url: str, command: str) -> float:
     """Seconds ``psql -c command`` takes against ``url`` (the physical limit a benchmark compares with)."""
     t0 = time.perf_counter()

@@ -17,15 +17,11 @@ Uses DATABASE_URL when set, else the embedded PostgreSQL; works in a database op
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import PEAK_MB, ROOT, bench_database, generated_year, psql
+from common import PEAK_MB, bench_database, generated_year, psql, run_child
 
 from opsbook.stores import postgres
 
@@ -54,17 +50,7 @@ print(json.dumps({"seconds": seconds, "status": year.status, "rows": year.rows,
 
 
 def child_load(url: str, source: Path, year: int, mode: str) -> dict:
-    env = dict(os.environ, DATABASE_URL=url)
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(ROOT / "lib"), str(source), str(year), mode],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"load failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, url, str(source), str(year), mode, what="load")
 
 
 def checkpoint(url: str) -> None:

@@ -103,3 +103,13 @@ class KernelDied(OpsbookError):
     """The notebook's kernel died (killed, out of memory, crashed)."""
 
     exit_code = 6
+
+
+def in_one_line(exc: BaseException, limit: int = 1000) -> str:
+    """An error as one line for a report or a ledger: an opsbook error's first line (it says what
+    failed in words), any other's type and first line; redacted, at most ``limit`` characters."""
+    from opsbook.run.redaction import redact
+
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    return redact(line if isinstance(exc, OpsbookError) else f"{type(exc).__name__}: {line}")[:limit]

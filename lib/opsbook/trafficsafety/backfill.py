@@ -34,7 +34,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from opsbook.datasets import DatasetSpec
-from opsbook.errors import OpsbookError, SourceError
+from opsbook.errors import OpsbookError, SourceError, in_one_line
 from opsbook.history import ledger
 from opsbook.stores import postgres, uri
 from opsbook.stores.postgres import ident
@@ -188,7 +188,7 @@ def load_days(
                     load_day(control, spec, day_file, run_id, result, copier)
                 except (OpsbookError, pa.ArrowException, pg_errors.Error, adbc_errors()) as exc:
                     result.status, result.error_class = "failed", type(exc) if isinstance(exc, OpsbookError) else None
-                    result.error = _first_line(exc)
+                    result.error = in_one_line(exc)
                     ledger.failed(control, spec.name, day_file.day.isoformat(), STEP, run_id, result.error)
                     _drop(control, _staging_name(spec, day_file.day))
                     if copier is not None:  # the next day starts on a fresh connection
@@ -337,14 +337,6 @@ def _rows(control, table: str) -> int:
 
 def _drop(control, table: str) -> None:
     control.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(table)))
-
-
-def _first_line(exc: Exception) -> str:
-    from opsbook.run.redaction import redact
-
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    return redact(line if isinstance(exc, OpsbookError) else f"{type(exc).__name__}: {line}")[:1000]
 
 
 def rollup_window(days: list[dt.date], timezone: str) -> Days:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from opsbook.datasets import DatasetSpec
-from opsbook.errors import SourceError
+from opsbook.errors import SourceError, in_one_line
 from opsbook.stores import uri
 from opsbook.trafficsafety.layout import absent, arrow_schema, conform, days_of, from_file, renamed, utc_day
 from opsbook.windows import Days
@@ -99,7 +99,7 @@ def find(spec: DatasetSpec, location: str, window: Days) -> Found:
                 describe_raw(spec, obj.uri, batch_id, obj.size) if raw else describe(spec, obj.uri, batch_id, obj.size)
             )
         except (SourceError, OSError, pa.ArrowException) as exc:
-            found.unreadable.append((relative, _first_line(exc)))
+            found.unreadable.append((relative, in_one_line(exc)))
             continue
         (found.batches if batch.overlaps(window) else found.outside).append(batch)
     found.batches.sort(key=lambda b: b.batch_id)
@@ -175,11 +175,6 @@ def read(spec: DatasetSpec, location: str, batch_id: str) -> pa.Table:
     except pa.ArrowException as exc:
         raise SourceError(f"batch {batch_id} ({uri.name_of(location)}) is not readable Parquet: {exc}") from None
     return from_file(spec, table, what=f"batch {batch_id}")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
 
 
 # --- intersections ---------------------------------------------------------------------------
