@@ -165,7 +165,9 @@ def flags(params: BaseModel) -> dict[str, str]:
 
 
 def _refuse(self):
-    if getattr(self, ALLOW):
+    # a run that reads no source (a model saying so, e.g. dual_write's retry of staged batches)
+    # writes nothing generated
+    if getattr(self, ALLOW) or not getattr(self, "reads_sources", lambda: True)():
         return self
     named = []
     for name, info in type(self).model_fields.items():

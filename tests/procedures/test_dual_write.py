@@ -360,3 +360,13 @@ def test_intersections_get_a_postgis_point_where_postgis_exists(lake, db):
     assert nearby == [(1001,)]
     index = db.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'intersections' AND indexdef ~ 'gist'")
     assert index.fetchone() is not None
+
+
+def test_a_retry_reads_no_source_so_the_stand_in_default_is_not_refused(database_url):
+    """Against a configured database a stand-in source needs allow_demo=true; a retry of the
+    staged pending batches reads no source, so the notebook's default does not stop it."""
+    from opsbook.errors import UsageError
+
+    with pytest.raises(UsageError, match="allow_demo"):
+        context.make("dual_write")
+    assert context.make("dual_write", retry_pending=True).params.retry_pending

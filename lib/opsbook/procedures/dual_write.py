@@ -48,6 +48,10 @@ class Params(ProcedureParams):
     retry_pending: bool = Field(False, description="write no new batch: retry every pending batch x target")
     force: bool = Field(False, description="write again batches the write ledger has in every target")
 
+    def reads_sources(self) -> bool:
+        """A retry writes the staged copies of pending batches: the source is not read."""
+        return not self.retry_pending
+
 
 def locks(params: Params) -> list[str]:
     """One writer of a dataset's dual-write at a time (a dual_write, or a reconcile's repair)."""
