@@ -159,13 +159,14 @@ def execute(
 
         results: dict[str, Any] = {}
         exited = options_mod.ended_by_exit_zero(nb) if nb is not None and exit_code == 0 else None
+        ended_early = None
         if exited is not None:  # papermill's success: the notebook ended itself there
             options_mod.tidy_exit_zero(nb, exited)
             left = sum(1 for c in nb.cells[exited + 1 :] if c.cell_type == "code")
-            notes.append(
-                f"the notebook ended itself with sys.exit(0) in cell {exited + 1}"
-                + (f"; the {left} code cell(s) after it did not run" if left else "")
+            ended_early = f"the notebook ended itself with sys.exit(0) in cell {exited + 1}" + (
+                f"; the {left} code cell(s) after it did not run" if left else ""
             )
+            notes.append(ended_early)
         if nb is not None:
             _drop_papermill_error_cells(nb)
             try:
@@ -178,8 +179,8 @@ def execute(
         if exit_code is None:  # the notebook raised: the error it recorded says how the run ends
             exit_code = _raised_exit_code(verdict, results.get(FAILURE))
         status, summary = _classify(exit_code, verdict, error_text)
-        if exited is not None and not verdict:
-            summary = f"completed: {notes[-1].removeprefix('the notebook ')}"
+        if ended_early and not verdict:
+            summary = f"completed: {ended_early}"
         rerun = nextstep.rerun_command(target.given_as or target.name, values, defaults)
         next_step = verdict.get("next_step") or nextstep.suggest(
             status, exit_code, run_id, rerun, verdict.get("anchor"), timeout
