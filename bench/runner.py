@@ -62,13 +62,19 @@ def main() -> int:
             imports.append(timed([sys.executable, "-c", "import opsbook"], env))
             bare.append(timed([sys.executable, "-c", "pass"], env))
     r, h = statistics.median(runner), statistics.median(by_hand)
-    print(f"medians of {args.repeat} interleaved runs")
-    print(f"{'run_notebook.py (execute + report + index + run log)':56}{r:7.2f}s")
-    print(f"{'papermill + jupyter nbconvert --to html, by hand':56}{h:7.2f}s")
-    print(f"{'ratio runner / by hand (target <= 1.0)':56}{r / h:7.2f}")
+    ratios = [a / b for a, b in zip(runner, by_hand, strict=True)]
+
+    def spread(values: list[float], unit: str = "s", digits: int = 2) -> str:
+        return f"{statistics.median(values):7.{digits}f}{unit}  ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+    print(f"medians (and ranges) of {args.repeat} interleaved runs")
+    print(f"{'run_notebook.py (execute + report + index + run log)':56}{spread(runner)}")
+    print(f"{'papermill + jupyter nbconvert --to html, by hand':56}{spread(by_hand)}")
+    label = "ratio runner / by hand, per pair (target <= 1.0)"
+    print(f"{label:56}{spread(ratios, '')}   median of medians {r / h:.2f}")
     label = 'python -c "import opsbook" (target < 0.5 s)'
-    print(f"{label:56}{statistics.median(imports):7.3f}s")
-    print(f"{'python -c pass (interpreter start alone)':56}{statistics.median(bare):7.3f}s")
+    print(f"{label:56}{spread(imports, 's', 3)}")
+    print(f"{'python -c pass (interpreter start alone)':56}{spread(bare, 's', 3)}")
     return 0
 
 
