@@ -179,7 +179,12 @@ def _finish_interactive(ctx: RunContext, verdict: Verdict) -> None:
         _log_interactive_finish(ctx, verdict)
         return
     session.end(recorder)
-    html = session.publish(ctx, verdict, recorder)
+    try:
+        html = session.publish(ctx, verdict, recorder)
+    except Exception as exc:  # no report (a reports folder that cannot be written): the run log still ends
+        _log_interactive_finish(ctx, verdict)
+        display(Markdown(f"**The run's report could not be written**: {type(exc).__name__}: {exc}"))
+        return
     if html is not None:
         display(Markdown(f"Report: `{html}` (listed in `{html.parent.parent / 'index.html'}`)"))
 
