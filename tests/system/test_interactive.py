@@ -173,3 +173,19 @@ def test_a_run_whose_kernel_died_is_abandoned_not_failed(database_url, redis_url
     # a second check finds nothing left to mark
     again = run_cli("health", "-p", "expected=", "--json")
     assert again.code == 0 and "abandoned" not in again.json()["summary"]
+
+
+def test_a_report_that_cannot_be_written_still_ends_the_run(database_url, redis_url, db, tmp_path, monkeypatch, kernel):
+    fresh_health_state(db)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("OPSBOOK_REPORTS_DIR", str(blocked / "reports"))  # cannot be made: a file is in the way
+    k = kernel(ROOT / "notebooks" / "health.ipynb")
+    status, messages = k.run(
+        'import opsbook\nfrom opsbook.procedures import health\nctx = opsbook.start("health", expected="")\n'
+        "ctx.finish(health.run(ctx, None))"
+    )
+    assert status == "ok", errors(messages)
+    shown = " ".join(str(m["content"].get("data", {}).get("text/markdown", "")) for m in messages)
+    assert "The run's report could not be written" in shown
+    assert db.execute("SELECT status, finished_at IS NOT NULL FROM opsbook.runs").fetchone() == ("success", True)
