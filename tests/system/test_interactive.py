@@ -189,3 +189,17 @@ def test_a_report_that_cannot_be_written_still_ends_the_run(database_url, redis_
     shown = " ".join(str(m["content"].get("data", {}).get("text/markdown", "")) for m in messages)
     assert "The run's report could not be written" in shown
     assert db.execute("SELECT status, finished_at IS NOT NULL FROM opsbook.runs").fetchone() == ("success", True)
+
+
+def test_a_run_that_has_ended_takes_no_more_steps(database_url, redis_url, db, kernel):
+    fresh_health_state(db)
+    k = kernel(ROOT / "notebooks" / "health.ipynb")
+    setup = 'import opsbook\nfrom opsbook.procedures import health\nctx = opsbook.start("health", expected="")'
+    assert k.run(setup)[0] == "ok"
+    assert k.run("ctx.finish(health.run(ctx, None))")[0] == "ok"
+    for cell in ("health.run(ctx, None)", "ctx.finish(health.run(ctx, None))"):
+        status, messages = k.run(cell)
+        (error,) = errors(messages)
+        assert status == "error" and error["ename"] == "StaleParameters"
+        assert "has ended (its verdict and report are written): run the setup cell" in error["evalue"]
+    assert db.execute("SELECT count(*), min(status) FROM opsbook.runs").fetchone() == (1, "success")

@@ -100,6 +100,8 @@ SAME = [
     ("expressions.ipynb", ()),
     ("expressions.ipynb", ("-p", "a", "4")),
     ("expressions.ipynb", ("-p", "d", "no")),  # an expression takes any value, as papermill types it
+    ("expressions.ipynb", ("-y", 'd: "42"')),  # a YAML string stays a string
+    ("literals.ipynb", ("-y", "name: 2025-11-03")),  # and a date in YAML stays text, as papermill reads it
     ("no_parameters.ipynb", ()),
     ("reads_beside.ipynb", ()),
     ("line_magic.ipynb", ()),
@@ -186,7 +188,8 @@ def test_another_kernel_by_name_and_dash_k(env, tmp_path):
     _, ran, outcome, _ = runner(env, "missing_kernel.ipynb", "-k", "opsbook-corpus")
     assert ran.passed and ran.results == ["RESULT never"]
     executed = nbformat.read(outcome["reports"]["ipynb"], as_version=4)
-    assert executed.metadata["papermill"]["parameters"] == {"n": 1}
+    assert executed.metadata["papermill"]["parameters"] == {}  # as papermill: only what is given is injected
+    assert executed.metadata["papermill"]["input_path"] == str(CORPUS / "missing_kernel.ipynb")
 
 
 def test_prepare_only_injects_parameters_in_the_notebooks_language(env, tmp_path):
@@ -217,13 +220,13 @@ def test_prepare_only_injects_parameters_in_the_notebooks_language(env, tmp_path
 
 
 def test_output_path_log_output_and_report_mode(env, tmp_path):
-    out = tmp_path / "out.ipynb"
+    out = tmp_path / "out_9.ipynb"  # papermill's {parameter} fields in the output path, filled in
     done = subprocess.run(
         [
             sys.executable,
             str(ROOT / "run_notebook.py"),
             "literals.ipynb",
-            str(out),
+            str(tmp_path / "out_{n}.ipynb"),
             "-p",
             "n",
             "9",
@@ -274,6 +277,10 @@ def test_help_params_names_types_and_expressions(env):
         ("literals.ipynb", "-k", "no-such-kernel"),
         ("literals.ipynb", "-p", "nn=1"),
         ("load", "--cwd", "."),
+        ("load", "years=2017"),  # a forgotten -p is not an output path
+        ("literals.ipynb", "out.txt"),
+        ("literals.ipynb", "out_{nope}.ipynb"),
+        ("literals.ipynb", "--prepare-only", "/no/such/folder/out.ipynb"),
         ("no_such_procedure",),
     ],
 )

@@ -41,3 +41,13 @@ def test_the_latest_status_of_each_procedure_and_dataset_leads_the_index(tmp_pat
     ]
     assert 'href="2026-12-01/r3.html"' in page
     assert len(rows_of(page, "runs")) == 4  # every run stays listed below
+
+
+def test_a_damaged_signoffs_file_does_not_stop_the_index(tmp_path):
+    """signoffs.jsonl edited by hand or cut short: the lines that are not sign-offs are skipped."""
+    from opsbook.report import index, signoff
+
+    (tmp_path / "signoffs.jsonl").write_text('null\n{"run_id": "R1"}\n[1, 2]\n{"run_id": "R2", "by": "A", "at": "x"\n')
+    assert signoff.read(tmp_path) == {}
+    index.write_index(tmp_path)
+    assert (tmp_path / "index.html").exists()

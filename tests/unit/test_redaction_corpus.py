@@ -59,3 +59,15 @@ def test_a_configured_secret_leaves_no_printed_form(secret):
     for form in forms:
         text = redact(f"<p>value: {form}</p>")
         assert form not in text.replace("***", "\x00"), (form, text)
+
+
+@SETTINGS
+@given(password=passwords)
+def test_a_password_in_python_code_is_found_in_either_quotes(password):
+    """An analyst's cell is part of an interactive run's report: a password typed into it."""
+    redact = Redactor([])
+    double = json.dumps(password)  # a Python string literal in double quotes, escapes included
+    assert (
+        redact(f"conn = psycopg.connect(host=h, password={double})") == 'conn = psycopg.connect(host=h, password="***")'
+    )
+    assert redact(f"password = {double}\n") == 'password = "***"\n'

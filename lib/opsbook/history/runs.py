@@ -132,7 +132,9 @@ def finish(
     error: str | None = None,
     report_path: str | None = None,
     html_path: str | None = None,
+    only_running: bool = False,
 ) -> None:
+    """The run's end; with ``only_running``, only if nothing (health) has ended its row first."""
     from opsbook.run.redaction import redact
 
     error = redact(error) if error else error
@@ -141,8 +143,8 @@ def finish(
                rows_in = coalesce(%s, rows_in), rows_out = coalesce(%s, rows_out),
                rows_rejected = coalesce(%s, rows_rejected), error = %s,
                report_path = coalesce(%s, report_path), html_path = coalesce(%s, html_path)
-           WHERE run_id = %s""",
-        (status, exit_code, rows_in, rows_out, rows_rejected, error, report_path, html_path, run_id),
+           WHERE run_id = %s AND (NOT %s OR status = 'running')""",
+        (status, exit_code, rows_in, rows_out, rows_rejected, error, report_path, html_path, run_id, only_running),
     )
 
 

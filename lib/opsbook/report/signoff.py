@@ -22,6 +22,8 @@ from opsbook.errors import UsageError
 from opsbook.run.redaction import Redactor
 
 SIGNOFFS_FILE = "signoffs.jsonl"
+# a line of signoffs.jsonl lacking one of these (edited by hand, cut short) is not a sign-off
+REQUIRED = ("run_id", "by", "at", "html", "html_sha256")
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ def read(reports: Path) -> dict[str, list[dict[str, Any]]]:
             entry = json.loads(line)
         except ValueError:
             continue
-        found.setdefault(str(entry.get("run_id")), []).append(entry)
+        if isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in REQUIRED):
+            found.setdefault(entry["run_id"], []).append(entry)
     return found
 
 

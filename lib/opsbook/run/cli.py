@@ -356,11 +356,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = options.Options(args.kernel, args.cwd, args.output, args.log_output, args.report_mode)
         sources = {"inline": options.yaml_values(args.yaml), "raw": args.raw}
         if args.prepare_only:
-            if not args.output or args.output == "-":
+            if not args.output:
                 raise UsageError("--prepare-only writes the prepared notebook to an output path: give one")
-            print(runner.prepare_only(args.procedure, args.output, args.files, args.params, settings, **sources))
+            try:
+                prepared = runner.prepare_only(
+                    args.procedure, args.output, args.files, args.params, settings, **sources
+                )
+            except OSError as exc:
+                raise UsageError(f"--prepare-only: {exc}") from None
+            print(prepared)
             return 0
-        options.check_output(args.output, args.json)
+        options.check_stdout(args.output, args.json)
         outcome = runner.execute(
             args.procedure,
             args.files,

@@ -41,12 +41,15 @@ class RunContext:
     interactive: bool = False
     recorded: bool = False  # whether this context writes the run's row (interactive runs)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    ended: bool = False  # finish() has recorded the verdict (and written the report)
 
     @property
     def params(self) -> ProcedureParams:
         """The run's parameters. In JupyterLab, a step refuses to go on when a parameter was
-        changed in the notebook since the setup cell ran: it would work on the old value."""
+        changed in the notebook since the setup cell ran (it would work on the old value), or
+        when the run has ended (its report is written: a step now would belong to no run)."""
         if self.recorded:
+            _refuse_ended(self)
             _refuse_stale(self)
         return self.checked_params
 
@@ -64,6 +67,8 @@ class RunContext:
         from opsbook import report
         from opsbook.run import nextstep, results
 
+        if self.recorded:
+            _refuse_ended(self)
         verdict = outcome if isinstance(outcome, Verdict) else outcome.verdict()
         verdict = replace(
             verdict, next_step=nextstep.for_verdict(verdict, self.procedure, self.run_id, self.checked_params)
@@ -73,6 +78,7 @@ class RunContext:
         results.record(results.VERDICT, verdict.as_dict())
         display(report.verdict(verdict))
         if self.recorded:
+            self.ended = True
             _finish_interactive(self, verdict)
         verdict.raise_if_failed()
 
@@ -104,6 +110,16 @@ def start(procedure: str, **values: Any) -> RunContext:
         _log_interactive_start(ctx)
         session.begin(ctx, values)
     return ctx
+
+
+def _refuse_ended(ctx: RunContext) -> None:
+    from opsbook.errors import StaleParameters
+
+    if ctx.ended:
+        raise StaleParameters(
+            f"run {ctx.run_id} has ended (its verdict and report are written): run the setup cell "
+            "(opsbook.start) to start a new run, then this cell"
+        )
 
 
 def _refuse_stale(ctx: RunContext) -> None:
@@ -180,13 +196,22 @@ def _finish_interactive(ctx: RunContext, verdict: Verdict) -> None:
         return
     session.end(recorder)
     try:
-        html = session.publish(ctx, verdict, recorder)
+        outcome = session.publish(ctx, verdict, recorder)
     except Exception as exc:  # no report (a reports folder that cannot be written): the run log still ends
         _log_interactive_finish(ctx, verdict)
         display(Markdown(f"**The run's report could not be written**: {type(exc).__name__}: {exc}"))
         return
-    if html is not None:
+    if outcome.html is not None:
+        html = outcome.html
         display(Markdown(f"Report: `{html}` (listed in `{html.parent.parent / 'index.html'}`)"))
+    if outcome.status != verdict.status:  # a secret redacted (WARN), a report not written (FAIL)
+        notes = "; ".join(outcome.notes)
+        recorded = f"**Recorded as {outcome.status.upper()}**: {outcome.summary}"
+        display(Markdown(recorded + (f" ({notes})" if notes else "")))
+        if outcome.status == "fail" and verdict.status != "fail":
+            from opsbook.errors import ProcedureFailed
+
+            raise ProcedureFailed(outcome.summary)
 
 
 def _log_interactive_finish(ctx: RunContext, verdict: Verdict) -> None:
@@ -204,6 +229,7 @@ def _log_interactive_finish(ctx: RunContext, verdict: Verdict) -> None:
             verdict.rows_out,
             verdict.rows_rejected,
             Redactor()(verdict.summary) if verdict.status == "fail" else None,
+            only_running=True,
         )
 
 

@@ -234,6 +234,8 @@ class Recorder:
 
 
 def _same(a: Any, b: Any) -> bool:
+    if a is b:  # the same object (a NaN too, which is not equal to itself)
+        return True
     try:
         return bool(a == b)
     except Exception:  # an object that cannot be compared (an array): compared by identity
@@ -308,16 +310,16 @@ def end(recorder: Recorder) -> None:
         _active = None
 
 
-def publish(ctx: RunContext, verdict: Verdict, recorder: Recorder | None) -> Path | None:
+def publish(ctx: RunContext, verdict: Verdict, recorder: Recorder | None):
     """Write the run's report, runs.jsonl entry, index and run-log row as the runner does for a
-    headless run; returns the HTML report's path (None outside a kernel: nothing to report)."""
+    headless run; returns the run's outcome (as recorded: a secret found while redacting makes
+    a PASS a WARN, a report not written makes it a FAIL)."""
     from opsbook.run import publish as ending
 
     duration = (datetime.now(UTC) - ctx.started).total_seconds()
     nb = recorder.notebook(verdict) if recorder is not None else None
     outcome = ending.outcome_of_verdict(ctx, verdict, duration)
-    ending.publish(outcome, nb, recorded=True)
-    return outcome.html
+    return ending.publish(outcome, nb, recorded=True)
 
 
 def mark_abandoned(ctx: RunContext, why: str) -> None:

@@ -106,7 +106,9 @@ def _parameter(name: str, annotation: str | None, value: ast.expr) -> Parameter:
     source = ast.unparse(value)
     try:
         return Parameter(name, annotation, ast.literal_eval(value), source, True)
-    except ValueError:  # an expression: papermill runs it, the runner cannot know its type
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        # an expression (or a literal Python cannot build, {[1]: 2}): papermill runs it, the
+        # runner cannot know its type
         return Parameter(name, annotation, None, source, False)
 
 
@@ -133,15 +135,20 @@ Untyped = Annotated[Any, BeforeValidator(papermill_value)]
 
 
 class NotebookParams(ProcedureParams):
-    """Parameters of a notebook run by path: a parameter whose default is an expression (or of
-    a notebook whose language opsbook does not read) is injected only when given."""
+    """Parameters of a notebook run by path: checked against its parameters cell, and, as
+    papermill does, only the values given are injected (the cell itself sets the defaults)."""
 
-    given_only: ClassVar[frozenset[str]] = frozenset()
+    given_only: ClassVar[frozenset[str]] = frozenset()  # the expressions: no default value at all
     no_parameters_cell: ClassVar[bool] = False
 
     def notebook_parameters(self) -> dict[str, Any]:
         values = super().notebook_parameters()
-        return {k: v for k, v in values.items() if k not in self.given_only or k in self.model_fields_set}
+        return {k: v for k, v in values.items() if k in self.model_fields_set}
+
+    def defaults(self) -> dict[str, Any]:
+        """The literal defaults, as the parameters cell sets them."""
+        values = super().notebook_parameters()
+        return {k: v for k, v in values.items() if k not in self.given_only}
 
 
 class UnreadNotebookParams(NotebookParams):

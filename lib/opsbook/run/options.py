@@ -56,9 +56,10 @@ def yaml_values(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     import yaml
+    from papermill.iorw import NoDatesSafeLoader
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=NoDatesSafeLoader)  # as papermill reads -y: a date stays text
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -110,11 +111,31 @@ def working_directory(cwd: Path | None, procedure: bool, root: Path) -> Path:
     return chosen
 
 
-def check_output(output: str | None, json_output: bool) -> None:
+def check_stdout(output: str | None, json_output: bool) -> None:
     if output == "-" and json_output:
         raise UsageError("the output path '-' (the notebook on stdout) and --json both want stdout: choose one")
-    if output and output != "-" and not Path(output).expanduser().resolve().parent.is_dir():
-        raise UsageError(f"output {output}: its folder does not exist")
+
+
+def output_path(output: str | None, values: dict[str, Any]) -> str | None:
+    """papermill's output path, its ``{parameter}`` fields filled in as papermill fills them;
+    refused (exit 2) when it cannot be a notebook's path: ``years=2017`` is a forgotten ``-p``."""
+    if output is None:
+        return None
+    if output == "-":
+        return output
+    if "=" in Path(output).name and not output.endswith(".ipynb"):
+        raise UsageError(f"{output!r} is not a notebook's path: a parameter needs -p (-p {output})")
+    if not output.endswith((".ipynb", ".json")):
+        raise UsageError(f"output {output}: a notebook's path ends in .ipynb")
+    from papermill.parameterize import add_builtin_parameters, parameterize_path
+
+    try:
+        filled = parameterize_path(output, add_builtin_parameters(values))
+    except Exception as exc:  # a {field} no parameter fills
+        raise UsageError(f"output {output}: {exc}") from None
+    if not Path(filled).expanduser().resolve().parent.is_dir():
+        raise UsageError(f"output {filled}: its folder does not exist")
+    return filled
 
 
 # --- what a failed cell was ------------------------------------------------------------------

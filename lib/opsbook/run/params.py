@@ -205,6 +205,11 @@ def resolve(
         if origin[name] not in ("-p", "-r", "-y"):
             values[name] = _expand(value, Path(origin[name]), name)
     refuse_credentials(values, origin)
+    from opsbook.run.notebooks import NotebookParams
+
+    if issubclass(model, NotebookParams):
+        # as papermill: only -p values are typed from their text; a file's or -y's are YAML's
+        values = {k: Raw(v) if isinstance(v, str) and origin[k] != "-p" else v for k, v in values.items()}
     return validate(model, values, origin)
 
 

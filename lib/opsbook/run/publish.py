@@ -298,8 +298,8 @@ def _append_history(outcome: Outcome, redact: Redactor) -> None:
     }
     try:
         index.append_run(entry, redact)
-    except OSError as exc:
-        outcome.notes.append(f"runs.jsonl / index.html not updated: {exc}")
+    except Exception as exc:  # the run's row and report stand; the listing says what went wrong
+        outcome.notes.append(f"runs.jsonl / index.html not updated: {type(exc).__name__}: {exc}")
 
 
 def append_abandoned(row: dict[str, Any], note: str) -> None:

@@ -129,10 +129,10 @@ _POSITIONAL = [
     # (a scheme is at most 32 characters, and starts where no scheme character precedes it: a
     # long run of such characters must not be rescanned from each of its positions)
     re.compile(r"(?<![A-Za-z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s:/?#@\[\]\"'<>]*:(?P<secret>[^\s/?#\"'<>]+)@"),
-    # password=... in a query string or a libpq keyword DSN (quoted or not; &amp; in HTML)
+    # password=... in a query string, a libpq keyword DSN or Python code (quoted or not; &amp; in HTML)
     re.compile(
         r"(?:(?<=[?&;\s'\"(])|^)(?:password|passwd|sslpassword)\s*=\s*"
-        r"(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&;'\"<>]+)",
+        r"(?P<secret>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;'\"<>]+)",
         re.IGNORECASE | re.MULTILINE,
     ),
     # "password": "..." and "private_key": "..." in JSON (and the same with escaped quotes), and
@@ -198,12 +198,12 @@ def _mask_secret(match: re.Match, changed: list[bool]) -> str:
     """The match with its "secret" group masked (quotes around it, and the line breaks around a
     key's body, kept); a secret that is already the mask, or empty, is left as it is."""
     secret = match.group("secret")
-    core = secret.strip("'").replace("\\n", "").replace("\\r", "").strip(" \r\n\t")
+    core = secret.strip("'\"").replace("\\n", "").replace("\\r", "").strip(" \r\n\t")
     if not core or core == MASK:
         return match.group(0)
     changed[0] = True
-    if secret.startswith("'") and secret.endswith("'") and len(secret) >= 2:
-        replacement = f"'{MASK}'"
+    if secret[:1] in ("'", '"') and secret.endswith(secret[0]) and len(secret) >= 2:
+        replacement = f"{secret[0]}{MASK}{secret[0]}"
     elif match.group(0).startswith("-----BEGIN"):
         lead = re.match(r"\r?\n|(?:\\r)?\\n", secret)
         tail = re.search(r"(?:\r?\n|(?:\\r)?\\n)$", secret)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from opsbook import config, procedures
-from opsbook.errors import EXIT_CODES
+from opsbook.errors import EXIT_CODES, UsageError
 from opsbook.run import nextstep
 from opsbook.run import options as options_mod
 from opsbook.run.context import FAILURE, RUN_ID_ENV, new_run_id, window_of
@@ -34,6 +34,7 @@ from opsbook.run.options import (
     Options,
     check_kernel,
     failure_text,
+    output_path,
     working_directory,
     write_output,
 )
@@ -128,6 +129,7 @@ def execute(
 
     options = options or Options()
     target, values, defaults = prepare(name, list(files or []), list(overrides or []), inline, raw)
+    output = output_path(options.output, values)
     kernel, cwd = _kernel_and_cwd(target, options)
     _probe_locks(target, values)
     run_id = new_run_id(target.name)
@@ -168,6 +170,9 @@ def execute(
             )
             notes.append(ended_early)
         if nb is not None:
+            # papermill was given the cells (the troubleshooting ones left out): it names them as
+            # its input; the input is the notebook's file
+            nb.metadata.setdefault("papermill", {})["input_path"] = str(target.notebook)
             _drop_papermill_error_cells(nb)
             try:
                 from opsbook.run import results as results_mod
@@ -204,11 +209,11 @@ def execute(
             next_step=next_step,
         )
         publish(outcome, nb, log=log, redact=redact, paths=paths, self_contained=self_contained)
-        if options.output and nb is not None:
+        if output and nb is not None:
             try:
-                write_output(nb, options.output, redact)
+                write_output(nb, output, redact)
             except OSError as exc:
-                outcome.notes.append(f"output notebook {options.output} not written: {exc}")
+                outcome.notes.append(f"output notebook {output} not written: {exc}")
         return outcome
 
 
@@ -241,6 +246,9 @@ def prepare_only(
     logging.getLogger("papermill").setLevel(logging.ERROR)
     options = options or Options()
     target, values, _ = prepare(name, list(files or []), list(overrides or []), inline, raw)
+    if output == "-":
+        raise UsageError("--prepare-only writes the prepared notebook to an output path: give one")
+    output = output_path(output, values)
     kernel = options.kernel or (target.info.kernel if target.info else None) or DEFAULT_KERNEL
     language = target.info.language if target.info else "python"
     papermill.execute_notebook(
@@ -253,7 +261,17 @@ def prepare_only(
         report_mode=options.report_mode,
         progress_bar=False,
     )
+    _name_input(Path(output), target.notebook)
     return Path(output)
+
+
+def _name_input(path: Path, notebook: Path) -> None:
+    """papermill records the input it was given: the notebook's path, not the cells it ran."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.setdefault("papermill", {})["input_path"] = str(notebook)
+    nbformat.write(nb, path)
 
 
 def signal_names(numbers: list[int]) -> list[str]:
