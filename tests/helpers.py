@@ -22,8 +22,8 @@ class Completed:
         return json.loads(self.stdout)  # the whole of stdout is one JSON object
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> Completed:
-    """``python run_notebook.py ARGS`` in a subprocess, as cron would call it."""
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path = ROOT) -> Completed:
+    """``python run_notebook.py ARGS`` in a subprocess started in ``cwd``, as cron would call it."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     out = subprocess.run(
@@ -32,7 +32,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> Comple
         text=True,
         env=full_env,
         timeout=timeout,
-        cwd=ROOT,
+        cwd=cwd,
     )
     return Completed(out.returncode, out.stdout, out.stderr)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "notebooks" / "corpus"
@@ -79,19 +80,12 @@ def papermill(env, tmp_path, notebook: str, *args: str, cwd: Path = CORPUS) -> t
 
 
 def runner(env, notebook: str, *args: str, cwd: Path = CORPUS) -> tuple[int, Ended, dict | None, str]:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "run_notebook.py"), notebook, *args, "--json"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    outcome = json.loads(done.stdout)
+    done = run_cli(notebook, *args, "--json", env=env, cwd=cwd)
+    outcome = done.json()
     if outcome["run_id"] is None:  # refused before it started
-        return done.returncode, Ended(False, [], outcome["error"]), outcome, done.stderr
+        return done.code, Ended(False, [], outcome["error"]), outcome, done.stderr
     lines, error = results_of(Path(outcome["reports"]["ipynb"]))
-    return done.returncode, Ended(outcome["status"] != "fail", lines, error), outcome, done.stderr
+    return done.code, Ended(outcome["status"] != "fail", lines, error), outcome, done.stderr
 
 
 SAME = [
@@ -202,14 +196,8 @@ def test_prepare_only_injects_parameters_in_the_notebooks_language(env, tmp_path
         capture_output=True,
         check=True,
     )
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "run_notebook.py"), "r_language.ipynb", str(tmp_path / "by-runner.ipynb"), *args],
-        cwd=CORPUS,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_cli("r_language.ipynb", str(tmp_path / "by-runner.ipynb"), *args, env=env, cwd=CORPUS)
+    assert done.code == 0, done.stderr
 
     def injected(path):
         nb = nbformat.read(path, as_version=4)
@@ -221,24 +209,18 @@ def test_prepare_only_injects_parameters_in_the_notebooks_language(env, tmp_path
 
 def test_output_path_log_output_and_report_mode(env, tmp_path):
     out = tmp_path / "out_9.ipynb"  # papermill's {parameter} fields in the output path, filled in
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "run_notebook.py"),
-            "literals.ipynb",
-            str(tmp_path / "out_{n}.ipynb"),
-            "-p",
-            "n",
-            "9",
-            "--log-output",
-            "--report-mode",
-        ],
-        cwd=CORPUS,
+    done = run_cli(
+        "literals.ipynb",
+        str(tmp_path / "out_{n}.ipynb"),
+        "-p",
+        "n",
+        "9",
+        "--log-output",
+        "--report-mode",
         env=env,
-        capture_output=True,
-        text=True,
+        cwd=CORPUS,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     assert "RESULT n=9 name='world'" in done.stderr  # the cell's output, as it came
     written = nbformat.read(out, as_version=4)
     assert results_of(out)[0] == ["RESULT n=9 name='world' ratio=0.5 flag=False tags=['a', 'b']"]
@@ -247,14 +229,8 @@ def test_output_path_log_output_and_report_mode(env, tmp_path):
 
 
 def test_help_params_names_types_and_expressions(env):
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "run_notebook.py"), "expressions.ipynb", "--help-params"],
-        cwd=CORPUS,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0
+    done = run_cli("expressions.ipynb", "--help-params", env=env, cwd=CORPUS)
+    assert done.code == 0
     lines = done.stdout.splitlines()
     assert lines[0] == "expressions.ipynb: kernel python3, language python"
     assert lines[1].split() == ["a", "int", "default", "3"]
@@ -287,15 +263,8 @@ def test_help_params_names_types_and_expressions(env):
 def test_bad_input_is_refused_in_words_never_a_traceback(env, tmp_path, args):
     (tmp_path / "not_a_notebook.ipynb").write_text("this is not JSON")
     args = tuple(str(tmp_path / a) if a == "not_a_notebook.ipynb" else a for a in args)
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "run_notebook.py"), *args],
-        cwd=CORPUS,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr
+    done = run_cli(*args, env=env, cwd=CORPUS, timeout=120)
+    assert done.code == 2, done.stderr
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(("error: ", "run_notebook.py: error: ")), done.stderr  # the reason, in one line

@@ -20,14 +20,15 @@ def rerun_command(procedure: str, values: dict[str, Any], defaults: dict[str, An
     defaults (all of them when the defaults are unknown)."""
     defaults = defaults or {}
     shown = [
-        f"-p {shlex.quote(f'{name}={_text(value)}')}"
+        f"-p {shlex.quote(f'{name}={param_text(value)}')}"
         for name, value in values.items()
         if name not in defaults or defaults[name] != value
     ]
     return " ".join([RUNNER, shlex.quote(procedure), *shown])
 
 
-def _text(value: Any) -> str:
+def param_text(value: Any) -> str:
+    """A value as ``-p NAME=VALUE`` spells it: true/false, a list comma-separated."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):

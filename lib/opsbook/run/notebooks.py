@@ -138,17 +138,21 @@ class NotebookParams(ProcedureParams):
     """Parameters of a notebook run by path: checked against its parameters cell, and, as
     papermill does, only the values given are injected (the cell itself sets the defaults)."""
 
-    given_only: ClassVar[frozenset[str]] = frozenset()  # the expressions: no default value at all
+    notebook: ClassVar[str] = ""  # the notebook's file name
     no_parameters_cell: ClassVar[bool] = False
 
     def notebook_parameters(self) -> dict[str, Any]:
         values = super().notebook_parameters()
         return {k: v for k, v in values.items() if k in self.model_fields_set}
 
-    def defaults(self) -> dict[str, Any]:
-        """The literal defaults, as the parameters cell sets them."""
-        values = super().notebook_parameters()
-        return {k: v for k, v in values.items() if k not in self.given_only}
+    @classmethod
+    def refuse_values(cls, names: list[str]) -> None:
+        """Refuse values for a notebook that has no parameters cell: nothing in it would read them."""
+        if cls.no_parameters_cell and names:
+            raise UsageError(
+                f"{cls.notebook} has no parameters cell, so it takes no parameters (given: {', '.join(names)}). "
+                "Tag the cell that sets them 'parameters' (JupyterLab: the property inspector's Cell Tags)"
+            )
 
 
 class UnreadNotebookParams(NotebookParams):
@@ -162,30 +166,20 @@ class UnreadNotebookParams(NotebookParams):
 
 
 def model_from_notebook(info: NotebookInfo) -> type[NotebookParams]:
-    """A parameters model built from the notebook's parameters cell."""
+    """A parameters model built from the notebook's parameters cell; an expression's parameter
+    takes any value and has none by default (only what is given is injected)."""
     fields: dict[str, Any] = {}
-    given_only = set()
     for p in info.parameters:
         if not p.literal:
             fields[p.name] = (Untyped, None)
-            given_only.add(p.name)
             continue
         kind = TYPES.get(p.annotation or "") or (type(p.default) if p.default is not None else Untyped)
         fields[p.name] = (kind, p.default)
     base = NotebookParams if info.read else UnreadNotebookParams
     model = create_model(f"{info.path.stem}_parameters", __base__=base, **fields)
-    model.given_only = frozenset(given_only)
+    model.notebook = info.path.name
     model.no_parameters_cell = info.parameters_cell is None
     return model
-
-
-def check_overrides(info: NotebookInfo, names: list[str]) -> None:
-    """Refuse values for a notebook that has no parameters cell: nothing in it would read them."""
-    if info.parameters_cell is None and names:
-        raise UsageError(
-            f"{info.path.name} has no parameters cell, so it takes no parameters (given: {', '.join(names)}). "
-            "Tag the cell that sets them 'parameters' (JupyterLab: the property inspector's Cell Tags)"
-        )
 
 
 def describe(info: NotebookInfo) -> str:

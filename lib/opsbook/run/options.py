@@ -85,9 +85,11 @@ def installed_kernels() -> dict[str, str]:
 
 def check_kernel(name: str, notebook: Path) -> None:
     """UsageError (exit 2) naming a kernel that is not installed, and those that are."""
-    kernels = installed_kernels()
-    if name in kernels:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if name in KernelSpecManager().find_kernel_specs():
         return
+    kernels = installed_kernels()  # their languages, read only to say what is there
     listed = ", ".join(f"{k} ({lang})" for k, lang in sorted(kernels.items())) or "none"
     raise UsageError(
         f"{notebook.name} asks for the kernel {name!r}, which is not installed here (installed: {listed}; "

@@ -208,6 +208,7 @@ def resolve(
     from opsbook.run.notebooks import NotebookParams
 
     if issubclass(model, NotebookParams):
+        model.refuse_values(list(values))
         # as papermill: only -p values are typed from their text; a file's or -y's are YAML's
         values = {k: Raw(v) if isinstance(v, str) and origin[k] != "-p" else v for k, v in values.items()}
     return validate(model, values, origin)

@@ -58,14 +58,9 @@ class Step(BaseModel):
         return not self.days or WEEKDAYS[today.weekday()] in self.days
 
     def override_args(self) -> list[str]:
-        def text(value: Any) -> str:
-            if isinstance(value, bool):
-                return "true" if value else "false"
-            if isinstance(value, list | tuple):
-                return ",".join(str(v) for v in value)
-            return str(value)
+        from opsbook.run.nextstep import param_text
 
-        return [f"{name}={text(value)}" for name, value in self.overrides.items()]
+        return [f"{name}={param_text(value)}" for name, value in self.overrides.items()]
 
 
 class Runbook(BaseModel):

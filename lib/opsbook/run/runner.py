@@ -100,13 +100,6 @@ def prepare(
     target = resolve_target(name)
     from opsbook.run.nextstep import defaults_of
 
-    if target.info is not None:
-        from opsbook.run.notebooks import check_overrides
-        from opsbook.run.params import parse_overrides, read_params_file
-
-        given = [*(inline or {}), *parse_overrides([*overrides, *(raw or [])])]
-        given += [n for f in files for n in read_params_file(Path(f))]
-        check_overrides(target.info, list(dict.fromkeys(given)))
     values = resolve(target.model, files, overrides, inline, raw or []).notebook_parameters()
     return target, values, defaults_of(target.model)
 
