@@ -23,6 +23,12 @@ def partition_lock(step: str, dataset: str, partition: str) -> str:
     return key(step, dataset, partition)
 
 
+# the session holding an advisory lock, in pg_locks (the 64-bit key split into classid, objid)
+_HELD = """l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(%s, 0)"""
+
+
 def try_lock(conn: psycopg.Connection, lock: str, holder: str) -> None:
     """Take the session advisory lock ``lock`` on ``conn``, or raise LockHeld naming its holder."""
     from opsbook.errors import LockHeld
@@ -46,11 +52,8 @@ def holder_of(conn: psycopg.Connection, lock: str) -> str:
     session holding it in pg_locks is the one that recorded it, else that session itself (a
     holder that has just taken the lock may not have recorded itself yet: pg_locks is the truth)."""
     session = conn.execute(
-        """SELECT a.application_name, a.pid, a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-             AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(%s, 0)
-           LIMIT 1""",
+        f"""SELECT a.application_name, a.pid, a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+            WHERE {_HELD} LIMIT 1""",
         (lock,),
     ).fetchone()
     row = conn.execute(
@@ -64,10 +67,9 @@ def holder_of(conn: psycopg.Connection, lock: str) -> str:
 
 
 def lock_is_free(conn: psycopg.Connection, lock: str) -> bool:
-    got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock,)).fetchone()[0]
-    if got:
-        unlock(conn, lock)
-    return bool(got)
+    """Whether no session holds ``lock``, read from pg_locks and never by taking it: two runs
+    probing at once would each see the other's probe as the holder and both be refused."""
+    return conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM pg_locks l WHERE {_HELD})", (lock,)).fetchone()[0]
 
 
 def unlock(conn: psycopg.Connection, lock: str) -> None:
